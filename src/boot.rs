@@ -1,0 +1,108 @@
+//! Start-up: find the config, check the host, connect to the farm's systems.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::config::{Config, ConfigError, S3};
+use crate::store::{ObjectStore, S3Store, S3Url};
+
+/// Why loading the config failed: the process exits 64 either way.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("cannot read config {location}: {reason}")]
+    Unreadable { location: String, reason: String },
+}
+
+/// Loads a config from a path or an `s3://bucket/key` URL. For S3, the endpoint of a
+/// non-AWS server comes from `CELLFARM_S3_ENDPOINT` (the config is not read yet).
+pub async fn load_config(location: &str) -> Result<Config, LoadError> {
+    let unreadable = |reason: String| LoadError::Unreadable {
+        location: location.into(),
+        reason,
+    };
+    let text = if location.starts_with("s3://") {
+        let url = S3Url::parse(location).map_err(unreadable)?;
+        let endpoint = std::env::var("CELLFARM_S3_ENDPOINT").ok();
+        let s3 = S3 {
+            path_style: endpoint.is_some(),
+            endpoint,
+            region: None,
+        };
+        let store = S3Store::connect(&s3).await;
+        let bytes = store
+            .get_bytes(&url.bucket, &url.key)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
+        String::from_utf8(bytes).map_err(|e| unreadable(e.to_string()))?
+    } else {
+        std::fs::read_to_string(location).map_err(|e| unreadable(e.to_string()))?
+    };
+    Ok(Config::parse(&text, location)?)
+}
+
+/// Checks what a cell needs before it takes work, each failure saying how to fix it.
+pub async fn check_host(config: &Config) -> anyhow::Result<()> {
+    for tool in ["ffmpeg", "ffprobe"] {
+        let out = tokio::process::Command::new(tool)
+            .arg("-version")
+            .output()
+            .await
+            .with_context(|| {
+                format!("{tool} is not installed or not on PATH (apt-get install ffmpeg)")
+            })?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{tool} -version failed: is FFmpeg installed correctly?"
+        );
+    }
+    let scratch = Path::new(&config.cell.scratch_dir);
+    std::fs::create_dir_all(scratch)
+        .and_then(|()| {
+            let probe = scratch.join(format!(".write-test-{}", std::process::id()));
+            std::fs::write(&probe, b"ok")?;
+            std::fs::remove_file(&probe)
+        })
+        .with_context(|| {
+            format!(
+                "scratch directory {} (cell.scratch_dir) is not writable",
+                scratch.display()
+            )
+        })?;
+    Ok(())
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.into(),
+        },
+        None => url.into(),
+    }
+}
+
+/// The object store the config describes.
+pub async fn store(config: &Config) -> std::sync::Arc<dyn ObjectStore> {
+    std::sync::Arc::new(S3Store::connect(&config.s3).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_reach_logs() {
+        assert_eq!(
+            redact("amqp://guest:s3cret@mq:5672/%2f"),
+            "amqp://guest:***@mq:5672/%2f"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

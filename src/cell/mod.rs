@@ -1,0 +1,532 @@
+//! The cell: the long-running worker (`cellfarm cell`).
+//!
+//! Boot: check the host, connect, declare the topology. Work: consume the priority lane
+//! first, then the work queue, with at most `slots` jobs at once; each delivery is acked
+//! only after its job's durable effects (outputs in S3, a row in the ledger). Tick: every
+//! heartbeat, beat in Redis, renew the leases of running jobs and re-publish jobs whose
+//! cell died. Stop: on the shutdown token, stop consuming, let running jobs finish within
+//! the grace period, hand back what is left, exit.
+//!
+//! The cell owns its reconnect loop (lapin does not reconnect): a lost connection voids
+//! the deliveries on it, which the broker redelivers; jobs already running carry on and
+//! commit through the ledger, and their late acks fail harmlessly.
+
+mod work;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{select_all, SelectAll};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::{Connection, Consumer};
+use tokio::sync::{RwLock, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::failure::{classify, Class, JobFailure};
+use crate::job::{JobMessage, ResultMessage, VERSION};
+use crate::ledger::{Claim, Ledger};
+use crate::locks::{Beat, Heartbeats};
+use crate::queue::{self, Names, Publisher, QueueError, REASON_HEADER};
+use crate::store::ObjectStore;
+
+pub use work::output_key;
+
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a publish waits for the broker to come back before the job is left to its
+/// lease.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(120);
+
+/// How the cell is told to stop.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// Stop taking work; let running jobs finish.
+    pub drain: CancellationToken,
+    /// Kill running jobs now and hand them back.
+    pub abort: CancellationToken,
+}
+
+pub struct Cell {
+    config: Arc<Config>,
+    store: Arc<dyn ObjectStore>,
+    ledger: Ledger,
+    beats: Heartbeats,
+    names: Names,
+    pub cell_id: String,
+    /// Pools this cell consumes from.
+    pools: Vec<String>,
+    slots: usize,
+    threads: usize,
+    running: AtomicUsize,
+    publisher: RwLock<Option<Publisher>>,
+    started_at: i64,
+}
+
+impl Cell {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn ObjectStore>,
+        ledger: Ledger,
+        beats: Heartbeats,
+        pools: Vec<String>,
+    ) -> Cell {
+        let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let host = hostname();
+        let cell_id = format!(
+            "{host}-{}-{:04x}",
+            std::process::id(),
+            rand::random::<u16>()
+        );
+        Cell {
+            names: Names::new(&config.farm.name),
+            slots: config.cell.slots_for(vcpus),
+            threads: config.cell.threads_for(vcpus),
+            config,
+            store,
+            ledger,
+            beats,
+            cell_id,
+            pools,
+            running: AtomicUsize::new(0),
+            publisher: RwLock::new(None),
+            started_at: chrono::Utc::now().timestamp(),
+        }
+    }
+
+    /// Runs until `shutdown.drain` fires (or, with `until_idle`, until every queue it
+    /// serves is empty and no job has run for that long), then drains and returns.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown, until_idle: Option<Duration>) {
+        tracing::info!(cell = %self.cell_id, slots = self.slots, threads = self.threads,
+            pools = ?self.pools, "cell starting");
+        let slots = Arc::new(Semaphore::new(self.slots));
+        let ticker = tokio::spawn(self.clone().tick_loop(shutdown.drain.clone()));
+        let mut backoff = Duration::from_millis(250);
+        while !shutdown.drain.is_cancelled() {
+            match self.session(&slots, &shutdown, until_idle).await {
+                Ok(()) => break,
+                Err(e) => {
+                    *self.publisher.write().await = None;
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "broker connection lost; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.drain.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        // Drain: wait for running jobs; the abort token (grace period or a second signal)
+        // cuts them short, and they hand themselves back.
+        let all = self.slots as u32;
+        let _ = slots.acquire_many(all).await;
+        ticker.abort();
+        if let Err(e) = self.beats.remove(&self.cell_id).await {
+            tracing::warn!(error = %e, "cannot remove heartbeat");
+        }
+        tracing::info!(cell = %self.cell_id, "cell stopped");
+    }
+
+    /// One broker connection's life: Ok when told to stop, Err when the connection fails.
+    async fn session(
+        self: &Arc<Self>,
+        slots: &Arc<Semaphore>,
+        shutdown: &Shutdown,
+        until_idle: Option<Duration>,
+    ) -> Result<(), QueueError> {
+        let conn = queue::connect(&self.config.amqp.url).await?;
+        let publisher = Publisher::open(&conn).await?;
+        queue::declare(publisher.channel(), &self.config).await?;
+        *self.publisher.write().await = Some(publisher.clone());
+        let (mut priority, mut work) = self.consumers(&conn).await?;
+        tracing::info!(cell = %self.cell_id, "consuming");
+        let mut last_busy = Instant::now();
+        let mut idle_check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("the slot semaphore is never closed"),
+                _ = shutdown.drain.cancelled() => break,
+            };
+            let delivery = loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.drain.cancelled() => break None,
+                    d = priority.next() => break Some(d),
+                    d = work.next() => break Some(d),
+                    _ = idle_check.tick() => {
+                        if self.running.load(Ordering::SeqCst) > 0 {
+                            last_busy = Instant::now();
+                        } else if let Some(idle) = until_idle {
+                            if last_busy.elapsed() >= idle && self.queues_empty(&publisher).await? {
+                                tracing::info!(idle_secs = idle.as_secs(), "queues drained and idle; stopping");
+                                shutdown.drain.cancel();
+                            }
+                        }
+                    }
+                }
+            };
+            let delivery = match delivery {
+                None => break,
+                Some(Some(Ok((pool, d)))) => (pool, d),
+                Some(Some(Err(e))) => return Err(e.into()),
+                Some(None) => {
+                    return Err(QueueError::Amqp(lapin::Error::InvalidConnectionState(
+                        conn.status().state(),
+                    )))
+                }
+            };
+            last_busy = Instant::now();
+            let cell = self.clone();
+            let abort = shutdown.abort.clone();
+            self.running.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                cell.handle(delivery.0, delivery.1, &abort).await;
+                cell.running.fetch_sub(1, Ordering::SeqCst);
+                drop(permit);
+            });
+        }
+        // Stop consuming; unstarted prefetched deliveries return to the queue when the
+        // connection closes, after running jobs have acked.
+        drop(slots.acquire_many(self.slots as u32).await);
+        let _ = conn.close(200, "cell stopping").await;
+        Ok(())
+    }
+
+    /// One merged stream per lane, each item tagged with its pool.
+    async fn consumers(
+        &self,
+        conn: &Connection,
+    ) -> Result<(SelectAll<Tagged>, SelectAll<Tagged>), QueueError> {
+        let prefetch = u16::try_from(self.slots).unwrap_or(u16::MAX);
+        let mut priority = Vec::new();
+        let mut work = Vec::new();
+        for pool in &self.pools {
+            for (lane, out) in [
+                (self.names.priority(pool), &mut priority),
+                (self.names.work(pool), &mut work),
+            ] {
+                let tag = format!("{}:{lane}", self.cell_id);
+                let consumer: Consumer = queue::consume(conn, &lane, &tag, prefetch).await?;
+                let pool = pool.clone();
+                out.push(consumer.map(move |d| d.map(|d| (pool.clone(), d))).boxed());
+            }
+        }
+        Ok((select_all(priority), select_all(work)))
+    }
+
+    async fn queues_empty(&self, publisher: &Publisher) -> Result<bool, QueueError> {
+        for pool in &self.pools {
+            for lane in [self.names.priority(pool), self.names.work(pool)] {
+                if queue::ready(publisher.channel(), &lane).await?.0 > 0 {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Heartbeat, lease renewal and re-publishing of jobs whose cell died.
+    async fn tick_loop(self: Arc<Self>, stop: CancellationToken) {
+        let period = Duration::from_secs(self.config.cell.heartbeat_secs);
+        let mut every = tokio::time::interval(period);
+        loop {
+            every.tick().await;
+            let beat = Beat {
+                cell_id: self.cell_id.clone(),
+                host: hostname(),
+                pid: std::process::id(),
+                slots: self.slots,
+                running: self.running.load(Ordering::SeqCst),
+                started_at: self.started_at,
+                draining: stop.is_cancelled(),
+            };
+            if let Err(e) = self
+                .beats
+                .beat(&beat, 3 * self.config.cell.heartbeat_secs)
+                .await
+            {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+            let lease = Duration::from_secs(self.config.cell.lease_secs);
+            if let Err(e) = self.ledger.renew(&self.cell_id, lease).await {
+                tracing::warn!(error = %e, "cannot renew job leases");
+            }
+            match self.ledger.requeue_expired().await {
+                Ok(jobs) => {
+                    for (job, pool) in jobs {
+                        tracing::warn!(job = %job.job_id, "lease expired (its cell died); re-publishing");
+                        let lane = self.names.lane(&pool, job.priority);
+                        if let Err(e) = self.publish(&lane, &job.to_json(), &[]).await {
+                            tracing::error!(job = %job.job_id, error = %e, "cannot re-publish an expired job");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot requeue expired jobs"),
+            }
+        }
+    }
+
+    /// Publishes through the current connection, waiting for a reconnect if needed.
+    async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<(), QueueError> {
+        let deadline = Instant::now() + PUBLISH_PATIENCE;
+        loop {
+            let current = self.publisher.read().await.clone();
+            let result = match current {
+                Some(p) => p.publish(queue, body, headers).await,
+                None => Err(QueueError::Amqp(lapin::Error::InvalidChannelState(
+                    lapin::ChannelState::Closed,
+                ))),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e @ (QueueError::Returned { .. } | QueueError::Nacked { .. })) => {
+                    return Err(e)
+                }
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    async fn dead_letter(&self, pool: &str, body: &[u8], reason: &str, job_id: &str) {
+        let queue = self.names.dead(pool);
+        let headers = [(REASON_HEADER, reason), ("x-cellfarm-job-id", job_id)];
+        if let Err(e) = self.publish(&queue, body, &headers).await {
+            tracing::error!(job = job_id, error = %e, "cannot dead-letter");
+        }
+    }
+
+    /// Everything about one delivery, ending in exactly one ack (or a nack when the
+    /// ledger itself cannot be reached).
+    async fn handle(&self, pool: String, delivery: Delivery, abort: &CancellationToken) {
+        let job = match JobMessage::parse(&delivery.data) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::warn!(pool, error = %e, "malformed message; dead-lettering");
+                self.dead_letter(&pool, &delivery.data, &e.to_string(), "")
+                    .await;
+                return ack(&delivery).await;
+            }
+        };
+        let span = tracing::info_span!("job", job = %job.job_id, pipeline = %job.pipeline);
+        let _enter = span.enter();
+        let lease = Duration::from_secs(self.config.cell.lease_secs);
+        let max = self.config.cell.max_attempts;
+        let claim = match self
+            .ledger
+            .claim(&job, &pool, &self.cell_id, lease, max)
+            .await
+        {
+            Ok(claim) => claim,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim; returning the delivery");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return nack(&delivery).await;
+            }
+        };
+        match claim {
+            Claim::Run { attempt } => self.attempt(&pool, &job, attempt, &delivery, abort).await,
+            Claim::Finished { state } => {
+                tracing::info!(state, "duplicate delivery of a finished job; dropping");
+                ack(&delivery).await
+            }
+            Claim::HeldElsewhere { cell_id } => {
+                tracing::info!(holder = %cell_id, "another cell holds the job; dropping the duplicate");
+                ack(&delivery).await
+            }
+            Claim::Exhausted { attempts, error } => {
+                let reason = format!("gave up after {attempts} attempts: {error}");
+                tracing::warn!(%reason, "dead-lettering");
+                if let Err(e) = self.ledger.bury(&job.job_id, &reason).await {
+                    tracing::warn!(error = %e, "cannot mark the job dead");
+                    return nack(&delivery).await;
+                }
+                self.dead_letter(&pool, &delivery.data, &reason, &job.job_id)
+                    .await;
+                ack(&delivery).await
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        pool: &str,
+        job: &JobMessage,
+        attempt: i32,
+        delivery: &Delivery,
+        abort: &CancellationToken,
+    ) {
+        tracing::info!(attempt, source = %format!("s3://{}/{}", job.source.bucket, job.source.key), "job started");
+        let started = Instant::now();
+        let ctx = work::Context {
+            config: &self.config,
+            store: self.store.as_ref(),
+            ledger: &self.ledger,
+            cell_id: &self.cell_id,
+            threads: self.threads,
+            cancel: abort,
+        };
+        let result = work::execute(&ctx, job, attempt).await;
+        let id = &job.job_id;
+        let outcome = match result {
+            Ok(outputs) => self.commit(job, attempt, outputs).await,
+            Err(JobFailure::Superseded) => {
+                tracing::warn!("another attempt took the job over; this one commits nothing");
+                Ok(())
+            }
+            Err(JobFailure::Step {
+                source: crate::ffmpeg::FfmpegError::Cancelled { .. },
+                ..
+            })
+            | Err(JobFailure::Probe(crate::ffmpeg::FfmpegError::Cancelled { .. }))
+            | Err(JobFailure::Cancelled) => {
+                self.hand_back(pool, job, attempt, "the cell is stopping")
+                    .await
+            }
+            Err(failure) if abort.is_cancelled() => {
+                tracing::info!(error = %failure, "failed while stopping; handing back");
+                self.hand_back(pool, job, attempt, "the cell is stopping")
+                    .await
+            }
+            Err(failure) => self.fail(pool, job, attempt, &delivery.data, failure).await,
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(attempt, secs = started.elapsed().as_secs_f64(), "job done");
+                ack(delivery).await
+            }
+            Err(e) => {
+                // The ledger or broker is unreachable: the lease runs out and the job is
+                // re-published by whichever cell sees it first.
+                tracing::warn!(job = %id, error = %e, "cannot record the outcome; leaving it to the lease");
+                ack(delivery).await
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        job: &JobMessage,
+        attempt: i32,
+        outputs: Vec<crate::job::OutputObject>,
+    ) -> Result<(), JobFailure> {
+        if !self
+            .ledger
+            .succeed(&job.job_id, attempt, &self.cell_id, &outputs)
+            .await?
+        {
+            tracing::warn!("the job was taken over before commit; nothing committed");
+            return Ok(());
+        }
+        let result = ResultMessage {
+            v: VERSION,
+            job_id: job.job_id.clone(),
+            pipeline: job.pipeline.clone(),
+            source: job.source.clone(),
+            outputs,
+            attempt: attempt as u32,
+            cell_id: self.cell_id.clone(),
+        };
+        let body = serde_json::to_vec(&result).expect("a result always serializes");
+        self.publish(&self.names.results(), &body, &[]).await?;
+        Ok(())
+    }
+
+    async fn hand_back(
+        &self,
+        pool: &str,
+        job: &JobMessage,
+        attempt: i32,
+        reason: &str,
+    ) -> Result<(), JobFailure> {
+        tracing::info!(reason, "handing the job back");
+        if self
+            .ledger
+            .hand_back(&job.job_id, attempt, &self.cell_id, reason)
+            .await?
+        {
+            self.publish(&self.names.lane(pool, job.priority), &job.to_json(), &[])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        pool: &str,
+        job: &JobMessage,
+        attempt: i32,
+        body: &[u8],
+        failure: JobFailure,
+    ) -> Result<(), JobFailure> {
+        let error = failure.to_string();
+        let class = classify(&failure);
+        let last = attempt as u32 >= self.config.cell.max_attempts;
+        match (class, last) {
+            (Class::Retryable, false) => {
+                tracing::warn!(attempt, %error, "retryable failure; re-queueing");
+                if self
+                    .ledger
+                    .retry(&job.job_id, attempt, &self.cell_id, &error)
+                    .await?
+                {
+                    let mut next = job.clone();
+                    next.attempt = attempt as u32 + 1;
+                    self.publish(&self.names.lane(pool, job.priority), &next.to_json(), &[])
+                        .await?;
+                }
+            }
+            (class, _) => {
+                let (state, reason) = match class {
+                    Class::Permanent => ("failed", error),
+                    Class::Retryable => {
+                        ("dead", format!("gave up after {attempt} attempts: {error}"))
+                    }
+                };
+                tracing::warn!(attempt, state, %reason, "job failed; dead-lettering");
+                if self
+                    .ledger
+                    .fail(&job.job_id, attempt, &self.cell_id, state, &reason)
+                    .await?
+                {
+                    self.dead_letter(pool, body, &reason, &job.job_id).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+type Tagged = futures_util::stream::BoxStream<'static, Result<(String, Delivery), lapin::Error>>;
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The channel is gone: the broker redelivers, and the ledger makes that a no-op.
+        tracing::warn!(error = %e, "ack failed; the delivery will come back and be dropped as a duplicate");
+    }
+}
+
+async fn nack(delivery: &Delivery) {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    if let Err(e) = delivery.acker.nack(requeue).await {
+        tracing::warn!(error = %e, "nack failed; the delivery will come back");
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "cell".into())
+}

@@ -1,0 +1,316 @@
+//! One attempt at one job, from source object to uploaded outputs.
+//!
+//! Everything happens in a scratch directory of its own (`<scratch>/<job>-<attempt>-<cell>`)
+//! that is removed when the attempt ends, however it ends. The object key never becomes
+//! an FFmpeg argument: the source is downloaded to a fixed name (`in/source`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, OutputSpec, Pipeline};
+use crate::failure::JobFailure;
+use crate::ffmpeg::{self, probe, template, Limits};
+use crate::job::{JobMessage, OutputObject};
+use crate::ledger::Ledger;
+use crate::store::{ObjectStore, S3Url};
+
+/// What an attempt needs from its cell.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub store: &'a dyn ObjectStore,
+    pub ledger: &'a Ledger,
+    pub cell_id: &'a str,
+    pub threads: usize,
+    pub cancel: &'a CancellationToken,
+}
+
+/// A directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn create(path: PathBuf) -> Result<Scratch, JobFailure> {
+        let scratch = Scratch(path);
+        for sub in ["in", "out", "work"] {
+            let dir = scratch.0.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|source| JobFailure::Scratch {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(scratch)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove scratch directory");
+        }
+    }
+}
+
+/// Runs the job's pipeline and uploads its outputs; the caller commits to the ledger.
+pub async fn execute(
+    ctx: &Context<'_>,
+    job: &JobMessage,
+    attempt: i32,
+) -> Result<Vec<OutputObject>, JobFailure> {
+    let pipeline = ctx
+        .config
+        .pipelines
+        .get(&job.pipeline)
+        .ok_or_else(|| JobFailure::Pipeline {
+            pipeline: job.pipeline.clone(),
+            reason: "no such pipeline in the cell's config".into(),
+        })?;
+    let limits = limits(ctx.config, pipeline);
+    let root = Path::new(&ctx.config.cell.scratch_dir)
+        .join(format!("{}-{attempt}-{}", job.job_id, ctx.cell_id));
+    let scratch = Scratch::create(root)?;
+    let input = scratch.0.join("in/source");
+    let src = &job.source;
+    ctx.store
+        .download(&src.bucket, &src.key, Some(&src.etag), &input)
+        .await?;
+    let source_probe = probe::probe(&input, &limits, ctx.cancel)
+        .await
+        .map_err(JobFailure::Probe)?;
+    if source_probe.video().is_none() && source_probe.audio().is_none() {
+        return Err(JobFailure::Output {
+            path: "source".into(),
+            reason: "the source has no audio or video stream".into(),
+        });
+    }
+    let probe_json = serde_json::to_value(&source_probe).expect("a probe always serializes");
+    ctx.ledger.record_probe(&job.job_id, &probe_json).await?;
+
+    let mut vars: BTreeMap<&str, String> = BTreeMap::new();
+    vars.insert("input", path_arg(&input));
+    vars.insert("out", path_arg(&scratch.0.join("out")));
+    vars.insert("work", path_arg(&scratch.0.join("work")));
+    vars.insert("threads", ctx.threads.to_string());
+    for (name, url) in &pipeline.assets {
+        let local = scratch.0.join(format!("in/asset-{name}"));
+        let url = S3Url::parse(url).map_err(|reason| JobFailure::Pipeline {
+            pipeline: job.pipeline.clone(),
+            reason,
+        })?;
+        ctx.store
+            .download(&url.bucket, &url.key, None, &local)
+            .await?;
+        vars.insert(name.as_str(), path_arg(&local));
+    }
+    for (i, step) in pipeline.steps.iter().enumerate() {
+        let expanded = step
+            .args
+            .iter()
+            .map(|a| template::expand(a, &vars))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| JobFailure::Pipeline {
+                pipeline: job.pipeline.clone(),
+                reason,
+            })?;
+        let args = ffmpeg::ffmpeg_args(&expanded, &limits.demuxers);
+        ffmpeg::run("ffmpeg", &args, &limits, ctx.cancel)
+            .await
+            .map_err(|source| JobFailure::Step { step: i, source })?;
+    }
+    let files = check_outputs(
+        pipeline,
+        &scratch.0.join("out"),
+        &source_probe,
+        &limits,
+        ctx.cancel,
+    )
+    .await?;
+
+    // Last look before anything becomes visible: a superseded attempt uploads nothing.
+    if !ctx.ledger.holds(&job.job_id, attempt, ctx.cell_id).await? {
+        return Err(JobFailure::Superseded);
+    }
+    let dest = S3Url::parse(&job.output).map_err(|reason| JobFailure::Pipeline {
+        pipeline: job.pipeline.clone(),
+        reason,
+    })?;
+    let mut outputs = Vec::with_capacity(files.len());
+    for (rel, path, content_type) in files {
+        let key = output_key(&dest.key, &job.job_id, &rel);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        ctx.store
+            .upload(&dest.bucket, &key, &path, content_type.as_deref())
+            .await?;
+        outputs.push(OutputObject {
+            bucket: dest.bucket.clone(),
+            key,
+            size,
+        });
+    }
+    Ok(outputs)
+}
+
+fn limits(config: &Config, pipeline: &Pipeline) -> Limits {
+    let secs = pipeline
+        .step_timeout_secs
+        .unwrap_or(config.cell.step_timeout_secs);
+    Limits {
+        timeout: std::time::Duration::from_secs(secs),
+        memory_bytes: config.cell.ffmpeg_memory_mib * 1024 * 1024,
+        demuxers: config.cell.demuxers.clone(),
+    }
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// `<prefix>/<job id>/<relative path>`, with exactly one `/` between the parts.
+pub fn output_key(prefix: &str, job_id: &str, rel: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        format!("{job_id}/{rel}")
+    } else {
+        format!("{prefix}/{job_id}/{rel}")
+    }
+}
+
+type OutputFile = (String, PathBuf, Option<String>);
+
+/// Finds every declared output and checks it; a missing or wrong output fails the job.
+async fn check_outputs(
+    pipeline: &Pipeline,
+    out_dir: &Path,
+    source: &probe::Probe,
+    limits: &Limits,
+    cancel: &CancellationToken,
+) -> Result<Vec<OutputFile>, JobFailure> {
+    let mut files = Vec::new();
+    for spec in &pipeline.outputs {
+        let found = resolve(out_dir, &spec.path);
+        if found.is_empty() {
+            return Err(JobFailure::Output {
+                path: spec.path.clone(),
+                reason: "FFmpeg exited 0 but did not write it".into(),
+            });
+        }
+        for rel in found {
+            let path = out_dir.join(&rel);
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if size == 0 {
+                return Err(JobFailure::Output {
+                    path: rel,
+                    reason: "empty file".into(),
+                });
+            }
+            if needs_probe(spec) {
+                let p =
+                    probe::probe(&path, limits, cancel)
+                        .await
+                        .map_err(|e| JobFailure::Output {
+                            path: rel.clone(),
+                            reason: e.to_string(),
+                        })?;
+                probe::verify(spec, &p, source).map_err(|reason| JobFailure::Output {
+                    path: rel.clone(),
+                    reason,
+                })?;
+            }
+            files.push((rel, path, spec.content_type.clone()));
+        }
+    }
+    Ok(files)
+}
+
+fn needs_probe(spec: &OutputSpec) -> bool {
+    spec.video_codec.is_some()
+        || spec.audio_codec.is_some()
+        || spec.width.is_some()
+        || spec.height.is_some()
+        || spec.duration.is_some()
+}
+
+/// The files under `dir` that `pattern` names; `*` matches within the file name only.
+fn resolve(dir: &Path, pattern: &str) -> Vec<String> {
+    let (sub, name) = pattern.rsplit_once('/').unwrap_or(("", pattern));
+    if !name.contains('*') {
+        return if dir.join(pattern).is_file() {
+            vec![pattern.to_string()]
+        } else {
+            Vec::new()
+        };
+    }
+    let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|f| wildcard(name, f))
+        .map(|f| {
+            if sub.is_empty() {
+                f
+            } else {
+                format!("{sub}/{f}")
+            }
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Matches `name` against `pattern`, where `*` stands for any run of characters.
+fn wildcard(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            let Some(rest) = name.strip_prefix(head) else {
+                return false;
+            };
+            (0..=rest.len())
+                .filter(|i| rest.is_char_boundary(*i))
+                .any(|i| wildcard(tail, &rest[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_file_names() {
+        assert!(wildcard("*.ts", "720p_000.ts"));
+        assert!(wildcard("720p_*.ts", "720p_012.ts"));
+        assert!(!wildcard("*.ts", "720p.m3u8"));
+        assert!(wildcard("a*b*c", "aXbYc"));
+        assert!(!wildcard("a*b*c", "aXbY"));
+    }
+
+    #[test]
+    fn output_keys_join_cleanly() {
+        assert_eq!(
+            output_key("out/hls/", "j1", "hls/a.ts"),
+            "out/hls/j1/hls/a.ts"
+        );
+        assert_eq!(output_key("out", "j1", "x.mp4"), "out/j1/x.mp4");
+        assert_eq!(output_key("", "j1", "x.mp4"), "j1/x.mp4");
+    }
+
+    #[test]
+    fn resolve_finds_globbed_and_plain_outputs() {
+        let dir = std::env::temp_dir().join(format!("cellfarm-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("hls")).unwrap();
+        for f in ["hls/a_001.ts", "hls/a_000.ts", "hls/a.m3u8", "poster.jpg"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        assert_eq!(
+            resolve(&dir, "hls/*.ts"),
+            vec!["hls/a_000.ts", "hls/a_001.ts"]
+        );
+        assert_eq!(resolve(&dir, "poster.jpg"), vec!["poster.jpg"]);
+        assert!(resolve(&dir, "missing.jpg").is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

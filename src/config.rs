@@ -1,0 +1,613 @@
+//! The farm's configuration: one TOML file, read once, validated as a whole.
+//!
+//! Loading reports every problem at once, each naming its key (`pipelines.hls.pool`), and
+//! rejects unknown keys, so that a typo never silently falls back to a default. A config
+//! can live on local disk or in S3 (`s3://bucket/key`); see [`crate::store`] for the
+//! latter.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::ffmpeg::template;
+
+/// Seconds a job lease lasts without renewal. Cells renew every heartbeat, so a lease only
+/// runs out when its cell is dead or cut off; short enough that a killed cell's job is
+/// picked up within half a minute.
+const DEFAULT_LEASE_SECS: u64 = 30;
+/// Heartbeat and tick period. A few seconds keeps leases fresh at negligible cost.
+const DEFAULT_HEARTBEAT_SECS: u64 = 5;
+/// Attempts before a job is dead-lettered. Three covers a crash plus a spot reclaim.
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// How long SIGTERM waits for running jobs before handing them back. Below systemd's
+/// default stop timeout and the two-minute spot notice.
+const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 90;
+/// An FFmpeg step that runs longer than this is killed (one hour of encoding per step).
+const DEFAULT_STEP_TIMEOUT_SECS: u64 = 3600;
+/// Address-space cap per FFmpeg process: generous for 1080p x264, fatal for a decoder
+/// bomb.
+const DEFAULT_FFMPEG_MEMORY_MIB: u64 = 4096;
+
+/// The demuxers a source may be opened with. Playlists (`hls`), lists (`concat`) and
+/// image sequences are left out on purpose: they make FFmpeg open other files.
+pub const DEFAULT_DEMUXERS: &[&str] = &[
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "matroska,webm",
+    "avi",
+    "mpegts",
+    "flv",
+    "mpeg",
+    "mxf",
+    "wav",
+    "mp3",
+    "aac",
+    "ogg",
+    "flac",
+    "image2",
+    "png_pipe",
+    "jpeg_pipe",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub farm: Farm,
+    pub amqp: Amqp,
+    pub postgres: Postgres,
+    pub redis: Redis,
+    #[serde(default)]
+    pub s3: S3,
+    #[serde(default)]
+    pub cell: Cell,
+    pub pools: BTreeMap<String, Pool>,
+    pub pipelines: BTreeMap<String, Pipeline>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Farm {
+    /// Prefix of every queue, Redis key and tag of this farm.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amqp {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgres {
+    pub url: String,
+    /// Schema holding the ledger; several farms (or tests) can share one database.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3 {
+    /// Custom endpoint (s3s-fs, MinIO); `None` means AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cell {
+    /// Concurrent jobs; 0 means one per vCPU.
+    #[serde(default)]
+    pub slots: usize,
+    /// FFmpeg threads per job; 0 means vCPUs / slots (at least 1).
+    #[serde(default)]
+    pub threads_per_job: usize,
+    #[serde(default = "default_scratch")]
+    pub scratch_dir: String,
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout_secs: u64,
+    #[serde(default = "default_memory")]
+    pub ffmpeg_memory_mib: u64,
+    /// Demuxers a source may be opened with (FFmpeg `format_whitelist`).
+    #[serde(default = "default_demuxers")]
+    pub demuxers: Vec<String>,
+}
+
+impl Default for Cell {
+    fn default() -> Self {
+        Cell {
+            slots: 0,
+            threads_per_job: 0,
+            scratch_dir: default_scratch(),
+            lease_secs: DEFAULT_LEASE_SECS,
+            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            step_timeout_secs: DEFAULT_STEP_TIMEOUT_SECS,
+            ffmpeg_memory_mib: DEFAULT_FFMPEG_MEMORY_MIB,
+            demuxers: default_demuxers(),
+        }
+    }
+}
+
+impl Cell {
+    /// Job slots on a machine with `vcpus` cores.
+    pub fn slots_for(&self, vcpus: usize) -> usize {
+        if self.slots > 0 {
+            self.slots
+        } else {
+            vcpus.max(1)
+        }
+    }
+
+    /// FFmpeg threads per job on a machine with `vcpus` cores.
+    pub fn threads_for(&self, vcpus: usize) -> usize {
+        if self.threads_per_job > 0 {
+            self.threads_per_job
+        } else {
+            (vcpus / self.slots_for(vcpus)).max(1)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Bound on the priority lane and work queue (`x-max-length`); `None` is unbounded.
+    #[serde(default)]
+    pub max_queue_length: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub pool: String,
+    /// Where outputs go: `s3://bucket/prefix/`; each job writes under `<prefix><job id>/`.
+    pub output: String,
+    /// Work-seconds per second of source, for work-aware scaling.
+    #[serde(default = "default_cost")]
+    pub cost_factor: f64,
+    /// Per-step timeout for this pipeline, overriding `cell.step_timeout_secs`.
+    pub step_timeout_secs: Option<u64>,
+    /// Extra inputs by name (`intro = "s3://bucket/intro.mp4"`), usable as `{intro}`.
+    #[serde(default)]
+    pub assets: BTreeMap<String, String>,
+    pub steps: Vec<Step>,
+    pub outputs: Vec<OutputSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// FFmpeg arguments, one list element per argument, with `{placeholders}`.
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Path relative to the job's output directory; a `*` in the file name matches many.
+    pub path: String,
+    pub content_type: Option<String>,
+    /// Expected video codec (`h264`, `mjpeg`, …), checked with ffprobe.
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Expected duration: `"source"` (the probed input) or seconds.
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Duration {
+    Seconds(f64),
+    Named(String),
+}
+
+fn default_schema() -> String {
+    "cellfarm".into()
+}
+fn default_scratch() -> String {
+    "/var/tmp/cellfarm".into()
+}
+fn default_lease() -> u64 {
+    DEFAULT_LEASE_SECS
+}
+fn default_heartbeat() -> u64 {
+    DEFAULT_HEARTBEAT_SECS
+}
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+fn default_grace() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_SECS
+}
+fn default_step_timeout() -> u64 {
+    DEFAULT_STEP_TIMEOUT_SECS
+}
+fn default_memory() -> u64 {
+    DEFAULT_FFMPEG_MEMORY_MIB
+}
+fn default_demuxers() -> Vec<String> {
+    DEFAULT_DEMUXERS.iter().map(|d| d.to_string()).collect()
+}
+fn default_cost() -> f64 {
+    1.0
+}
+
+/// Every problem found in one config, each naming its key.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid config {}: {} problem(s): {}",
+            self.source_name,
+            self.problems.len(),
+            self.problems.join("; ")
+        )
+    }
+}
+
+impl Config {
+    /// Parses and validates a config; `source_name` (a path or URL) goes into errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            source_name: source_name.to_string(),
+            problems,
+        };
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
+        let mut problems = Vec::new();
+        // Unknown keys are reported and dropped, so the typed pass can report the rest.
+        drop_unknown_keys(&mut value, &mut problems);
+        let config = match Config::deserialize(value) {
+            Ok(config) => config,
+            Err(e) => {
+                problems.push(e.to_string());
+                return Err(fail(problems));
+            }
+        };
+        config.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        let mut bad = |key: String, why: &str| problems.push(format!("{key}: {why}"));
+        if !valid_name(&self.farm.name) {
+            bad("farm.name".into(), "must be 1-40 of [a-z0-9_-]");
+        }
+        if !valid_name(&self.postgres.schema) {
+            bad("postgres.schema".into(), "must be 1-40 of [a-z0-9_-]");
+        }
+        check_url(&self.amqp.url, &["amqp", "amqps"], "amqp.url", &mut bad);
+        check_url(
+            &self.postgres.url,
+            &["postgres", "postgresql"],
+            "postgres.url",
+            &mut bad,
+        );
+        check_url(&self.redis.url, &["redis", "rediss"], "redis.url", &mut bad);
+        if let Some(endpoint) = &self.s3.endpoint {
+            check_url(endpoint, &["http", "https"], "s3.endpoint", &mut bad);
+        }
+        let c = &self.cell;
+        if c.lease_secs < 2 * c.heartbeat_secs {
+            bad(
+                "cell.lease_secs".into(),
+                "must be at least twice cell.heartbeat_secs",
+            );
+        }
+        if c.heartbeat_secs == 0 {
+            bad("cell.heartbeat_secs".into(), "must be above 0");
+        }
+        if c.max_attempts == 0 {
+            bad("cell.max_attempts".into(), "must be above 0");
+        }
+        if c.step_timeout_secs == 0 {
+            bad("cell.step_timeout_secs".into(), "must be above 0");
+        }
+        if c.demuxers.is_empty() {
+            bad("cell.demuxers".into(), "must name at least one demuxer");
+        }
+        if self.pools.is_empty() {
+            bad("pools".into(), "at least one pool is needed");
+        }
+        for name in self.pools.keys() {
+            if !valid_name(name) {
+                bad(format!("pools.{name}"), "pool names are 1-40 of [a-z0-9_-]");
+            }
+        }
+        if self.pipelines.is_empty() {
+            bad("pipelines".into(), "at least one pipeline is needed");
+        }
+        for (name, p) in &self.pipelines {
+            let key = |k: &str| format!("pipelines.{name}.{k}");
+            if !valid_name(name) {
+                bad(
+                    format!("pipelines.{name}"),
+                    "pipeline names are 1-40 of [a-z0-9_-]",
+                );
+            }
+            if !self.pools.contains_key(&p.pool) {
+                bad(key("pool"), &format!("no pool named {:?}", p.pool));
+            }
+            if crate::store::S3Url::parse(&p.output).is_err() {
+                bad(key("output"), "must be s3://bucket/prefix/");
+            }
+            if p.cost_factor.is_nan() || p.cost_factor <= 0.0 {
+                bad(key("cost_factor"), "must be above 0");
+            }
+            for (asset, url) in &p.assets {
+                if crate::store::S3Url::parse(url).is_err() {
+                    bad(key(&format!("assets.{asset}")), "must be s3://bucket/key");
+                }
+            }
+            if p.steps.is_empty() {
+                bad(key("steps"), "at least one step is needed");
+            }
+            let names: Vec<&str> = p.assets.keys().map(String::as_str).collect();
+            for (i, step) in p.steps.iter().enumerate() {
+                if step.args.is_empty() {
+                    bad(key(&format!("steps[{i}].args")), "empty");
+                }
+                for arg in &step.args {
+                    if let Err(e) = template::check(arg, &names) {
+                        bad(key(&format!("steps[{i}].args")), &e);
+                    }
+                }
+            }
+            if p.outputs.is_empty() {
+                bad(key("outputs"), "at least one output is needed");
+            }
+            for (i, o) in p.outputs.iter().enumerate() {
+                check_output(o, &key(&format!("outputs[{i}]")), &mut bad);
+            }
+        }
+    }
+
+    /// The pipeline named `name`, or an error that names it.
+    pub fn pipeline(&self, name: &str) -> anyhow::Result<&Pipeline> {
+        self.pipelines.get(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no pipeline named {name:?} in the config (known: {})",
+                self.pipelines
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+}
+
+fn check_output(o: &OutputSpec, key: &str, bad: &mut impl FnMut(String, &str)) {
+    let path = std::path::Path::new(&o.path);
+    let escapes = path.is_absolute()
+        || path
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)));
+    if o.path.is_empty() || escapes {
+        bad(
+            format!("{key}.path"),
+            "must be a relative path inside the job's output directory",
+        );
+    }
+    if o.path.contains('*') && o.path.rsplit('/').skip(1).any(|d| d.contains('*')) {
+        bad(
+            format!("{key}.path"),
+            "a `*` may appear only in the file name",
+        );
+    }
+    if let Some(Duration::Named(n)) = &o.duration {
+        if n != "source" {
+            bad(format!("{key}.duration"), "must be \"source\" or seconds");
+        }
+    }
+}
+
+fn check_url(url: &str, schemes: &[&str], key: &str, bad: &mut impl FnMut(String, &str)) {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    if !scheme.is_some_and(|s| schemes.contains(&s)) {
+        bad(
+            key.into(),
+            &format!("must be a URL with scheme {}", schemes.join(" or ")),
+        );
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Reports and removes every key no table accepts; serde alone stops at the first.
+fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
+    const TOP: &[&str] = &[
+        "farm",
+        "amqp",
+        "postgres",
+        "redis",
+        "s3",
+        "cell",
+        "pools",
+        "pipelines",
+    ];
+    const SECTIONS: &[(&str, &[&str])] = &[
+        ("farm", &["name"]),
+        ("amqp", &["url"]),
+        ("postgres", &["url", "schema"]),
+        ("redis", &["url"]),
+        ("s3", &["endpoint", "region", "path_style"]),
+        (
+            "cell",
+            &[
+                "slots",
+                "threads_per_job",
+                "scratch_dir",
+                "lease_secs",
+                "heartbeat_secs",
+                "max_attempts",
+                "shutdown_grace_secs",
+                "step_timeout_secs",
+                "ffmpeg_memory_mib",
+                "demuxers",
+            ],
+        ),
+    ];
+    const POOL: &[&str] = &["max_queue_length"];
+    const PIPELINE: &[&str] = &[
+        "pool",
+        "output",
+        "cost_factor",
+        "step_timeout_secs",
+        "assets",
+        "steps",
+        "outputs",
+    ];
+    const STEP: &[&str] = &["args"];
+    const OUTPUT: &[&str] = &[
+        "path",
+        "content_type",
+        "video_codec",
+        "audio_codec",
+        "width",
+        "height",
+        "duration",
+    ];
+    let Some(top) = root.as_table_mut() else {
+        return;
+    };
+    check_table(top, "", TOP, problems);
+    for (section, allowed) in SECTIONS {
+        if let Some(t) = top.get_mut(*section).and_then(toml::Value::as_table_mut) {
+            check_table(t, section, allowed, problems);
+        }
+    }
+    let pools = top.get_mut("pools").and_then(toml::Value::as_table_mut);
+    for (name, pool) in pools.into_iter().flatten() {
+        if let Some(t) = pool.as_table_mut() {
+            check_table(t, &format!("pools.{name}"), POOL, problems);
+        }
+    }
+    let pipelines = top.get_mut("pipelines").and_then(toml::Value::as_table_mut);
+    for (name, p) in pipelines.into_iter().flatten() {
+        let Some(t) = p.as_table_mut() else { continue };
+        let prefix = format!("pipelines.{name}");
+        check_table(t, &prefix, PIPELINE, problems);
+        for (list, allowed) in [("steps", STEP), ("outputs", OUTPUT)] {
+            let items = t.get_mut(list).and_then(toml::Value::as_array_mut);
+            for (i, item) in items.into_iter().flatten().enumerate() {
+                if let Some(it) = item.as_table_mut() {
+                    check_table(it, &format!("{prefix}.{list}[{i}]"), allowed, problems);
+                }
+            }
+        }
+    }
+}
+
+fn check_table(t: &mut toml::Table, prefix: &str, allowed: &[&str], problems: &mut Vec<String>) {
+    t.retain(|key, _| {
+        let known = allowed.contains(&key);
+        if !known {
+            let full = if prefix.is_empty() {
+                key.to_string()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            problems.push(format!(
+                "{full}: unknown key (allowed: {})",
+                allowed.join(", ")
+            ));
+        }
+        known
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [farm]
+        name = "demo"
+        [amqp]
+        url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        [postgres]
+        url = "postgres://postgres@127.0.0.1/test"
+        [redis]
+        url = "redis://127.0.0.1:6379"
+        [pools.default]
+        [pipelines.thumbs]
+        pool = "default"
+        output = "s3://out/thumbs/"
+        steps = [{ args = ["-i", "{input}", "-frames:v", "1", "{out}/poster.jpg"] }]
+        outputs = [{ path = "poster.jpg", video_codec = "mjpeg" }]
+    "#;
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let c = Config::parse(GOOD, "good.toml").unwrap();
+        assert_eq!(c.cell.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(c.postgres.schema, "cellfarm");
+        assert_eq!(c.cell.slots_for(8), 8);
+        assert_eq!(c.cell.threads_for(8), 1);
+    }
+
+    #[test]
+    fn every_bad_key_is_named_at_once() {
+        let text = GOOD
+            .replace("[redis]", "[redis]\nurll = \"x\"")
+            .replace("pool = \"default\"", "pool = \"nope\"")
+            .replace(
+                "[pools.default]",
+                "[pools.default]\n[cell]\nmax_attempts = 0",
+            )
+            .replace("{out}/poster.jpg", "{outt}/poster.jpg");
+        let err = Config::parse(&text, "bad.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("redis.urll: unknown key"), "{msg}");
+        assert!(msg.contains("pipelines.thumbs.pool"), "{msg}");
+        assert!(msg.contains("cell.max_attempts"), "{msg}");
+        assert!(msg.contains("pipelines.thumbs.steps[0].args"), "{msg}");
+        assert_eq!(err.problems.len(), 4, "{msg}");
+    }
+
+    #[test]
+    fn output_paths_cannot_escape_the_output_directory() {
+        for path in ["../x.mp4", "/etc/passwd", "a/../../b", "*/x.ts"] {
+            let text = GOOD.replace("path = \"poster.jpg\"", &format!("path = {path:?}"));
+            let err = Config::parse(&text, "c").unwrap_err();
+            assert!(err.to_string().contains("outputs[0].path"), "{path}: {err}");
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Why a job failed, and whether trying again can help: one pure function decides.
+//!
+//! Retryable: the world hiccuped (S3, broker, database, a timeout, a process killed by a
+//! signal); the job goes back to its queue and the attempt counts. Permanent: the input
+//! or the pipeline is at fault (corrupt or unsupported media, an output that is not what
+//! the pipeline promised, a source that vanished or changed); the job fails at once and
+//! is dead-lettered with the reason.
+
+use crate::ffmpeg::FfmpegError;
+use crate::ledger::LedgerError;
+use crate::queue::QueueError;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Retryable,
+    Permanent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobFailure {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("probing the source: {0}")]
+    Probe(FfmpegError),
+    #[error("step {step}: {source}")]
+    Step { step: usize, source: FfmpegError },
+    #[error("output {path}: {reason}")]
+    Output { path: String, reason: String },
+    #[error("pipeline {pipeline}: {reason}")]
+    Pipeline { pipeline: String, reason: String },
+    #[error("{0}")]
+    Ledger(#[from] LedgerError),
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+    #[error("scratch directory {path}: {source}")]
+    Scratch {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("another attempt took the job over")]
+    Superseded,
+    #[error("cancelled: the cell is stopping")]
+    Cancelled,
+}
+
+/// Classifies a failure. `Cancelled` and `Superseded` are not failures of the job and
+/// are handled before this is asked; they class as retryable.
+pub fn classify(failure: &JobFailure) -> Class {
+    use Class::*;
+    match failure {
+        JobFailure::Store(StoreError::NotFound { .. } | StoreError::Changed { .. }) => Permanent,
+        JobFailure::Store(_) => Retryable,
+        JobFailure::Probe(e) | JobFailure::Step { source: e, .. } => match e {
+            FfmpegError::Failed { .. } | FfmpegError::BadOutput { .. } => Permanent,
+            FfmpegError::Killed { .. }
+            | FfmpegError::TimedOut { .. }
+            | FfmpegError::Spawn { .. }
+            | FfmpegError::Cancelled { .. } => Retryable,
+        },
+        JobFailure::Output { .. } | JobFailure::Pipeline { .. } => Permanent,
+        JobFailure::Ledger(_)
+        | JobFailure::Queue(_)
+        | JobFailure::Scratch { .. }
+        | JobFailure::Superseded
+        | JobFailure::Cancelled => Retryable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn failed() -> FfmpegError {
+        FfmpegError::Failed {
+            program: "ffmpeg".into(),
+            status: std::process::ExitStatus::from_raw(1 << 8),
+            tail: "moov atom not found".into(),
+        }
+    }
+
+    #[test]
+    fn bad_media_is_permanent_and_hiccups_are_retryable() {
+        let cases = [
+            (JobFailure::Probe(failed()), Class::Permanent),
+            (
+                JobFailure::Step {
+                    step: 0,
+                    source: failed(),
+                },
+                Class::Permanent,
+            ),
+            (
+                JobFailure::Step {
+                    step: 1,
+                    source: FfmpegError::TimedOut {
+                        program: "ffmpeg".into(),
+                        secs: 1,
+                        tail: String::new(),
+                    },
+                },
+                Class::Retryable,
+            ),
+            (
+                JobFailure::Store(StoreError::Changed {
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    etag: "e".into(),
+                }),
+                Class::Permanent,
+            ),
+            (
+                JobFailure::Store(StoreError::Failed {
+                    op: "GET",
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    message: "connection reset".into(),
+                }),
+                Class::Retryable,
+            ),
+            (
+                JobFailure::Output {
+                    path: "720p.mp4".into(),
+                    reason: "truncated".into(),
+                },
+                Class::Permanent,
+            ),
+        ];
+        for (failure, class) in cases {
+            assert_eq!(classify(&failure), class, "{failure}");
+        }
+    }
+
+    #[test]
+    fn the_reason_keeps_ffmpegs_words() {
+        let f = JobFailure::Probe(failed());
+        assert!(f.to_string().contains("moov atom not found"));
+    }
+}

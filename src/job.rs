@@ -1,0 +1,200 @@
+//! The job message (contract v1), the result message, and the job id.
+//!
+//! Messages are JSON. Readers tolerate unknown fields, so a newer producer's message is
+//! still read by an older cell while queues are full (Hudl's rolling updates); a message
+//! of another major version is refused with a reason and dead-lettered.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The message version this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// One unit of work: run `pipeline` on `source`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub v: u32,
+    pub job_id: String,
+    pub pipeline: String,
+    pub source: SourceObject,
+    /// Where outputs go (`s3://bucket/prefix/`), copied from the pipeline at submission so
+    /// a config change does not move a queued job's outputs.
+    pub output: String,
+    #[serde(default)]
+    pub priority: bool,
+    /// Estimated work in seconds (probe duration × pipeline cost), when known.
+    #[serde(default)]
+    pub work_secs: Option<f64>,
+    /// Delivery attempt this message starts; the ledger is the authority.
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceObject {
+    pub bucket: String,
+    pub key: String,
+    /// ETag without quotes.
+    pub etag: String,
+}
+
+/// Published on the results queue once a job's outputs are durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultMessage {
+    pub v: u32,
+    pub job_id: String,
+    pub pipeline: String,
+    pub source: SourceObject,
+    pub outputs: Vec<OutputObject>,
+    pub attempt: u32,
+    pub cell_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputObject {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+}
+
+/// Why a message body is not a job.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MessageError {
+    #[error("message is not JSON: {0}")]
+    NotJson(String),
+    #[error("message has version {0}, this cell reads version {VERSION}")]
+    Version(u64),
+    #[error("message has no version field \"v\"")]
+    NoVersion,
+    #[error("message is not a valid v1 job: {0}")]
+    Invalid(String),
+}
+
+impl JobMessage {
+    pub fn new(pipeline: &str, source: SourceObject, output: &str, priority: bool) -> Self {
+        JobMessage {
+            v: VERSION,
+            job_id: job_id(&source.bucket, &source.key, &source.etag, pipeline),
+            pipeline: pipeline.into(),
+            source,
+            output: output.into(),
+            priority,
+            work_secs: None,
+            attempt: 0,
+        }
+    }
+
+    /// Reads a message body, checking the version before the fields.
+    pub fn parse(body: &[u8]) -> Result<JobMessage, MessageError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| MessageError::NotJson(e.to_string()))?;
+        match value.get("v").map(serde_json::Value::as_u64) {
+            None => return Err(MessageError::NoVersion),
+            Some(Some(v)) if v == u64::from(VERSION) => {}
+            Some(Some(v)) => return Err(MessageError::Version(v)),
+            Some(None) => return Err(MessageError::Invalid("\"v\" is not a number".into())),
+        }
+        let job: JobMessage =
+            serde_json::from_value(value).map_err(|e| MessageError::Invalid(e.to_string()))?;
+        let expected = job_id(
+            &job.source.bucket,
+            &job.source.key,
+            &job.source.etag,
+            &job.pipeline,
+        );
+        if job.job_id != expected {
+            return Err(MessageError::Invalid(format!(
+                "job_id {} does not match its source and pipeline",
+                job.job_id
+            )));
+        }
+        Ok(job)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a job message always serializes")
+    }
+}
+
+/// Strips the quotes S3 puts around ETags in HEAD and List responses (events omit them).
+pub fn unquote_etag(etag: &str) -> &str {
+    etag.trim().trim_matches('"')
+}
+
+/// The job id: the same upload (bucket, key, ETag) through the same pipeline is the same
+/// job, however often it is submitted or its event is delivered.
+pub fn job_id(bucket: &str, key: &str, etag: &str, pipeline: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [bucket, key, unquote_etag(etag), pipeline] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> SourceObject {
+        SourceObject {
+            bucket: "in".into(),
+            key: "a/clip 1.mp4".into(),
+            etag: "abc".into(),
+        }
+    }
+
+    #[test]
+    fn the_job_id_is_deterministic_and_ignores_etag_quotes() {
+        let a = job_id("in", "a/clip 1.mp4", "\"abc\"", "hls");
+        assert_eq!(a, job_id("in", "a/clip 1.mp4", "abc", "hls"));
+        assert_ne!(a, job_id("in", "a/clip 1.mp4", "abc", "thumbs"));
+        assert_ne!(a, job_id("in", "a/clip 1.mp", "4abc", "hls"));
+        assert_eq!(a.len(), 32);
+    }
+
+    #[test]
+    fn a_message_round_trips_and_tolerates_new_fields() {
+        let m = JobMessage::new("hls", source(), "s3://out/hls/", true);
+        assert_eq!(JobMessage::parse(&m.to_json()).unwrap(), m);
+        let mut v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        v["added_in_v1_3"] = serde_json::json!({"x": 1});
+        let body = serde_json::to_vec(&v).unwrap();
+        assert_eq!(JobMessage::parse(&body).unwrap(), m);
+    }
+
+    #[test]
+    fn an_old_minimal_message_is_read_with_defaults() {
+        let id = job_id("in", "a/clip 1.mp4", "abc", "hls");
+        let body = format!(
+            r#"{{"v":1,"job_id":"{id}","pipeline":"hls","output":"s3://o/p/",
+                "source":{{"bucket":"in","key":"a/clip 1.mp4","etag":"abc"}}}}"#
+        );
+        let m = JobMessage::parse(body.as_bytes()).unwrap();
+        assert!(!m.priority);
+        assert_eq!(m.attempt, 0);
+    }
+
+    #[test]
+    fn malformed_messages_say_why() {
+        assert!(matches!(
+            JobMessage::parse(b"not json"),
+            Err(MessageError::NotJson(_))
+        ));
+        assert_eq!(JobMessage::parse(b"{}"), Err(MessageError::NoVersion));
+        assert_eq!(
+            JobMessage::parse(br#"{"v":2}"#),
+            Err(MessageError::Version(2))
+        );
+        assert!(matches!(
+            JobMessage::parse(br#"{"v":1}"#),
+            Err(MessageError::Invalid(_))
+        ));
+        let mut m = JobMessage::new("hls", source(), "s3://o/", false);
+        m.job_id = "forged".into();
+        assert!(matches!(
+            JobMessage::parse(&m.to_json()),
+            Err(MessageError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,484 @@
+//! The SQL ledger (PostgreSQL through sqlx): one row per job, one per attempt.
+//!
+//! The ledger, not the broker, is the authority on a job. A delivery claims the row
+//! (attempt + 1, a lease); only the attempt that holds the claim may commit, so a zombie
+//! attempt (a cell cut off from the broker but still encoding) commits nothing; a lease
+//! that runs out puts the job back to `queued` and its message is published again.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Executor, Row};
+
+use crate::config::Postgres;
+use crate::job::{JobMessage, OutputObject};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("ledger migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the ledger in schema {schema} is not migrated to version {want}: run `cellfarm migrate`"
+    )]
+    NotMigrated { schema: String, want: i64 },
+}
+
+/// What a delivery may do with its job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Run it: this is attempt `attempt`.
+    Run { attempt: i32 },
+    /// Already done or already failed: the delivery is a duplicate.
+    Finished { state: String },
+    /// Another cell holds a live lease; the delivery is a duplicate.
+    HeldElsewhere { cell_id: String },
+    /// Every attempt is spent: dead-letter it with the last error.
+    Exhausted { attempts: i32, error: String },
+}
+
+/// Jobs per (pool, state), for `cellfarm status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StateCount {
+    pub pool: String,
+    pub state: String,
+    pub jobs: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Failure {
+    pub job_id: String,
+    pub pipeline: String,
+    pub source: String,
+    pub state: String,
+    pub attempts: i32,
+    pub error: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    pool: PgPool,
+    schema: String,
+}
+
+impl Ledger {
+    /// Connects with every session's `search_path` set to the farm's schema.
+    pub async fn connect(cfg: &Postgres) -> Result<Ledger, LedgerError> {
+        let schema = cfg.schema.clone();
+        let set_path = format!("SET search_path TO \"{schema}\"");
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                let set_path = set_path.clone();
+                Box::pin(async move {
+                    conn.execute(set_path.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect(&cfg.url)
+            .await?;
+        Ok(Ledger { pool, schema })
+    }
+
+    pub async fn migrate(&self) -> Result<(), LedgerError> {
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+        sqlx::query(&create).execute(&self.pool).await?;
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Fails unless every migration this build knows has been applied.
+    pub async fn check_migrated(&self) -> Result<(), LedgerError> {
+        let want = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(None);
+        if applied.unwrap_or(0) < want {
+            return Err(LedgerError::NotMigrated {
+                schema: self.schema.clone(),
+                want,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a new job as `queued`; false if the job id is already known.
+    pub async fn insert(&self, job: &JobMessage, pool: &str) -> Result<bool, LedgerError> {
+        let done = sqlx::query(
+            "INSERT INTO jobs (id, pipeline, pool, source_bucket, source_key, source_etag, message)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&job.job_id)
+        .bind(&job.pipeline)
+        .bind(pool)
+        .bind(&job.source.bucket)
+        .bind(&job.source.key)
+        .bind(&job.source.etag)
+        .bind(sqlx::types::Json(job))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts a finished job back to `queued` with fresh attempts (reprocessing on demand).
+    /// Returns false for a job that is queued or running now.
+    pub async fn reset(&self, job_id: &str) -> Result<bool, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = 0, error = NULL, outputs = NULL,
+                    cell_id = NULL, lease_expires = NULL, updated_at = now()
+             WHERE id = $1 AND state IN ('succeeded', 'failed', 'dead')",
+        )
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes a job that was never published (its publish failed).
+    pub async fn forget(&self, job_id: &str) -> Result<(), LedgerError> {
+        sqlx::query("DELETE FROM jobs WHERE id = $1 AND state = 'queued' AND attempts = 0")
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Claims a job for one attempt by `cell_id`, creating its row if the message came
+    /// from elsewhere.
+    pub async fn claim(
+        &self,
+        job: &JobMessage,
+        pool: &str,
+        cell_id: &str,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Claim, LedgerError> {
+        self.insert(job, pool).await?;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT state, attempts, cell_id, lease_expires < now() AS expired, error
+             FROM jobs WHERE id = $1 FOR UPDATE",
+        )
+        .bind(&job.job_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let state: String = row.get("state");
+        let attempts: i32 = row.get("attempts");
+        let holder: Option<String> = row.get("cell_id");
+        let expired: Option<bool> = row.get("expired");
+        let claim = match state.as_str() {
+            "succeeded" | "failed" | "dead" => Claim::Finished { state },
+            "running" if expired == Some(false) && holder.as_deref() != Some(cell_id) => {
+                Claim::HeldElsewhere {
+                    cell_id: holder.unwrap_or_default(),
+                }
+            }
+            _ if attempts >= max_attempts as i32 => Claim::Exhausted {
+                attempts,
+                error: row
+                    .get::<Option<String>, _>("error")
+                    .unwrap_or_else(|| "the cell running it was lost every time".into()),
+            },
+            _ => {
+                if state == "running" {
+                    // The previous holder's lease ran out: that attempt is lost.
+                    close_attempt(&mut tx, &job.job_id, attempts, "lost", None).await?;
+                }
+                let attempt = attempts + 1;
+                sqlx::query(
+                    "UPDATE jobs SET state = 'running', attempts = $2, cell_id = $3,
+                            lease_expires = now() + make_interval(secs => $4),
+                            started_at = now(), updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(&job.job_id)
+                .bind(attempt)
+                .bind(cell_id)
+                .bind(lease.as_secs_f64())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO job_attempts (job_id, attempt, cell_id) VALUES ($1, $2, $3)",
+                )
+                .bind(&job.job_id)
+                .bind(attempt)
+                .bind(cell_id)
+                .execute(&mut *tx)
+                .await?;
+                Claim::Run { attempt }
+            }
+        };
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    /// Ends a job whose attempts are all spent, whoever held it last.
+    pub async fn bury(&self, job_id: &str, reason: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'dead', error = $2, cell_id = NULL, lease_expires = NULL,
+                    updated_at = now(), finished_at = now()
+             WHERE id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(job_id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn record_probe(&self, job_id: &str, probe: &Value) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE jobs SET probe = $2, updated_at = now() WHERE id = $1")
+            .bind(job_id)
+            .bind(probe)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// True while `cell_id`'s attempt still holds the job (checked before uploading).
+    pub async fn holds(
+        &self,
+        job_id: &str,
+        attempt: i32,
+        cell_id: &str,
+    ) -> Result<bool, LedgerError> {
+        let held: Option<bool> = sqlx::query_scalar(
+            "SELECT lease_expires > now() FROM jobs
+             WHERE id = $1 AND attempts = $2 AND cell_id = $3 AND state = 'running'",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(cell_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
+        Ok(held == Some(true))
+    }
+
+    /// Commits a success; false (nothing written) if this attempt no longer holds the job.
+    pub async fn succeed(
+        &self,
+        job_id: &str,
+        attempt: i32,
+        cell_id: &str,
+        outputs: &[OutputObject],
+    ) -> Result<bool, LedgerError> {
+        self.finish(
+            job_id,
+            attempt,
+            cell_id,
+            "succeeded",
+            "succeeded",
+            None,
+            Some(outputs),
+        )
+        .await
+    }
+
+    /// Ends the job as `failed` (permanent) or `dead` (attempts spent).
+    pub async fn fail(
+        &self,
+        job_id: &str,
+        attempt: i32,
+        cell_id: &str,
+        state: &str,
+        error: &str,
+    ) -> Result<bool, LedgerError> {
+        self.finish(job_id, attempt, cell_id, state, "failed", Some(error), None)
+            .await
+    }
+
+    /// Puts the job back to `queued` after a retryable failure; the attempt counts.
+    pub async fn retry(
+        &self,
+        job_id: &str,
+        attempt: i32,
+        cell_id: &str,
+        error: &str,
+    ) -> Result<bool, LedgerError> {
+        self.finish(
+            job_id,
+            attempt,
+            cell_id,
+            "queued",
+            "retry",
+            Some(error),
+            None,
+        )
+        .await
+    }
+
+    /// Hands the job back without spending an attempt (shutdown, spot notice).
+    pub async fn hand_back(
+        &self,
+        job_id: &str,
+        attempt: i32,
+        cell_id: &str,
+        reason: &str,
+    ) -> Result<bool, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, cell_id = NULL,
+                    lease_expires = NULL, updated_at = now()
+             WHERE id = $1 AND attempts = $2 AND cell_id = $3 AND state = 'running'",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(cell_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            close_attempt(&mut tx, job_id, attempt, "handed_back", Some(reason)).await?;
+        }
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        job_id: &str,
+        attempt: i32,
+        cell_id: &str,
+        state: &str,
+        outcome: &str,
+        error: Option<&str>,
+        outputs: Option<&[OutputObject]>,
+    ) -> Result<bool, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET state = $4, error = $5, outputs = COALESCE($6, outputs),
+                    cell_id = CASE WHEN $4 = 'queued' THEN NULL ELSE cell_id END,
+                    lease_expires = NULL, updated_at = now(),
+                    finished_at = CASE WHEN $4 = 'queued' THEN NULL ELSE now() END
+             WHERE id = $1 AND attempts = $2 AND cell_id = $3 AND state = 'running'",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(cell_id)
+        .bind(state)
+        .bind(error)
+        .bind(outputs.map(sqlx::types::Json))
+        .execute(&mut *tx)
+        .await?;
+        let held = done.rows_affected() == 1;
+        let outcome = if held { outcome } else { "superseded" };
+        close_attempt(&mut tx, job_id, attempt, outcome, error).await?;
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// Extends the leases of every job `cell_id` runs; called each heartbeat.
+    pub async fn renew(&self, cell_id: &str, lease: Duration) -> Result<u64, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_expires = now() + make_interval(secs => $2)
+             WHERE cell_id = $1 AND state = 'running'",
+        )
+        .bind(cell_id)
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Puts every job whose lease ran out back to `queued` and returns their messages
+    /// with their pools, for re-publishing. Each row is returned to exactly one caller.
+    pub async fn requeue_expired(&self) -> Result<Vec<(JobMessage, String)>, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'queued', cell_id = NULL, lease_expires = NULL,
+                    updated_at = now()
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires < now()
+                          FOR UPDATE SKIP LOCKED)
+             RETURNING id, attempts, message, pool",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut jobs = Vec::new();
+        for row in rows {
+            let id: String = row.get("id");
+            let attempts: i32 = row.get("attempts");
+            close_attempt(&mut tx, &id, attempts, "lost", Some("lease expired")).await?;
+            let message: sqlx::types::Json<JobMessage> = row.get("message");
+            jobs.push((message.0, row.get("pool")));
+        }
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    pub async fn state_counts(&self) -> Result<Vec<StateCount>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT pool, state, count(*) AS jobs FROM jobs GROUP BY pool, state ORDER BY pool, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StateCount {
+                pool: r.get("pool"),
+                state: r.get("state"),
+                jobs: r.get("jobs"),
+            })
+            .collect())
+    }
+
+    pub async fn recent_failures(&self, limit: i64) -> Result<Vec<Failure>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT id, pipeline, source_bucket, source_key, state, attempts, error, updated_at
+             FROM jobs WHERE error IS NOT NULL ORDER BY updated_at DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Failure {
+                job_id: r.get("id"),
+                pipeline: r.get("pipeline"),
+                source: format!(
+                    "s3://{}/{}",
+                    r.get::<String, _>("source_bucket"),
+                    r.get::<String, _>("source_key")
+                ),
+                state: r.get("state"),
+                attempts: r.get("attempts"),
+                error: r.get("error"),
+                at: r.get("updated_at"),
+            })
+            .collect())
+    }
+
+    /// The connection pool, for tests and `status` queries beyond these.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn close_attempt(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    job_id: &str,
+    attempt: i32,
+    outcome: &str,
+    error: Option<&str>,
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "UPDATE job_attempts SET finished_at = now(), outcome = $3, error = $4
+         WHERE id = (SELECT max(id) FROM job_attempts WHERE job_id = $1 AND attempt = $2)
+           AND finished_at IS NULL",
+    )
+    .bind(job_id)
+    .bind(attempt)
+    .bind(outcome)
+    .bind(error)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! cellfarm: a self-balancing video-processing farm of spot instances.
+//!
+//! # Layout
+//!
+//! One module per external system, each behind a small interface of the calls we use:
+//!
+//! * [`queue`] — RabbitMQ (lapin): topology, confirmed publishing, consumers.
+//! * [`store`] — S3 (aws-sdk-s3, any endpoint): the [`store::ObjectStore`] trait.
+//! * [`ledger`] — PostgreSQL (sqlx): the job ledger, claims, leases, migrations.
+//! * [`locks`] — Redis: heartbeats.
+//! * [`ffmpeg`] — FFmpeg and ffprobe: argument templates, guarded inputs, probing.
+//!
+//! And one per concern of our own:
+//!
+//! * [`config`] — the TOML config, validated as a whole.
+//! * [`job`] — the job and result messages (contract v1) and the job id.
+//! * [`failure`] — retryable or permanent: one pure classification.
+//! * [`cell`] — the worker: consume, run, commit, ack; heartbeats; shutdown.
+//! * [`submit`] — enqueue objects by hand or for reprocessing.
+//! * [`status`] — the farm at a glance.
+//! * [`boot`] — loading config (file or S3) and connecting to everything.
+
+pub mod boot;
+pub mod cell;
+pub mod config;
+pub mod failure;
+pub mod ffmpeg;
+pub mod job;
+pub mod ledger;
+pub mod locks;
+pub mod queue;
+pub mod status;
+pub mod store;
+pub mod submit;

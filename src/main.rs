@@ -1,0 +1,257 @@
+//! The `cellfarm` binary: parse the command line, load the config, run, map errors to
+//! an exit code (64 for a bad config or usage, 1 for anything else).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use cellfarm::boot::{self, redact};
+use cellfarm::cell::{Cell, Shutdown};
+use cellfarm::config::Config;
+use cellfarm::ledger::Ledger;
+use cellfarm::locks::Heartbeats;
+use cellfarm::queue::{self, Publisher};
+use cellfarm::store::S3Url;
+use cellfarm::{status, submit};
+
+/// Exit code for a bad config or command line (BSD `EX_USAGE`).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A self-balancing video-processing farm of spot instances"
+)]
+struct Cli {
+    /// Config file: a local path or s3://bucket/key.
+    #[arg(
+        long,
+        env = "CELLFARM_CONFIG",
+        global = true,
+        default_value = "cellfarm.toml"
+    )]
+    config: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or upgrade the ledger schema.
+    Migrate,
+    /// Validate the config and exit.
+    Check,
+    /// Enqueue objects as jobs: one object, or every object under --prefix.
+    Submit {
+        /// The object, s3://bucket/key.
+        url: Option<String>,
+        /// Every object under s3://bucket/prefix/ (reprocessing on demand).
+        #[arg(long, conflicts_with = "url")]
+        prefix: Option<String>,
+        #[arg(long)]
+        pipeline: String,
+        /// Put the jobs on the priority lane.
+        #[arg(long)]
+        priority: bool,
+        /// Reprocess jobs that already finished.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a cell: consume jobs until stopped.
+    Cell {
+        /// Pools to serve (default: all).
+        #[arg(long)]
+        pool: Vec<String>,
+        /// Exit once the queues are empty and no job has run for this many seconds.
+        #[arg(long, value_name = "SECS")]
+        until_idle: Option<u64>,
+    },
+    /// Show queues, jobs by state, live cells and recent failures.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn,aws=warn,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built");
+    let config = match runtime.block_on(boot::load_config(&cli.config)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("cellfarm: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cellfarm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Check => {
+            println!("config ok: farm {}", config.farm.name);
+            Ok(())
+        }
+        Command::Migrate => {
+            let ledger = ledger(&config).await?;
+            ledger.migrate().await?;
+            println!("ledger migrated (schema {})", config.postgres.schema);
+            Ok(())
+        }
+        Command::Submit {
+            url,
+            prefix,
+            pipeline,
+            priority,
+            force,
+            json,
+        } => {
+            let (url, is_prefix) = match (url, prefix) {
+                (Some(u), None) => (u, false),
+                (None, Some(p)) => (p, true),
+                _ => anyhow::bail!("give an object URL or --prefix s3://bucket/prefix/"),
+            };
+            let url = S3Url::parse(&url).map_err(anyhow::Error::msg)?;
+            config.pipeline(&pipeline)?;
+            let store = boot::store(&config).await;
+            let ledger = ledger(&config).await?;
+            ledger.check_migrated().await?;
+            let (conn, publisher) = broker(&config).await?;
+            let objects = submit::objects(store.as_ref(), &url, is_prefix).await?;
+            let req = submit::Request {
+                pipeline: &pipeline,
+                priority,
+                force,
+            };
+            let done =
+                submit::submit(&config, &ledger, &publisher, &url.bucket, &objects, &req).await?;
+            for s in &done {
+                if json {
+                    println!("{}", serde_json::to_string(s)?);
+                } else {
+                    println!("{:<9} {} {} {}", s.outcome, s.job_id, s.pipeline, s.source);
+                }
+            }
+            if !json {
+                println!("{} object(s) under {url}", done.len());
+            }
+            let _ = conn.close(200, "done").await;
+            Ok(())
+        }
+        Command::Cell { pool, until_idle } => run_cell(config, pool, until_idle).await,
+        Command::Status { json } => {
+            let ledger = ledger(&config).await?;
+            let beats = heartbeats(&config).await?;
+            let (conn, publisher) = broker(&config).await?;
+            let status = status::gather(&config, &ledger, &beats, &publisher).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+            let _ = conn.close(200, "done").await;
+            Ok(())
+        }
+    }
+}
+
+async fn run_cell(
+    config: Config,
+    pools: Vec<String>,
+    until_idle: Option<u64>,
+) -> anyhow::Result<()> {
+    for p in &pools {
+        anyhow::ensure!(
+            config.pools.contains_key(p),
+            "--pool {p}: no such pool in the config"
+        );
+    }
+    let pools = if pools.is_empty() {
+        config.pools.keys().cloned().collect()
+    } else {
+        pools
+    };
+    boot::check_host(&config).await?;
+    let ledger = ledger(&config).await?;
+    ledger.check_migrated().await?;
+    let beats = heartbeats(&config).await?;
+    // Fail fast on a wrong broker address; later losses are the cell's to recover from.
+    let (conn, publisher) = broker(&config).await?;
+    queue::declare(publisher.channel(), &config).await?;
+    let _ = conn.close(200, "checked").await;
+    let store = boot::store(&config).await;
+    let grace = Duration::from_secs(config.cell.shutdown_grace_secs);
+    let config = Arc::new(config);
+    let cell = Arc::new(Cell::new(config, store, ledger, beats, pools));
+    let shutdown = Shutdown::default();
+    tokio::spawn(watch_signals(shutdown.clone(), grace));
+    cell.run(shutdown, until_idle.map(Duration::from_secs))
+        .await;
+    Ok(())
+}
+
+/// First SIGTERM/SIGINT: drain, and abort after the grace period. Second: abort now.
+async fn watch_signals(shutdown: Shutdown, grace: Duration) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM can be handled");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "stop requested: draining (signal again to stop now)"
+    );
+    shutdown.drain.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = tokio::time::sleep(grace) => {}
+    }
+    tracing::warn!("stopping now: running jobs are handed back");
+    shutdown.abort.cancel();
+}
+
+async fn ledger(config: &Config) -> anyhow::Result<Ledger> {
+    Ledger::connect(&config.postgres).await.with_context(|| {
+        format!(
+            "cannot reach PostgreSQL at {}",
+            redact(&config.postgres.url)
+        )
+    })
+}
+
+async fn heartbeats(config: &Config) -> anyhow::Result<Heartbeats> {
+    Heartbeats::connect(&config.redis.url, &config.farm.name)
+        .await
+        .with_context(|| format!("cannot reach Redis at {}", redact(&config.redis.url)))
+}
+
+async fn broker(config: &Config) -> anyhow::Result<(lapin::Connection, Publisher)> {
+    let conn = queue::connect(&config.amqp.url)
+        .await
+        .with_context(|| format!("cannot reach RabbitMQ at {}", redact(&config.amqp.url)))?;
+    let publisher = Publisher::open(&conn).await?;
+    Ok((conn, publisher))
+}

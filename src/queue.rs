@@ -1,0 +1,235 @@
+//! The broker (RabbitMQ through lapin): topology, confirmed publishing, consuming.
+//!
+//! Per pool: `<farm>.<pool>.priority` (consumed first), `<farm>.<pool>.work` and
+//! `<farm>.<pool>.dead`; per farm: `<farm>.results`. All are quorum queues: replicated and
+//! durable, with a broker-side delivery limit as a backstop to the ledger's attempt count.
+//! On RabbitMQ 3.10 a quorum queue cannot also be a priority queue, hence the separate
+//! lane. Every publish is persistent, `mandatory` and waits for the publisher confirm; a
+//! returned or nacked message is a failed publish.
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+
+use crate::config::Config;
+
+/// Broker-side delivery limit, above the ledger's attempts so the ledger decides first:
+/// deliveries also return when a cell's connection drops, which is no attempt's fault.
+const DELIVERY_LIMIT_SLACK: u32 = 10;
+/// Header carrying why a message was dead-lettered.
+pub const REASON_HEADER: &str = "x-cellfarm-reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("publish to queue {queue} was returned by the broker: {reply}")]
+    Returned { queue: String, reply: String },
+    #[error("publish to queue {queue} was refused (nack) by the broker")]
+    Nacked { queue: String },
+}
+
+/// Queue names of a farm.
+#[derive(Debug, Clone)]
+pub struct Names {
+    farm: String,
+}
+
+impl Names {
+    pub fn new(farm: &str) -> Names {
+        Names { farm: farm.into() }
+    }
+    pub fn work(&self, pool: &str) -> String {
+        format!("{}.{pool}.work", self.farm)
+    }
+    pub fn priority(&self, pool: &str) -> String {
+        format!("{}.{pool}.priority", self.farm)
+    }
+    pub fn dead(&self, pool: &str) -> String {
+        format!("{}.{pool}.dead", self.farm)
+    }
+    pub fn results(&self) -> String {
+        format!("{}.results", self.farm)
+    }
+    /// The queue a job goes to.
+    pub fn lane(&self, pool: &str, priority: bool) -> String {
+        if priority {
+            self.priority(pool)
+        } else {
+            self.work(pool)
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Result<Connection, QueueError> {
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    Ok(Connection::connect(url, props).await?)
+}
+
+fn quorum_args(dead_letter_to: Option<&str>, max_length: Option<u64>, limit: u32) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    if let Some(dead) = dead_letter_to {
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit as i32));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(dead.into()),
+        );
+    }
+    if let Some(max) = max_length {
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(max as i64));
+        // A full queue refuses the publish (the publisher sees a nack) rather than
+        // silently dropping the oldest job.
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+    }
+    args
+}
+
+/// Declares every queue of the farm; idempotent.
+pub async fn declare(channel: &Channel, config: &Config) -> Result<(), QueueError> {
+    let names = Names::new(&config.farm.name);
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let limit = config.cell.max_attempts + DELIVERY_LIMIT_SLACK;
+    for (pool, p) in &config.pools {
+        let dead = names.dead(pool);
+        channel
+            .queue_declare(&dead, durable, quorum_args(None, None, limit))
+            .await?;
+        for queue in [names.priority(pool), names.work(pool)] {
+            let args = quorum_args(Some(&dead), p.max_queue_length, limit);
+            channel.queue_declare(&queue, durable, args).await?;
+        }
+    }
+    channel
+        .queue_declare(&names.results(), durable, quorum_args(None, None, limit))
+        .await?;
+    Ok(())
+}
+
+/// Ready messages in a queue (the broker does not count unacked deliveries).
+pub async fn ready(channel: &Channel, queue: &str) -> Result<(u32, u32), QueueError> {
+    let q = channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((q.message_count(), q.consumer_count()))
+}
+
+/// A channel in confirm mode.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub async fn open(conn: &Connection) -> Result<Publisher, QueueError> {
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes a persistent message to `queue` and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<(), QueueError> {
+        let mut table = FieldTable::default();
+        for (k, v) in headers {
+            table.insert(
+                ShortString::from(*k),
+                AMQPValue::LongString(LongString::from(*v)),
+            );
+        }
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(table);
+        let confirm = self
+            .channel
+            .basic_publish(
+                "",
+                queue,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(QueueError::Returned {
+                queue: queue.into(),
+                reply: returned.reply_text.to_string(),
+            }),
+            Confirmation::Nack(_) => Err(QueueError::Nacked {
+                queue: queue.into(),
+            }),
+        }
+    }
+}
+
+/// Opens a consumer on `queue` with `prefetch` unacked deliveries at most.
+pub async fn consume(
+    conn: &Connection,
+    queue: &str,
+    tag: &str,
+    prefetch: u16,
+) -> Result<Consumer, QueueError> {
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    Ok(channel
+        .basic_consume(
+            queue,
+            tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+/// The reason header of a dead-lettered delivery, if any.
+pub fn reason(props: &BasicProperties) -> Option<String> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(REASON_HEADER)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}

@@ -1,0 +1,330 @@
+//! Objects: S3 (or any S3 server: s3s-fs, MinIO) behind the small [`ObjectStore`] trait.
+//!
+//! Downloads stream to a local file and carry `If-Match`, so an object overwritten after
+//! its job was submitted fails clearly instead of mixing versions. A single PUT is atomic
+//! in S3: a reader sees the whole object or none of it.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use tokio::io::AsyncWriteExt;
+
+use crate::config::S3;
+use crate::job::unquote_etag;
+
+/// `s3://bucket/key`, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Url {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl S3Url {
+    pub fn parse(url: &str) -> Result<S3Url, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{url:?} is not an s3:// URL"))?;
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("{url:?} has no bucket"));
+        }
+        Ok(S3Url {
+            bucket: bucket.into(),
+            key: key.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for S3Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectMeta {
+    pub key: String,
+    /// Without quotes.
+    pub etag: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("s3://{bucket}/{key} does not exist")]
+    NotFound { bucket: String, key: String },
+    #[error("s3://{bucket}/{key} changed after submission (expected ETag {etag})")]
+    Changed {
+        bucket: String,
+        key: String,
+        etag: String,
+    },
+    #[error("S3 {op} s3://{bucket}/{key} failed: {message}")]
+    Failed {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("local file {path} for s3://{bucket}/{key}: {source}")]
+    Local {
+        path: String,
+        bucket: String,
+        key: String,
+        source: std::io::Error,
+    },
+}
+
+/// The object calls the farm makes.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError>;
+    /// Every object under `prefix`, in key order.
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+    /// Streams an object to `path`; with `if_match`, fails with `Changed` on another ETag.
+    async fn download(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&str>,
+        path: &Path,
+    ) -> Result<u64, StoreError>;
+    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StoreError>;
+    async fn upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        content_type: Option<&str>,
+    ) -> Result<(), StoreError>;
+}
+
+/// [`ObjectStore`] on the AWS SDK.
+#[derive(Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+}
+
+impl S3Store {
+    /// Builds the client once: region and credentials from the usual AWS chain (instance
+    /// profile in production), endpoint and path style from config for other S3 servers.
+    pub async fn connect(cfg: &S3) -> S3Store {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &cfg.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build();
+        let shared = loader.timeout_config(timeouts).load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(cfg.path_style)
+            // Third-party S3 servers do not all speak the newer flexible checksums.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(endpoint) = &cfg.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        S3Store {
+            client: aws_sdk_s3::Client::from_conf(builder.build()),
+        }
+    }
+
+    /// The SDK client, for callers that need more than the trait (tests, the demo).
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+}
+
+fn failed<E, R>(op: &'static str, bucket: &str, key: &str, err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let not_found = matches!(err.code(), Some("NoSuchKey" | "NotFound" | "NoSuchBucket"));
+    let changed = err.code() == Some("PreconditionFailed");
+    if not_found {
+        return StoreError::NotFound {
+            bucket: bucket.into(),
+            key: key.into(),
+        };
+    }
+    if changed {
+        return StoreError::Changed {
+            bucket: bucket.into(),
+            key: key.into(),
+            etag: String::new(),
+        };
+    }
+    StoreError::Failed {
+        op,
+        bucket: bucket.into(),
+        key: key.into(),
+        message: DisplayErrorContext(err).to_string(),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(404) => StoreError::NotFound {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                },
+                _ => failed("HEAD", bucket, key, e),
+            })?;
+        Ok(ObjectMeta {
+            key: key.into(),
+            etag: unquote_etag(out.e_tag().unwrap_or_default()).into(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut objects = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| failed("LIST", bucket, prefix, e))?;
+            for o in page.contents() {
+                objects.push(ObjectMeta {
+                    key: o.key().unwrap_or_default().into(),
+                    etag: unquote_etag(o.e_tag().unwrap_or_default()).into(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                });
+            }
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+
+    async fn download(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&str>,
+        path: &Path,
+    ) -> Result<u64, StoreError> {
+        let mut req = self.client.get_object().bucket(bucket).key(key);
+        if let Some(etag) = if_match {
+            req = req.if_match(format!("\"{}\"", unquote_etag(etag)));
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| match failed("GET", bucket, key, e) {
+                StoreError::Changed { bucket, key, .. } => StoreError::Changed {
+                    bucket,
+                    key,
+                    etag: if_match.unwrap_or_default().into(),
+                },
+                other => other,
+            })?;
+        // Some S3 servers ignore If-Match; the ETag of what came back is checked too.
+        if let (Some(want), Some(got)) = (if_match, out.e_tag()) {
+            if unquote_etag(want) != unquote_etag(got) {
+                return Err(StoreError::Changed {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    etag: want.into(),
+                });
+            }
+        }
+        let local = |source| StoreError::Local {
+            path: path.display().to_string(),
+            bucket: bucket.into(),
+            key: key.into(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(path).await.map_err(local)?;
+        let mut body = out.body;
+        let mut size = 0u64;
+        while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Failed {
+            op: "GET",
+            bucket: bucket.into(),
+            key: key.into(),
+            message: e.to_string(),
+        })? {
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(local)?;
+        }
+        file.flush().await.map_err(local)?;
+        Ok(size)
+    }
+
+    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| failed("GET", bucket, key, e))?;
+        let bytes = out.body.collect().await.map_err(|e| StoreError::Failed {
+            op: "GET",
+            bucket: bucket.into(),
+            key: key.into(),
+            message: e.to_string(),
+        })?;
+        Ok(bytes.into_bytes().to_vec())
+    }
+
+    async fn upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        content_type: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StoreError::Local {
+                path: path.display().to_string(),
+                bucket: bucket.into(),
+                key: key.into(),
+                source: std::io::Error::other(e),
+            })?;
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body)
+            .set_content_type(content_type.map(String::from))
+            .send()
+            .await
+            .map_err(|e| failed("PUT", bucket, key, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls_parse() {
+        let u = S3Url::parse("s3://b/in/a b.mp4").unwrap();
+        assert_eq!((u.bucket.as_str(), u.key.as_str()), ("b", "in/a b.mp4"));
+        assert_eq!(S3Url::parse("s3://b").unwrap().key, "");
+        assert!(S3Url::parse("s3:///k").is_err());
+        assert!(S3Url::parse("/etc/passwd").is_err());
+        assert_eq!(u.to_string(), "s3://b/in/a b.mp4");
+    }
+}

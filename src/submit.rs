@@ -1,0 +1,93 @@
+//! `cellfarm submit`: enqueue objects as jobs, by hand or for reprocessing.
+//!
+//! The ledger row is written first: a job id it already knows is not published again
+//! (the same upload submitted twice is one job), unless `force` asks to reprocess a
+//! finished job.
+
+use crate::config::Config;
+use crate::job::{JobMessage, SourceObject};
+use crate::ledger::Ledger;
+use crate::queue::{Names, Publisher};
+use crate::store::{ObjectMeta, ObjectStore, S3Url};
+
+/// What happened to one object.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Submitted {
+    pub job_id: String,
+    pub source: String,
+    pub pipeline: String,
+    /// `enqueued`, `requeued` (forced) or `known` (already a job; nothing published).
+    pub outcome: &'static str,
+}
+
+pub struct Request<'a> {
+    pub pipeline: &'a str,
+    pub priority: bool,
+    pub force: bool,
+}
+
+/// The objects a submit names: one object, or every object under a prefix.
+pub async fn objects(
+    store: &dyn ObjectStore,
+    url: &S3Url,
+    prefix: bool,
+) -> anyhow::Result<Vec<ObjectMeta>> {
+    if prefix {
+        let objects = store.list(&url.bucket, &url.key).await?;
+        // "Directory" placeholder objects are not media.
+        Ok(objects
+            .into_iter()
+            .filter(|o| !o.key.ends_with('/'))
+            .collect())
+    } else {
+        Ok(vec![store.head(&url.bucket, &url.key).await?])
+    }
+}
+
+pub async fn submit(
+    config: &Config,
+    ledger: &Ledger,
+    publisher: &Publisher,
+    bucket: &str,
+    objects: &[ObjectMeta],
+    req: &Request<'_>,
+) -> anyhow::Result<Vec<Submitted>> {
+    let pipeline = config.pipeline(req.pipeline)?;
+    let names = Names::new(&config.farm.name);
+    let lane = names.lane(&pipeline.pool, req.priority);
+    let mut done = Vec::with_capacity(objects.len());
+    for o in objects {
+        let source = SourceObject {
+            bucket: bucket.into(),
+            key: o.key.clone(),
+            etag: o.etag.clone(),
+        };
+        let job = JobMessage::new(req.pipeline, source, &pipeline.output, req.priority);
+        let outcome = if ledger.insert(&job, &pipeline.pool).await? {
+            "enqueued"
+        } else if req.force && ledger.reset(&job.job_id).await? {
+            "requeued"
+        } else {
+            "known"
+        };
+        if outcome != "known" {
+            if let Err(e) = publisher.publish(&lane, &job.to_json(), &[]).await {
+                if outcome == "enqueued" {
+                    ledger.forget(&job.job_id).await?;
+                }
+                return Err(anyhow::anyhow!(
+                    "cannot enqueue s3://{bucket}/{} (job {}): {e}",
+                    o.key,
+                    job.job_id
+                ));
+            }
+        }
+        done.push(Submitted {
+            job_id: job.job_id,
+            source: format!("s3://{bucket}/{}", o.key),
+            pipeline: req.pipeline.into(),
+            outcome,
+        });
+    }
+    Ok(done)
+}
