@@ -176,11 +176,9 @@ impl Ledger {
         let expired: Option<bool> = row.get("expired");
         let claim = match state.as_str() {
             "succeeded" | "failed" | "dead" => Claim::Finished { state },
-            "running" if expired == Some(false) && holder.as_deref() != Some(cell_id) => {
-                Claim::HeldElsewhere {
-                    cell_id: holder.unwrap_or_default(),
-                }
-            }
+            "running" if expired == Some(false) => Claim::HeldElsewhere {
+                cell_id: holder.unwrap_or_default(),
+            },
             _ if attempts >= max_attempts as i32 => Claim::Exhausted {
                 attempts,
                 error: row

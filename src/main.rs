@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn,aws=warn,sqlx=warn".into()),
+                .unwrap_or_else(|_| "info,lapin=off,aws=warn,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -138,14 +138,19 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let ledger = ledger(&config).await?;
             ledger.check_migrated().await?;
             let (conn, publisher) = broker(&config).await?;
-            let objects = submit::objects(store.as_ref(), &url, is_prefix).await?;
             let req = submit::Request {
                 pipeline: &pipeline,
                 priority,
                 force,
             };
-            let done =
-                submit::submit(&config, &ledger, &publisher, &url.bucket, &objects, &req).await?;
+            let done = async {
+                queue::declare(publisher.channel(), &config).await?;
+                let objects = submit::objects(store.as_ref(), &url, is_prefix).await?;
+                submit::submit(&config, &ledger, &publisher, &url.bucket, &objects, &req).await
+            }
+            .await;
+            let _ = conn.close(200, "done").await;
+            let done = done?;
             for s in &done {
                 if json {
                     println!("{}", serde_json::to_string(s)?);
@@ -156,7 +161,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             if !json {
                 println!("{} object(s) under {url}", done.len());
             }
-            let _ = conn.close(200, "done").await;
             Ok(())
         }
         Command::Cell { pool, until_idle } => run_cell(config, pool, until_idle).await,

@@ -33,12 +33,20 @@ pub async fn objects(
     prefix: bool,
 ) -> anyhow::Result<Vec<ObjectMeta>> {
     if prefix {
-        let objects = store.list(&url.bucket, &url.key).await?;
-        // "Directory" placeholder objects are not media.
-        Ok(objects
-            .into_iter()
-            .filter(|o| !o.key.ends_with('/'))
-            .collect())
+        let mut objects = Vec::new();
+        for o in store.list(&url.bucket, &url.key).await? {
+            // "Directory" placeholder objects are not media.
+            if o.key.ends_with('/') {
+                continue;
+            }
+            // Some S3 servers (s3s-fs) list objects without their ETag.
+            if o.etag.is_empty() {
+                objects.push(store.head(&url.bucket, &o.key).await?);
+            } else {
+                objects.push(o);
+            }
+        }
+        Ok(objects)
     } else {
         Ok(vec![store.head(&url.bucket, &url.key).await?])
     }
@@ -57,6 +65,11 @@ pub async fn submit(
     let lane = names.lane(&pipeline.pool, req.priority);
     let mut done = Vec::with_capacity(objects.len());
     for o in objects {
+        anyhow::ensure!(
+            !o.etag.is_empty(),
+            "s3://{bucket}/{} has no ETag: the job id and the If-Match check need one",
+            o.key
+        );
         let source = SourceObject {
             bucket: bucket.into(),
             key: o.key.clone(),

@@ -24,6 +24,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Connection, Consumer};
 use tokio::sync::{RwLock, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::failure::{classify, Class, JobFailure};
@@ -318,7 +319,18 @@ impl Cell {
             }
         };
         let span = tracing::info_span!("job", job = %job.job_id, pipeline = %job.pipeline);
-        let _enter = span.enter();
+        self.handle_job(pool, job, delivery, abort)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle_job(
+        &self,
+        pool: String,
+        job: JobMessage,
+        delivery: Delivery,
+        abort: &CancellationToken,
+    ) {
         let lease = Duration::from_secs(self.config.cell.lease_secs);
         let max = self.config.cell.max_attempts;
         let claim = match self

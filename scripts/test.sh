@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build and run every test against real local services (README command 2).
+# Extra arguments go to `cargo test`, before its `--`, e.g. a name filter:
+#   scripts/test.sh ledger
+# CELLFARM_TEST_THREADS sets the test harness's parallelism (default 4).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "== [test] starting local services (scripts/services.sh)"
+scripts/services.sh
+
+# shellcheck source-path=SCRIPTDIR source=env.sh
+. scripts/env.sh
+
+echo "== [test] cargo build --locked --all-targets (CARGO_TARGET_DIR=${CARGO_TARGET_DIR})"
+cargo build --locked --all-targets
+
+echo "== [test] cargo test --locked --all-targets ${*:+$* }-- --test-threads=${CELLFARM_TEST_THREADS:-4}"
+cargo test --locked --all-targets "$@" -- --test-threads="${CELLFARM_TEST_THREADS:-4}"
