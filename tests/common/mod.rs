@@ -1,0 +1,409 @@
+//! A private farm per test, on the real local servers (scripts/services.sh starts them):
+//! its own farm name (queues, Redis keys), PostgreSQL schema, S3 bucket and scratch dir,
+//! so tests run in parallel without seeing each other. Cells are the real binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cellfarm::config::{Config, S3};
+use cellfarm::ledger::Ledger;
+use cellfarm::queue::{self, Names, Publisher};
+use cellfarm::store::{ObjectStore, S3Store};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+
+/// The example config every test farm starts from, so the shipped pipelines are tested.
+const EXAMPLE: &str = include_str!("../../examples/local.toml");
+
+pub fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+pub struct Farm {
+    pub name: String,
+    pub bucket: String,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub store: S3Store,
+    pub ledger: Ledger,
+    pub names: Names,
+    conn: lapin::Connection,
+    pub publisher: Publisher,
+    cells: Vec<Child>,
+}
+
+impl Farm {
+    /// A farm with the example pipelines, `cell` settings for quick tests, and `extra`
+    /// TOML appended (more pipelines, say).
+    pub async fn new(test: &str, extra: &str) -> Farm {
+        let name = format!("t{}-{}", test.replace('_', "-"), rand::random::<u32>());
+        let name: String = name.chars().take(40).collect();
+        let bucket = format!("cf-{}", name.replace('_', "-"));
+        let schema = name.replace('-', "_");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let scratch = dir.path().join("scratch");
+        let text = EXAMPLE
+            .replace("name = \"demo\"", &format!("name = \"{name}\""))
+            .replace("schema = \"cellfarm_demo\"", &format!("schema = \"{schema}\""))
+            .replace("cellfarm-demo/", &format!("{bucket}/"))
+            .replace(
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                &env("CELLFARM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            )
+            .replace(
+                "postgres://postgres@127.0.0.1:5432/test",
+                &env("CELLFARM_TEST_PG", "postgres://postgres@127.0.0.1:5432/test"),
+            )
+            .replace(
+                "redis://127.0.0.1:6379",
+                &env("CELLFARM_TEST_REDIS", "redis://127.0.0.1:6379"),
+            )
+            .replace(
+                "http://127.0.0.1:8014",
+                &env("CELLFARM_TEST_S3", "http://127.0.0.1:8014"),
+            )
+            .replace(
+                "scratch_dir = \"/var/tmp/cellfarm-demo/scratch\"",
+                &format!(
+                    "scratch_dir = {:?}\nlease_secs = 4\nheartbeat_secs = 1\nshutdown_grace_secs = 20",
+                    scratch.display().to_string()
+                ),
+            );
+        let text = format!("{text}\n{extra}\n");
+        let config = Config::parse(&text, "test config").expect("the test config is valid");
+        let config_path = dir.path().join("cellfarm.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+
+        let store = S3Store::connect(&S3 {
+            endpoint: Some(env("CELLFARM_TEST_S3", "http://127.0.0.1:8014")),
+            region: Some("us-east-1".into()),
+            path_style: true,
+        })
+        .await;
+        store
+            .client()
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("create the test bucket (is s3s-fs running? scripts/services.sh)");
+        let ledger = Ledger::connect(&config.postgres).await.expect("PostgreSQL");
+        ledger.migrate().await.expect("migrate");
+        let conn = queue::connect(&config.amqp.url).await.expect("RabbitMQ");
+        let publisher = Publisher::open(&conn).await.expect("a channel");
+        queue::declare(publisher.channel(), &config)
+            .await
+            .expect("declare");
+        let farm = Farm {
+            names: Names::new(&name),
+            name,
+            bucket,
+            dir,
+            config_path,
+            config,
+            store,
+            ledger,
+            conn,
+            publisher,
+            cells: Vec::new(),
+        };
+        farm.put_file("assets/intro.mp4", &farm.clip("intro", 1.0, "smptebars"));
+        farm.put_file("assets/outro.mp4", &farm.clip("outro", 1.0, "rgbtestsrc"));
+        farm
+    }
+
+    /// The `cellfarm` binary with this farm's config.
+    pub fn cellfarm(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellfarm"));
+        cmd.arg("--config").arg(&self.config_path);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cellfarm().args(args).output().expect("run cellfarm")
+    }
+
+    /// `cellfarm submit s3://bucket/key --pipeline P`; panics unless it succeeds.
+    pub fn submit(&self, key: &str, pipeline: &str) -> String {
+        let url = format!("s3://{}/{key}", self.bucket);
+        let out = self.run(&["submit", &url, "--pipeline", pipeline]);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "submit failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// The job id `submit` printed first.
+    pub fn submit_id(&self, key: &str, pipeline: &str) -> String {
+        let out = self.submit(key, pipeline);
+        out.split_whitespace()
+            .nth(1)
+            .expect("submit prints a job id")
+            .to_string()
+    }
+
+    /// Starts a cell; it is killed when the farm is dropped.
+    pub fn start_cell(&mut self, args: &[&str]) -> u32 {
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("cell{}.log", self.cells.len())),
+        )
+        .expect("log file");
+        let child = self
+            .cellfarm()
+            .arg("cell")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a cell");
+        let pid = child.id();
+        self.cells.push(child);
+        pid
+    }
+
+    /// Runs a cell until the queues are empty and it idled 2 s; returns its exit status.
+    pub fn run_cell_until_idle(&mut self) -> std::process::ExitStatus {
+        self.start_cell(&["--until-idle", "2"]);
+        let mut child = self.cells.pop().expect("just started");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cell did not finish in 300 s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for i in 0..8 {
+            if let Ok(s) = std::fs::read_to_string(self.dir.path().join(format!("cell{i}.log"))) {
+                all.push_str(&format!("--- cell{i}.log\n{s}"));
+            }
+        }
+        all
+    }
+
+    /// Makes a test clip with audio; `pattern` is a lavfi video source.
+    pub fn clip(&self, name: &str, secs: f64, pattern: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.mp4"));
+        make_clip(&path, secs, pattern);
+        path
+    }
+
+    pub fn put_file(&self, key: &str, path: &Path) {
+        self.put_bytes(key, std::fs::read(path).expect("read media"));
+    }
+
+    pub fn put_bytes(&self, key: &str, bytes: Vec<u8>) {
+        let client = self.store.client().clone();
+        let bucket = self.bucket.clone();
+        let key = key.to_string();
+        block(async move {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(&key)
+                .body(bytes.into())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+        });
+    }
+
+    /// State, counted attempts and error of a job.
+    pub async fn job(&self, id: &str) -> Option<(String, i32, Option<String>)> {
+        sqlx::query_as("SELECT state, attempts, error FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.ledger.pool())
+            .await
+            .expect("query jobs")
+    }
+
+    /// Outcomes of every attempt of a job, in order.
+    pub async fn attempts(&self, id: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT coalesce(outcome, 'open') FROM job_attempts WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(self.ledger.pool())
+        .await
+        .expect("query attempts")
+    }
+
+    pub async fn outputs(&self, id: &str) -> Vec<String> {
+        let json: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT outputs FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(self.ledger.pool())
+                .await
+                .expect("query outputs");
+        json.and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|o| o["key"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Waits until a job reaches `state`, or panics with the cells' logs.
+    pub async fn wait_state(&self, id: &str, state: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.job(id).await.map(|j| j.0);
+            if now.as_deref() == Some(state) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} is {now:?}, not {state}, after {timeout:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Takes every message from a queue: (body, dead-letter reason).
+    pub async fn drain(&self, queue: &str) -> Vec<(Vec<u8>, Option<String>)> {
+        let channel = self.conn.create_channel().await.expect("channel");
+        let mut got = Vec::new();
+        while let Some(m) = channel
+            .basic_get(queue, BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+        {
+            let reason = queue::reason(&m.delivery.properties);
+            got.push((m.delivery.data.clone(), reason));
+            m.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+        }
+        got
+    }
+
+    /// Keys under this farm's outputs for `pipeline`.
+    pub async fn output_keys(&self, pipeline: &str) -> Vec<String> {
+        self.store
+            .list(&self.bucket, &format!("outputs/{pipeline}/"))
+            .await
+            .expect("list outputs")
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
+    }
+
+    /// Downloads an object to the farm's temp dir.
+    pub async fn fetch(&self, key: &str) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join(format!("fetched-{}", key.replace('/', "_")));
+        self.store
+            .download(&self.bucket, key, None, &path)
+            .await
+            .expect("download output");
+        path
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        for c in &mut self.cells {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs a future to completion from sync code inside a test's runtime.
+fn block<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    })
+    .join()
+    .expect("put thread");
+}
+
+pub fn make_clip(path: &Path, secs: f64, pattern: &str) {
+    let status = Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("{pattern}=size=640x360:rate=25"))
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+        ])
+        .arg(secs.to_string())
+        .args([
+            "-ac",
+            "2",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-c:a", "aac", "-shortest"])
+        .arg(path)
+        .status()
+        .expect("ffmpeg is installed");
+    assert!(status.success(), "making {}", path.display());
+}
+
+/// ffprobe of a local file: (codec, width, height, duration) of the first video stream
+/// and the container duration.
+pub fn probe(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    serde_json::from_slice(&out.stdout).expect("ffprobe json")
+}
+
+pub fn video_stream(probe: &serde_json::Value) -> serde_json::Value {
+    probe["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["codec_type"] == "video").cloned())
+        .expect("a video stream")
+}
+
+pub fn seconds(v: &serde_json::Value) -> f64 {
+    v.as_str().and_then(|s| s.parse().ok()).expect("a duration")
+}
