@@ -37,7 +37,8 @@ pub struct Farm {
 
 impl Farm {
     /// A farm with the example pipelines, `cell` settings for quick tests, and `extra`
-    /// TOML appended (more pipelines, say).
+    /// TOML appended (more pipelines, say; `s3://cellfarm-demo/` in it names the farm's
+    /// bucket).
     pub async fn new(test: &str, extra: &str) -> Farm {
         let name = format!("t{}-{}", test.replace('_', "-"), rand::random::<u32>());
         let name: String = name.chars().take(40).collect();
@@ -45,7 +46,7 @@ impl Farm {
         let schema = name.replace('-', "_");
         let dir = tempfile::tempdir().expect("a temp dir");
         let scratch = dir.path().join("scratch");
-        let text = EXAMPLE
+        let text = format!("{EXAMPLE}\n{extra}\n")
             .replace("name = \"demo\"", &format!("name = \"{name}\""))
             .replace("schema = \"cellfarm_demo\"", &format!("schema = \"{schema}\""))
             .replace("cellfarm-demo/", &format!("{bucket}/"))
@@ -72,7 +73,6 @@ impl Farm {
                     scratch.display().to_string()
                 ),
             );
-        let text = format!("{text}\n{extra}\n");
         let config = Config::parse(&text, "test config").expect("the test config is valid");
         let config_path = dir.path().join("cellfarm.toml");
         std::fs::write(&config_path, &text).expect("write config");
