@@ -412,6 +412,16 @@ impl Ledger {
         Ok(jobs)
     }
 
+    /// Jobs of `pools` that are queued or running.
+    pub async fn unfinished(&self, pools: &[String]) -> Result<i64, LedgerError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE pool = ANY($1) AND state IN ('queued', 'running')",
+        )
+        .bind(pools)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     pub async fn state_counts(&self) -> Result<Vec<StateCount>, LedgerError> {
         let rows = sqlx::query(
             "SELECT pool, state, count(*) AS jobs FROM jobs GROUP BY pool, state ORDER BY pool, state",

@@ -162,7 +162,7 @@ impl Cell {
                         if self.running.load(Ordering::SeqCst) > 0 {
                             last_busy = Instant::now();
                         } else if let Some(idle) = until_idle {
-                            if last_busy.elapsed() >= idle && self.queues_empty(&publisher).await? {
+                            if last_busy.elapsed() >= idle && self.drained(&publisher).await? {
                                 tracing::info!(idle_secs = idle.as_secs(), "queues drained and idle; stopping");
                                 shutdown.drain.cancel();
                             }
@@ -219,7 +219,10 @@ impl Cell {
         Ok((select_all(priority), select_all(work)))
     }
 
-    async fn queues_empty(&self, publisher: &Publisher) -> Result<bool, QueueError> {
+    /// True when the cell's queues hold no ready message and the ledger no unfinished
+    /// job: the broker does not count deliveries in flight, and a job of a dead cell
+    /// is only re-published once its lease runs out.
+    async fn drained(&self, publisher: &Publisher) -> Result<bool, QueueError> {
         for pool in &self.pools {
             for lane in [self.names.priority(pool), self.names.work(pool)] {
                 if queue::ready(publisher.channel(), &lane).await?.0 > 0 {
@@ -227,7 +230,13 @@ impl Cell {
                 }
             }
         }
-        Ok(true)
+        match self.ledger.unfinished(&self.pools).await {
+            Ok(n) => Ok(n == 0),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count unfinished jobs");
+                Ok(false)
+            }
+        }
     }
 
     /// Heartbeat, lease renewal and re-publishing of jobs whose cell died.
@@ -413,7 +422,11 @@ impl Cell {
         };
         match outcome {
             Ok(()) => {
-                tracing::info!(attempt, secs = started.elapsed().as_secs_f64(), "job done");
+                tracing::info!(
+                    attempt,
+                    secs = started.elapsed().as_secs_f64(),
+                    "attempt over"
+                );
                 ack(delivery).await
             }
             Err(e) => {
@@ -439,6 +452,7 @@ impl Cell {
             tracing::warn!("the job was taken over before commit; nothing committed");
             return Ok(());
         }
+        tracing::info!(attempt, outputs = outputs.len(), "job succeeded");
         let result = ResultMessage {
             v: VERSION,
             job_id: job.job_id.clone(),

@@ -47,6 +47,13 @@ impl Farm {
         let dir = tempfile::tempdir().expect("a temp dir");
         let scratch = dir.path().join("scratch");
         let text = format!("{EXAMPLE}\n{extra}\n")
+            .replace(
+                "scratch_dir = \"/var/tmp/cellfarm-demo/scratch\"",
+                &format!(
+                    "scratch_dir = {:?}\nlease_secs = 4\nheartbeat_secs = 1\nshutdown_grace_secs = 20",
+                    scratch.display().to_string()
+                ),
+            )
             .replace("name = \"demo\"", &format!("name = \"{name}\""))
             .replace("schema = \"cellfarm_demo\"", &format!("schema = \"{schema}\""))
             .replace("cellfarm-demo/", &format!("{bucket}/"))
@@ -65,13 +72,6 @@ impl Farm {
             .replace(
                 "http://127.0.0.1:8014",
                 &env("CELLFARM_TEST_S3", "http://127.0.0.1:8014"),
-            )
-            .replace(
-                "scratch_dir = \"/var/tmp/cellfarm-demo/scratch\"",
-                &format!(
-                    "scratch_dir = {:?}\nlease_secs = 4\nheartbeat_secs = 1\nshutdown_grace_secs = 20",
-                    scratch.display().to_string()
-                ),
             );
         let config = Config::parse(&text, "test config").expect("the test config is valid");
         let config_path = dir.path().join("cellfarm.toml");
