@@ -372,7 +372,7 @@ pub fn make_clip(path: &Path, secs: f64, pattern: &str) {
             "-pix_fmt",
             "yuv420p",
         ])
-        .args(["-c:a", "aac", "-shortest"])
+        .args(["-c:a", "aac", "-shortest", "-f", "mp4"])
         .arg(path)
         .status()
         .expect("ffmpeg is installed");
