@@ -19,6 +19,10 @@ CREATE TABLE jobs (
     message        JSONB NOT NULL,
     probe          JSONB,
     outputs        JSONB,
+    -- The result message; an outbox: published after commit, re-sent by any cell's tick
+    -- until result_sent, so a broker outage between commit and publish loses nothing.
+    result         JSONB,
+    result_sent    BOOLEAN NOT NULL DEFAULT false,
     error          TEXT,
     created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -29,6 +33,7 @@ CREATE TABLE jobs (
 
 CREATE INDEX jobs_running_lease ON jobs (lease_expires) WHERE state = 'running';
 CREATE INDEX jobs_pool_state ON jobs (pool, state);
+CREATE INDEX jobs_unsent ON jobs (finished_at) WHERE state = 'succeeded' AND NOT result_sent;
 
 CREATE TABLE job_attempts (
     id           BIGSERIAL PRIMARY KEY,

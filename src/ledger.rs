@@ -12,7 +12,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Executor, Row};
 
 use crate::config::Postgres;
-use crate::job::{JobMessage, OutputObject};
+use crate::job::{JobMessage, ResultMessage};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -133,6 +133,7 @@ impl Ledger {
     pub async fn reset(&self, job_id: &str) -> Result<bool, LedgerError> {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', attempts = 0, error = NULL, outputs = NULL,
+                    result = NULL, result_sent = false,
                     cell_id = NULL, lease_expires = NULL, updated_at = now()
              WHERE id = $1 AND state IN ('succeeded', 'failed', 'dead')",
         )
@@ -261,24 +262,56 @@ impl Ledger {
         Ok(held == Some(true))
     }
 
-    /// Commits a success; false (nothing written) if this attempt no longer holds the job.
+    /// Commits a success with its result message (the outbox); false (nothing written)
+    /// if this attempt no longer holds the job.
     pub async fn succeed(
         &self,
         job_id: &str,
         attempt: i32,
         cell_id: &str,
-        outputs: &[OutputObject],
+        result: &ResultMessage,
     ) -> Result<bool, LedgerError> {
-        self.finish(
-            job_id,
-            attempt,
-            cell_id,
-            "succeeded",
-            "succeeded",
-            None,
-            Some(outputs),
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'succeeded', error = NULL, outputs = $4, result = $5,
+                    result_sent = false, lease_expires = NULL, updated_at = now(),
+                    finished_at = now()
+             WHERE id = $1 AND attempts = $2 AND cell_id = $3 AND state = 'running'",
         )
-        .await
+        .bind(job_id)
+        .bind(attempt)
+        .bind(cell_id)
+        .bind(sqlx::types::Json(&result.outputs))
+        .bind(sqlx::types::Json(result))
+        .execute(&mut *tx)
+        .await?;
+        let held = done.rows_affected() == 1;
+        let outcome = if held { "succeeded" } else { "superseded" };
+        close_attempt(&mut tx, job_id, attempt, outcome, None).await?;
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    pub async fn result_sent(&self, job_id: &str) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE jobs SET result_sent = true WHERE id = $1")
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Result messages committed more than `age` ago and not yet published.
+    pub async fn unsent_results(&self, age: Duration) -> Result<Vec<ResultMessage>, LedgerError> {
+        let rows: Vec<sqlx::types::Json<ResultMessage>> = sqlx::query_scalar(
+            "SELECT result FROM jobs
+             WHERE state = 'succeeded' AND NOT result_sent AND result IS NOT NULL
+               AND finished_at < now() - make_interval(secs => $1)
+             LIMIT 100",
+        )
+        .bind(age.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// Ends the job as `failed` (permanent) or `dead` (attempts spent).
@@ -290,7 +323,7 @@ impl Ledger {
         state: &str,
         error: &str,
     ) -> Result<bool, LedgerError> {
-        self.finish(job_id, attempt, cell_id, state, "failed", Some(error), None)
+        self.end_failed(job_id, attempt, cell_id, state, "failed", error)
             .await
     }
 
@@ -302,16 +335,8 @@ impl Ledger {
         cell_id: &str,
         error: &str,
     ) -> Result<bool, LedgerError> {
-        self.finish(
-            job_id,
-            attempt,
-            cell_id,
-            "queued",
-            "retry",
-            Some(error),
-            None,
-        )
-        .await
+        self.end_failed(job_id, attempt, cell_id, "queued", "retry", error)
+            .await
     }
 
     /// Hands the job back without spending an attempt (shutdown, spot notice).
@@ -340,20 +365,19 @@ impl Ledger {
         Ok(done.rows_affected() == 1)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
+    /// Ends a failed attempt in `state` (`queued` to retry, `failed`, `dead`).
+    async fn end_failed(
         &self,
         job_id: &str,
         attempt: i32,
         cell_id: &str,
         state: &str,
         outcome: &str,
-        error: Option<&str>,
-        outputs: Option<&[OutputObject]>,
+        error: &str,
     ) -> Result<bool, LedgerError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE jobs SET state = $4, error = $5, outputs = COALESCE($6, outputs),
+            "UPDATE jobs SET state = $4, error = $5,
                     cell_id = CASE WHEN $4 = 'queued' THEN NULL ELSE cell_id END,
                     lease_expires = NULL, updated_at = now(),
                     finished_at = CASE WHEN $4 = 'queued' THEN NULL ELSE now() END
@@ -364,12 +388,11 @@ impl Ledger {
         .bind(cell_id)
         .bind(state)
         .bind(error)
-        .bind(outputs.map(sqlx::types::Json))
         .execute(&mut *tx)
         .await?;
         let held = done.rows_affected() == 1;
         let outcome = if held { outcome } else { "superseded" };
-        close_attempt(&mut tx, job_id, attempt, outcome, error).await?;
+        close_attempt(&mut tx, job_id, attempt, outcome, Some(error)).await?;
         tx.commit().await?;
         Ok(held)
     }
@@ -387,29 +410,43 @@ impl Ledger {
         Ok(done.rows_affected())
     }
 
-    /// Puts every job whose lease ran out back to `queued` and returns their messages
-    /// with their pools, for re-publishing. Each row is returned to exactly one caller.
-    pub async fn requeue_expired(&self) -> Result<Vec<(JobMessage, String)>, LedgerError> {
-        let mut tx = self.pool.begin().await?;
+    /// Jobs whose lease ran out (their cell died or was cut off), with their pools.
+    /// The caller re-publishes each, then calls [`Ledger::requeue_expired`]: publishing
+    /// first means a failed publish leaves the job expired, to be tried again.
+    pub async fn expired(&self) -> Result<Vec<(JobMessage, String)>, LedgerError> {
         let rows = sqlx::query(
+            "SELECT message, pool FROM jobs
+             WHERE state = 'running' AND lease_expires < now() LIMIT 100",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let message: sqlx::types::Json<JobMessage> = row.get("message");
+                (message.0, row.get("pool"))
+            })
+            .collect())
+    }
+
+    /// Puts a job whose lease ran out back to `queued`, closing its lost attempt; false if
+    /// another cell did it first or the holder came back.
+    pub async fn requeue_expired(&self, job_id: &str) -> Result<bool, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let attempts: Option<i32> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'queued', cell_id = NULL, lease_expires = NULL,
                     updated_at = now()
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires < now()
-                          FOR UPDATE SKIP LOCKED)
-             RETURNING id, attempts, message, pool",
+             WHERE id = $1 AND state = 'running' AND lease_expires < now()
+             RETURNING attempts",
         )
-        .fetch_all(&mut *tx)
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
         .await?;
-        let mut jobs = Vec::new();
-        for row in rows {
-            let id: String = row.get("id");
-            let attempts: i32 = row.get("attempts");
-            close_attempt(&mut tx, &id, attempts, "lost", Some("lease expired")).await?;
-            let message: sqlx::types::Json<JobMessage> = row.get("message");
-            jobs.push((message.0, row.get("pool")));
+        if let Some(attempts) = attempts {
+            close_attempt(&mut tx, job_id, attempts, "lost", Some("lease expired")).await?;
         }
         tx.commit().await?;
-        Ok(jobs)
+        Ok(attempts.is_some())
     }
 
     /// Jobs of `pools` that are queued or running.

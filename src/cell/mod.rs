@@ -140,6 +140,11 @@ impl Cell {
         until_idle: Option<Duration>,
     ) -> Result<(), QueueError> {
         let conn = queue::connect(&self.config.amqp.url).await?;
+        // A lost connection must be seen even while every slot is busy (and waiting to
+        // publish through the dead channel), not only when the next delivery is read.
+        let lost = Arc::new(tokio::sync::Notify::new());
+        let notify = lost.clone();
+        conn.on_error(move |_| notify.notify_one());
         let publisher = Publisher::open(&conn).await?;
         queue::declare(publisher.channel(), &self.config).await?;
         *self.publisher.write().await = Some(publisher.clone());
@@ -151,11 +156,13 @@ impl Cell {
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.expect("the slot semaphore is never closed"),
                 _ = shutdown.drain.cancelled() => break,
+                _ = lost.notified() => return Err(connection_lost(&conn)),
             };
             let delivery = loop {
                 tokio::select! {
                     biased;
                     _ = shutdown.drain.cancelled() => break None,
+                    _ = lost.notified() => return Err(connection_lost(&conn)),
                     d = priority.next() => break Some(d),
                     d = work.next() => break Some(d),
                     _ = idle_check.tick() => {
@@ -174,11 +181,7 @@ impl Cell {
                 None => break,
                 Some(Some(Ok((pool, d)))) => (pool, d),
                 Some(Some(Err(e))) => return Err(e.into()),
-                Some(None) => {
-                    return Err(QueueError::Amqp(lapin::Error::InvalidConnectionState(
-                        conn.status().state(),
-                    )))
-                }
+                Some(None) => return Err(connection_lost(&conn)),
             };
             last_busy = Instant::now();
             let cell = self.clone();
@@ -265,29 +268,52 @@ impl Cell {
             if let Err(e) = self.ledger.renew(&self.cell_id, lease).await {
                 tracing::warn!(error = %e, "cannot renew job leases");
             }
-            match self.ledger.requeue_expired().await {
-                Ok(jobs) => {
-                    for (job, pool) in jobs {
-                        tracing::warn!(job = %job.job_id, "lease expired (its cell died); re-publishing");
-                        let lane = self.names.lane(&pool, job.priority);
-                        if let Err(e) = self.publish(&lane, &job.to_json(), &[]).await {
-                            tracing::error!(job = %job.job_id, error = %e, "cannot re-publish an expired job");
+            match self.ledger.unsent_results(lease).await {
+                Ok(results) => {
+                    for result in results {
+                        tracing::info!(job = %result.job_id, "re-sending an unpublished result");
+                        if let Err(e) = self.send_result(&result, Duration::ZERO).await {
+                            tracing::warn!(job = %result.job_id, error = %e, "cannot re-send a result");
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot requeue expired jobs"),
+                Err(e) => tracing::warn!(error = %e, "cannot read the result outbox"),
+            }
+            match self.ledger.expired().await {
+                Ok(jobs) => {
+                    for (job, pool) in jobs {
+                        let lane = self.names.lane(&pool, job.priority);
+                        let sent = self
+                            .publish(&lane, &job.to_json(), &[], Duration::ZERO)
+                            .await;
+                        match sent {
+                            Ok(()) => match self.ledger.requeue_expired(&job.job_id).await {
+                                Ok(true) => tracing::warn!(job = %job.job_id,
+                                    "lease expired (its cell died); re-published"),
+                                Ok(false) => {}
+                                Err(e) => tracing::warn!(job = %job.job_id, error = %e,
+                                    "cannot requeue an expired job"),
+                            },
+                            Err(e) => tracing::warn!(job = %job.job_id, error = %e,
+                                "cannot re-publish an expired job; next tick"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read expired jobs"),
             }
         }
     }
 
-    /// Publishes through the current connection, waiting for a reconnect if needed.
+    /// Publishes through the current connection, waiting up to `patience` for a
+    /// reconnect. The tick passes zero: heartbeats and leases must not wait on the broker.
     async fn publish(
         &self,
         queue: &str,
         body: &[u8],
         headers: &[(&str, &str)],
+        patience: Duration,
     ) -> Result<(), QueueError> {
-        let deadline = Instant::now() + PUBLISH_PATIENCE;
+        let deadline = Instant::now() + patience;
         loop {
             let current = self.publisher.read().await.clone();
             let result = match current {
@@ -310,7 +336,7 @@ impl Cell {
     async fn dead_letter(&self, pool: &str, body: &[u8], reason: &str, job_id: &str) {
         let queue = self.names.dead(pool);
         let headers = [(REASON_HEADER, reason), ("x-cellfarm-job-id", job_id)];
-        if let Err(e) = self.publish(&queue, body, &headers).await {
+        if let Err(e) = self.publish(&queue, body, &headers, PUBLISH_PATIENCE).await {
             tracing::error!(job = job_id, error = %e, "cannot dead-letter");
         }
     }
@@ -444,15 +470,6 @@ impl Cell {
         attempt: i32,
         outputs: Vec<crate::job::OutputObject>,
     ) -> Result<(), JobFailure> {
-        if !self
-            .ledger
-            .succeed(&job.job_id, attempt, &self.cell_id, &outputs)
-            .await?
-        {
-            tracing::warn!("the job was taken over before commit; nothing committed");
-            return Ok(());
-        }
-        tracing::info!(attempt, outputs = outputs.len(), "job succeeded");
         let result = ResultMessage {
             v: VERSION,
             job_id: job.job_id.clone(),
@@ -462,8 +479,31 @@ impl Cell {
             attempt: attempt as u32,
             cell_id: self.cell_id.clone(),
         };
-        let body = serde_json::to_vec(&result).expect("a result always serializes");
-        self.publish(&self.names.results(), &body, &[]).await?;
+        if !self
+            .ledger
+            .succeed(&job.job_id, attempt, &self.cell_id, &result)
+            .await?
+        {
+            tracing::warn!("the job was taken over before commit; nothing committed");
+            return Ok(());
+        }
+        tracing::info!(attempt, outputs = result.outputs.len(), "job succeeded");
+        if let Err(e) = self.send_result(&result, PUBLISH_PATIENCE).await {
+            tracing::warn!(error = %e, "result not published yet; the outbox will re-send it");
+        }
+        Ok(())
+    }
+
+    /// Publishes a committed job's result and records that it went out.
+    async fn send_result(
+        &self,
+        result: &ResultMessage,
+        patience: Duration,
+    ) -> Result<(), JobFailure> {
+        let body = serde_json::to_vec(result).expect("a result always serializes");
+        self.publish(&self.names.results(), &body, &[], patience)
+            .await?;
+        self.ledger.result_sent(&result.job_id).await?;
         Ok(())
     }
 
@@ -480,8 +520,13 @@ impl Cell {
             .hand_back(&job.job_id, attempt, &self.cell_id, reason)
             .await?
         {
-            self.publish(&self.names.lane(pool, job.priority), &job.to_json(), &[])
-                .await?;
+            self.publish(
+                &self.names.lane(pool, job.priority),
+                &job.to_json(),
+                &[],
+                PUBLISH_PATIENCE,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -507,8 +552,13 @@ impl Cell {
                 {
                     let mut next = job.clone();
                     next.attempt = attempt as u32 + 1;
-                    self.publish(&self.names.lane(pool, job.priority), &next.to_json(), &[])
-                        .await?;
+                    self.publish(
+                        &self.names.lane(pool, job.priority),
+                        &next.to_json(),
+                        &[],
+                        PUBLISH_PATIENCE,
+                    )
+                    .await?;
                 }
             }
             (class, _) => {
@@ -530,6 +580,10 @@ impl Cell {
         }
         Ok(())
     }
+}
+
+fn connection_lost(conn: &Connection) -> QueueError {
+    QueueError::Amqp(lapin::Error::InvalidConnectionState(conn.status().state()))
 }
 
 type Tagged = futures_util::stream::BoxStream<'static, Result<(String, Delivery), lapin::Error>>;

@@ -40,6 +40,15 @@ impl Farm {
     /// TOML appended (more pipelines, say; `s3://cellfarm-demo/` in it names the farm's
     /// bucket).
     pub async fn new(test: &str, extra: &str) -> Farm {
+        let amqp = env(
+            "CELLFARM_TEST_AMQP",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        );
+        Farm::with_broker(test, extra, &amqp).await
+    }
+
+    /// A farm whose broker is at `amqp` (a private node, say).
+    pub async fn with_broker(test: &str, extra: &str, amqp: &str) -> Farm {
         let name = format!("t{}-{}", test.replace('_', "-"), rand::random::<u32>());
         let name: String = name.chars().take(40).collect();
         let bucket = format!("cf-{}", name.replace('_', "-"));
@@ -57,10 +66,7 @@ impl Farm {
             .replace("name = \"demo\"", &format!("name = \"{name}\""))
             .replace("schema = \"cellfarm_demo\"", &format!("schema = \"{schema}\""))
             .replace("cellfarm-demo/", &format!("{bucket}/"))
-            .replace(
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-                &env("CELLFARM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-            )
+            .replace("amqp://guest:guest@127.0.0.1:5672/%2f", amqp)
             .replace(
                 "postgres://postgres@127.0.0.1:5432/test",
                 &env("CELLFARM_TEST_PG", "postgres://postgres@127.0.0.1:5432/test"),
@@ -277,7 +283,11 @@ impl Farm {
 
     /// Takes every message from a queue: (body, dead-letter reason).
     pub async fn drain(&self, queue: &str) -> Vec<(Vec<u8>, Option<String>)> {
-        let channel = self.conn.create_channel().await.expect("channel");
+        // A connection of its own: the farm's may have died with a broker restart.
+        let conn = queue::connect(&self.config.amqp.url)
+            .await
+            .expect("RabbitMQ");
+        let channel = conn.create_channel().await.expect("channel");
         let mut got = Vec::new();
         while let Some(m) = channel
             .basic_get(queue, BasicGetOptions::default())
