@@ -28,7 +28,10 @@ async fn wait_gone(pid: u32, timeout: Duration) {
     while std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
     {
-        assert!(Instant::now() < deadline, "cell {pid} still running after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "cell {pid} still running after {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -40,7 +43,8 @@ async fn sigterm_drains_the_running_job_then_exits() {
     farm.put_file("inbox/clip.mp4", &farm.clip("clip", 3.0, "testsrc"));
     let id = farm.submit_id("inbox/clip.mp4", "realtime");
     let pid = farm.start_cell(&[]);
-    farm.wait_state(&id, "running", Duration::from_secs(60)).await;
+    farm.wait_state(&id, "running", Duration::from_secs(60))
+        .await;
     signal(pid, "-TERM");
     wait_gone(pid, Duration::from_secs(30)).await;
     let (state, attempts, error) = farm.job(&id).await.expect("row");
@@ -57,7 +61,8 @@ async fn a_second_sigterm_hands_the_job_back_without_spending_an_attempt() {
     farm.put_file("inbox/clip.mp4", &farm.clip("clip", 8.0, "testsrc"));
     let id = farm.submit_id("inbox/clip.mp4", "realtime");
     let pid = farm.start_cell(&[]);
-    farm.wait_state(&id, "running", Duration::from_secs(60)).await;
+    farm.wait_state(&id, "running", Duration::from_secs(60))
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     signal(pid, "-TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -67,7 +72,10 @@ async fn a_second_sigterm_hands_the_job_back_without_spending_an_attempt() {
     let (state, attempts, _) = farm.job(&id).await.expect("row");
     assert_eq!((state.as_str(), attempts), ("queued", 0), "{}", farm.logs());
     assert_eq!(farm.attempts(&id).await, vec!["handed_back"]);
-    assert!(farm.output_keys("realtime").await.is_empty(), "no partial output");
+    assert!(
+        farm.output_keys("realtime").await.is_empty(),
+        "no partial output"
+    );
 
     assert!(farm.run_cell_until_idle().success(), "{}", farm.logs());
     let (state, attempts, error) = farm.job(&id).await.expect("row");
