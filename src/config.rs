@@ -30,7 +30,7 @@ const DEFAULT_STEP_TIMEOUT_SECS: u64 = 3600;
 const DEFAULT_FFMPEG_MEMORY_MIB: u64 = 4096;
 
 /// The demuxers a source may be opened with. Playlists (`hls`), lists (`concat`) and
-/// image sequences are left out on purpose: they make FFmpeg open other files.
+/// image sequences (`image2`) are left out on purpose: they make FFmpeg open other files.
 pub const DEFAULT_DEMUXERS: &[&str] = &[
     "mov,mp4,m4a,3gp,3g2,mj2",
     "matroska,webm",
@@ -44,7 +44,6 @@ pub const DEFAULT_DEMUXERS: &[&str] = &[
     "aac",
     "ogg",
     "flac",
-    "image2",
     "png_pipe",
     "jpeg_pipe",
 ];

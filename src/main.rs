@@ -71,6 +71,24 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         until_idle: Option<u64>,
     },
+    /// Print the FFmpeg command lines a pipeline runs (one JSON array per step), for
+    /// checking a pipeline by hand or running the same work outside the farm.
+    Args {
+        #[arg(long)]
+        pipeline: String,
+        /// Local source file, for {input}.
+        #[arg(long)]
+        input: String,
+        /// Output directory, for {out} (and {work}).
+        #[arg(long)]
+        out: String,
+        /// FFmpeg threads, for {threads}.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// A local file for a pipeline asset: NAME=PATH.
+        #[arg(long, value_name = "NAME=PATH")]
+        asset: Vec<String>,
+    },
     /// Show queues, jobs by state, live cells and recent failures.
     Status {
         #[arg(long)]
@@ -109,6 +127,36 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
+        Command::Args {
+            pipeline,
+            input,
+            out,
+            threads,
+            asset,
+        } => {
+            let p = config.pipeline(&pipeline)?;
+            let threads = threads.to_string();
+            let mut vars = std::collections::BTreeMap::from([
+                ("input", input),
+                ("out", out.clone()),
+                ("work", out),
+                ("threads", threads),
+            ]);
+            for a in &asset {
+                let (name, path) = a
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--asset {a}: expected NAME=PATH"))?;
+                vars.insert(name, path.to_string());
+            }
+            let commands = cellfarm::ffmpeg::commands(&p.steps, &vars, &config.cell.demuxers)
+                .map_err(|e| anyhow::anyhow!("pipeline {pipeline}: {e}"))?;
+            for args in commands {
+                let mut argv = vec!["ffmpeg".to_string()];
+                argv.extend(args);
+                println!("{}", serde_json::to_string(&argv)?);
+            }
+            Ok(())
+        }
         Command::Check => {
             println!("config ok: farm {}", config.farm.name);
             Ok(())

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OutputSpec, Pipeline};
 use crate::failure::JobFailure;
-use crate::ffmpeg::{self, probe, template, Limits};
+use crate::ffmpeg::{self, probe, Limits};
 use crate::job::{JobMessage, OutputObject};
 use crate::ledger::Ledger;
 use crate::store::{ObjectStore, S3Url};
@@ -102,26 +102,27 @@ pub async fn execute(
             .await?;
         vars.insert(name.as_str(), path_arg(&local));
     }
-    for (i, step) in pipeline.steps.iter().enumerate() {
-        let expanded = step
-            .args
-            .iter()
-            .map(|a| template::expand(a, &vars))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| JobFailure::Pipeline {
+    let commands =
+        ffmpeg::commands(&pipeline.steps, &vars, &limits.demuxers).map_err(|reason| {
+            JobFailure::Pipeline {
                 pipeline: job.pipeline.clone(),
                 reason,
-            })?;
-        let args = ffmpeg::ffmpeg_args(&expanded, &limits.demuxers);
-        ffmpeg::run("ffmpeg", &args, &limits, ctx.cancel)
+            }
+        })?;
+    for (i, args) in commands.iter().enumerate() {
+        ffmpeg::run("ffmpeg", args, &limits, ctx.cancel)
             .await
             .map_err(|source| JobFailure::Step { step: i, source })?;
     }
+    // Outputs are our own files with names from the config, so image outputs may be
+    // probed with the image2 demuxer that untrusted sources are denied.
+    let mut output_limits = limits.clone();
+    output_limits.demuxers.push("image2".into());
     let files = check_outputs(
         pipeline,
         &scratch.0.join("out"),
         &source_probe,
-        &limits,
+        &output_limits,
         ctx.cancel,
     )
     .await?;

@@ -98,6 +98,25 @@ pub fn ffmpeg_args(step: &[String], demuxers: &[String]) -> Vec<String> {
     args
 }
 
+/// The FFmpeg argument lists of a pipeline's steps, with `vars` substituted.
+pub fn commands(
+    steps: &[crate::config::Step],
+    vars: &std::collections::BTreeMap<&str, String>,
+    demuxers: &[String],
+) -> Result<Vec<Vec<String>>, String> {
+    steps
+        .iter()
+        .map(|step| {
+            let expanded = step
+                .args
+                .iter()
+                .map(|a| template::expand(a, vars))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ffmpeg_args(&expanded, demuxers))
+        })
+        .collect()
+}
+
 /// Runs `program` with `args` under `limits`; Ok only on exit status 0.
 pub async fn run(
     program: &str,

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Throughput of one cell against the physical limit: the same FFmpeg work run raw on
+# local files with the best parallelism found, in the same run. Prints both wall times
+# and the ratio raw/farm (1.0 = the farm costs nothing), then the per-job overhead on
+# tiny jobs.
+#
+#   scripts/bench.sh                 # 12 x 30 s 720p clips through h264_ladder, 20 tiny jobs
+#   BENCH_CLIPS=4 BENCH_SECS=10 scripts/bench.sh   # a quicker, rougher run
+#
+# Not a test: it asserts nothing, and its figures move with the machine's load.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CLIPS="${BENCH_CLIPS:-12}"
+SECS="${BENCH_SECS:-30}"
+TINY="${BENCH_TINY:-20}"
+PIPELINE="${BENCH_PIPELINE:-h264_ladder}"
+WORK=/var/tmp/cellfarm-bench
+RUN="bench$(date +%s)"
+BUCKET="cellfarm-bench"
+
+scripts/services.sh >/dev/null
+# shellcheck source-path=SCRIPTDIR source=env.sh
+. scripts/env.sh
+cargo build --locked --quiet
+BIN="$CARGO_TARGET_DIR/debug/cellfarm"
+PY=/var/tmp/cellfarm-venv/bin/python
+[ -x "$PY" ] || PY=python3
+
+mkdir -p "$WORK/media" "$WORK/tiny" "$WORK/raw"
+make_clip() { # path secs pattern
+    [ -s "$1" ] && return 0
+    ffmpeg -nostdin -hide_banner -loglevel error -y \
+        -f lavfi -i "$3=size=1280x720:rate=25" -f lavfi -i "sine=frequency=440:sample_rate=44100" \
+        -t "$2" -ac 2 -c:v libx264 -preset veryfast -pix_fmt yuv420p -c:a aac -f mp4 "$1.part"
+    mv "$1.part" "$1"
+}
+echo "== making $CLIPS x ${SECS} s 720p clips and $TINY x 1 s clips in $WORK"
+for i in $(seq -w 1 "$CLIPS"); do make_clip "$WORK/media/clip$i-${SECS}s.mp4" "$SECS" testsrc2; done
+for i in $(seq -w 1 "$TINY"); do make_clip "$WORK/tiny/tiny$i.mp4" 1 testsrc; done
+
+# A private farm for this run: its own queues, schema and output prefix.
+CONFIG="$WORK/$RUN.toml"
+sed -e "s/^name = \"demo\"/name = \"$RUN\"/" \
+    -e "s/^schema = \"cellfarm_demo\"/schema = \"$RUN\"/" \
+    -e "s#s3://cellfarm-demo/outputs/#s3://$BUCKET/$RUN/#" \
+    -e "s#s3://cellfarm-demo/#s3://$BUCKET/#" \
+    -e "s#/var/tmp/cellfarm-demo/scratch#$WORK/scratch#" \
+    examples/local.toml >"$CONFIG"
+"$BIN" --config "$CONFIG" migrate >/dev/null
+
+"$PY" - "$BUCKET" "$WORK" "$CLIPS" "$TINY" <<'PYEOF'
+import os, sys, boto3
+from botocore.config import Config
+bucket, work = sys.argv[1], sys.argv[2]
+s3 = boto3.client("s3", endpoint_url=os.environ["CELLFARM_TEST_S3"],
+                  config=Config(s3={"addressing_style": "path"}))
+try:
+    s3.create_bucket(Bucket=bucket)
+except s3.exceptions.BucketAlreadyOwnedByYou:
+    pass
+except Exception as e:
+    if "BucketAlready" not in str(e):
+        raise
+for sub in ("media", "tiny"):
+    for name in sorted(os.listdir(os.path.join(work, sub))):
+        if name.endswith(".mp4"):
+            with open(os.path.join(work, sub, name), "rb") as body:  # one PUT: an ETag
+                s3.put_object(Bucket=bucket, Key=f"{sub}/{name}", Body=body)
+PYEOF
+
+# Runs the pipeline's exact FFmpeg commands (from `cellfarm args`) on local files, P at
+# a time with T threads each (T=0: FFmpeg's own choice). Prints the wall seconds.
+raw() { # dir pipeline P T
+    "$PY" - "$BIN" "$CONFIG" "$1" "$2" "$3" "$4" "$WORK/raw" <<'PYEOF'
+import json, os, shutil, subprocess, sys, time
+from concurrent.futures import ThreadPoolExecutor
+binary, config, src, pipeline, p, t, out = sys.argv[1:8]
+inputs = sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".mp4"))
+intro = inputs[0]  # stands in for any pipeline asset ({intro}, {outro})
+def job(i, path):
+    d = os.path.join(out, f"{pipeline}-{i}")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    argv = subprocess.run([binary, "--config", config, "args", "--pipeline", pipeline,
+                           "--input", path, "--out", d, "--threads", t,
+                           "--asset", f"intro={intro}", "--asset", f"outro={intro}"],
+                          check=True, capture_output=True, text=True).stdout
+    for line in argv.splitlines():
+        subprocess.run(json.loads(line), check=True)
+start = time.monotonic()
+with ThreadPoolExecutor(max_workers=int(p)) as pool:
+    list(pool.map(lambda a: job(*a), enumerate(inputs)))
+print(f"{time.monotonic() - start:.2f}")
+PYEOF
+}
+
+# Submits every object under PREFIX, runs one cell until done, prints the wall seconds
+# from the cell's start to the last job's commit (from the ledger).
+farm() { # prefix pipeline
+    "$BIN" --config "$CONFIG" submit --prefix "s3://$BUCKET/$1/" --pipeline "$2" >/dev/null
+    local start
+    start=$(date +%s.%N)
+    "$BIN" --config "$CONFIG" cell --until-idle 1 2>"$WORK/$RUN-$2.log"
+    local failed
+    failed=$(psql -qtA "$CELLFARM_TEST_PG" -c "SELECT count(*) FROM \"$RUN\".jobs WHERE pipeline = '$2' AND state <> 'succeeded'")
+    [ "$failed" = 0 ] || { echo "bench: $failed $2 job(s) did not succeed; see $WORK/$RUN-$2.log" >&2; exit 1; }
+    psql -qtA "$CELLFARM_TEST_PG" -c \
+        "SELECT round((extract(epoch FROM max(finished_at)) - $start)::numeric, 2) FROM \"$RUN\".jobs WHERE pipeline = '$2'"
+}
+
+best() { printf '%s\n' "$@" | sort -g | head -n 1; }
+CORES=$(nproc)
+
+echo "== $PIPELINE: $CLIPS x ${SECS} s 720p, $CORES cores"
+seq_auto=$(raw "$WORK/media" "$PIPELINE" 1 0);      echo "raw  1 at a time, FFmpeg's threads : ${seq_auto} s"
+par_one=$(raw "$WORK/media" "$PIPELINE" "$CORES" 1); echo "raw  $CORES at a time, 1 thread each  : ${par_one} s"
+par_auto=$(raw "$WORK/media" "$PIPELINE" "$CORES" 0); echo "raw  $CORES at a time, FFmpeg's threads: ${par_auto} s"
+farm_s=$(farm media "$PIPELINE");                    echo "farm one cell (config defaults)     : ${farm_s} s"
+raw_s=$(best "$seq_auto" "$par_one" "$par_auto")
+echo "RESULT $PIPELINE raw_best=${raw_s}s farm=${farm_s}s ratio raw/farm = $(python3 -c "print(f'{$raw_s / $farm_s:.3f}')")"
+
+echo "== thumbnails: $TINY x 1 s 720p (per-job overhead)"
+tiny_raw=$(raw "$WORK/tiny" thumbnails "$CORES" 1); echo "raw  $CORES at a time : ${tiny_raw} s"
+tiny_farm=$(farm tiny thumbnails);                  echo "farm one cell       : ${tiny_farm} s"
+echo "RESULT thumbnails overhead per job = $(python3 -c "print(round(($tiny_farm - $tiny_raw) * 1000 / $TINY))") ms wall ($CORES slots)"
+
+psql -qtA "$CELLFARM_TEST_PG" -c "SET client_min_messages = warning; DROP SCHEMA \"$RUN\" CASCADE" >/dev/null
+rm -rf "$WORK/raw" "$CONFIG"
