@@ -397,13 +397,23 @@ impl Ledger {
         Ok(held)
     }
 
-    /// Extends the leases of every job `cell_id` runs; called each heartbeat.
-    pub async fn renew(&self, cell_id: &str, lease: Duration) -> Result<u64, LedgerError> {
+    /// Extends the leases of the jobs `cell_id` is running (`job_ids`); called each
+    /// heartbeat. A job the cell has let go of keeps its old lease and runs out.
+    pub async fn renew(
+        &self,
+        cell_id: &str,
+        job_ids: &[String],
+        lease: Duration,
+    ) -> Result<u64, LedgerError> {
+        if job_ids.is_empty() {
+            return Ok(0);
+        }
         let done = sqlx::query(
-            "UPDATE jobs SET lease_expires = now() + make_interval(secs => $2)
-             WHERE cell_id = $1 AND state = 'running'",
+            "UPDATE jobs SET lease_expires = now() + make_interval(secs => $3)
+             WHERE cell_id = $1 AND id = ANY($2) AND state = 'running'",
         )
         .bind(cell_id)
+        .bind(job_ids)
         .bind(lease.as_secs_f64())
         .execute(&self.pool)
         .await?;

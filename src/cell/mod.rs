@@ -63,6 +63,8 @@ pub struct Cell {
     slots: usize,
     threads: usize,
     running: AtomicUsize,
+    /// Jobs whose attempts run in this cell now: the only leases the tick renews.
+    leases: std::sync::Mutex<std::collections::BTreeSet<String>>,
     publisher: RwLock<Option<Publisher>>,
     started_at: i64,
 }
@@ -93,6 +95,7 @@ impl Cell {
             cell_id,
             pools,
             running: AtomicUsize::new(0),
+            leases: Default::default(),
             publisher: RwLock::new(None),
             started_at: chrono::Utc::now().timestamp(),
         }
@@ -265,7 +268,14 @@ impl Cell {
                 tracing::warn!(error = %e, "heartbeat failed");
             }
             let lease = Duration::from_secs(self.config.cell.lease_secs);
-            if let Err(e) = self.ledger.renew(&self.cell_id, lease).await {
+            let leases: Vec<String> = self
+                .leases
+                .lock()
+                .expect("the lease set is never poisoned")
+                .iter()
+                .cloned()
+                .collect();
+            if let Err(e) = self.ledger.renew(&self.cell_id, &leases, lease).await {
                 tracing::warn!(error = %e, "cannot renew job leases");
             }
             match self.ledger.unsent_results(lease).await {
@@ -422,7 +432,9 @@ impl Cell {
             threads: self.threads,
             cancel: abort,
         };
+        self.leased(&job.job_id, true);
         let result = work::execute(&ctx, job, attempt).await;
+        self.leased(&job.job_id, false);
         let id = &job.job_id;
         let outcome = match result {
             Ok(outputs) => self.commit(job, attempt, outputs).await,
@@ -456,11 +468,23 @@ impl Cell {
                 ack(delivery).await
             }
             Err(e) => {
-                // The ledger or broker is unreachable: the lease runs out and the job is
-                // re-published by whichever cell sees it first.
-                tracing::warn!(job = %id, error = %e, "cannot record the outcome; leaving it to the lease");
-                ack(delivery).await
+                // The ledger or broker is unreachable: return the delivery so the job is
+                // tried again rather than left queued in the ledger with no message. If
+                // the ledger still shows this attempt running, its lease (no longer
+                // renewed) runs out first.
+                tracing::warn!(job = %id, error = %e, "cannot record the outcome; returning the delivery");
+                nack(delivery).await
             }
+        }
+    }
+
+    /// Records which jobs this cell is running, so the tick renews only their leases.
+    fn leased(&self, job_id: &str, running: bool) {
+        let mut leases = self.leases.lock().expect("the lease set is never poisoned");
+        if running {
+            leases.insert(job_id.to_string());
+        } else {
+            leases.remove(job_id);
         }
     }
 
