@@ -9,15 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Farm;
-
-const REALTIME: &str = r#"
-[pipelines.realtime]
-pool = "default"
-output = "s3://cellfarm-demo/outputs/realtime/"
-steps = [{ args = ["-re", "-i", "{input}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "{out}/out.mp4"] }]
-outputs = [{ path = "out.mp4", video_codec = "h264", duration = "source" }]
-"#;
+use common::{Farm, REALTIME};
 
 /// The Debian package's server script, run directly (not through the wrapper that
 /// switches to the rabbitmq user) so the node can use a private directory.

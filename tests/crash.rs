@@ -4,17 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{probe, seconds, video_stream, Farm};
-
-/// `-re` makes the encode take as long as the clip plays: long enough to kill the cell
-/// in the middle of it.
-const SLOW_OK: &str = r#"
-[pipelines.realtime]
-pool = "default"
-output = "s3://cellfarm-demo/outputs/realtime/"
-steps = [{ args = ["-re", "-i", "{input}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "{out}/out.mp4"] }]
-outputs = [{ path = "out.mp4", video_codec = "h264", duration = "source" }]
-"#;
+use common::{probe, seconds, video_stream, Farm, REALTIME};
 
 /// FFmpeg processes working in this farm's scratch directory.
 fn ffmpegs_in(dir: &std::path::Path) -> Vec<u32> {
@@ -39,7 +29,7 @@ fn ffmpegs_in(dir: &std::path::Path) -> Vec<u32> {
 /// partial output, and a second cell completes the job; the ledger shows both attempts.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_cells_job_is_completed_by_another_cell() {
-    let mut farm = Farm::new("crash", SLOW_OK).await;
+    let mut farm = Farm::new("crash", REALTIME).await;
     let clip = farm.clip("clip", 6.0, "testsrc");
     farm.put_file("inbox/clip.mp4", &clip);
     let id = farm.submit_id("inbox/clip.mp4", "realtime");

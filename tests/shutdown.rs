@@ -4,15 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Farm;
-
-const REALTIME: &str = r#"
-[pipelines.realtime]
-pool = "default"
-output = "s3://cellfarm-demo/outputs/realtime/"
-steps = [{ args = ["-re", "-i", "{input}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "{out}/out.mp4"] }]
-outputs = [{ path = "out.mp4", video_codec = "h264", duration = "source" }]
-"#;
+use common::{Farm, REALTIME};
 
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")

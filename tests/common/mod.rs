@@ -14,6 +14,16 @@ use cellfarm::queue::{self, Names, Publisher};
 use cellfarm::store::{ObjectStore, S3Store};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 
+/// A pipeline whose encode takes as long as the clip plays (`-re`): long enough to
+/// kill, stop or cut off a cell in the middle of it.
+pub const REALTIME: &str = r#"
+[pipelines.realtime]
+pool = "default"
+output = "s3://cellfarm-demo/outputs/realtime/"
+steps = [{ args = ["-re", "-i", "{input}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "{out}/out.mp4"] }]
+outputs = [{ path = "out.mp4", video_codec = "h264", duration = "source" }]
+"#;
+
 /// The example config every test farm starts from, so the shipped pipelines are tested.
 const EXAMPLE: &str = include_str!("../../examples/local.toml");
 
