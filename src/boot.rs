@@ -88,6 +88,43 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The cloud the config describes; `None` when mitosis is off (`kind = "none"`).
+/// `location` is this process's `--config`, which local siblings are started with.
+pub fn cloud(
+    config: &Config,
+    location: &str,
+) -> anyhow::Result<Option<std::sync::Arc<dyn crate::cloud::Cloud>>> {
+    use crate::config::CloudKind;
+    match config.cloud.kind {
+        CloudKind::None => Ok(None),
+        CloudKind::Local => {
+            let binary = match &config.cloud.binary {
+                Some(b) => b.into(),
+                None => {
+                    std::env::current_exe().context("finding this binary for local siblings")?
+                }
+            };
+            // Siblings resolve a relative config path from their own directory: make it
+            // absolute.
+            let location = if location.starts_with("s3://") {
+                location.to_string()
+            } else {
+                std::path::absolute(location)
+                    .with_context(|| format!("config path {location}"))?
+                    .display()
+                    .to_string()
+            };
+            let logs = match &config.cloud.log_dir {
+                Some(d) => d.into(),
+                None => Path::new(&config.cell.scratch_dir).join("cells"),
+            };
+            Ok(Some(std::sync::Arc::new(crate::cloud::LocalCloud::new(
+                binary, location, logs,
+            ))))
+        }
+    }
+}
+
 /// The object store the config describes.
 pub async fn store(config: &Config) -> std::sync::Arc<dyn ObjectStore> {
     std::sync::Arc::new(S3Store::connect(&config.s3).await)

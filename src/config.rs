@@ -59,6 +59,8 @@ pub struct Config {
     pub s3: S3,
     #[serde(default)]
     pub cell: Cell,
+    #[serde(default)]
+    pub cloud: Cloud,
     pub pools: BTreeMap<String, Pool>,
     pub pipelines: BTreeMap<String, Pipeline>,
 }
@@ -172,6 +174,65 @@ pub struct Pool {
     /// Bound on the priority lane and work queue (`x-max-length`); `None` is unbounded.
     #[serde(default)]
     pub max_queue_length: Option<u64>,
+    /// The mitosis factor: jobs one cell takes on before the pool wants another.
+    #[serde(default = "default_jobs_per_cell")]
+    pub jobs_per_cell: u32,
+    /// Work-aware mitosis: seconds of encoding one cell takes on; replaces
+    /// `jobs_per_cell` when set.
+    pub work_secs_per_cell: Option<f64>,
+    /// Cells kept even when idle.
+    #[serde(default)]
+    pub floor: u32,
+    /// Most cells the pool may have (the vCPU-quota safeguard).
+    #[serde(default = "default_ceiling")]
+    pub ceiling: u32,
+    /// Most cells one mitosis tick launches.
+    #[serde(default = "default_step")]
+    pub step: u32,
+    /// Seconds after a launch before the next one (zero to one ignores it).
+    #[serde(default = "default_cooldown")]
+    pub cooldown_secs: u64,
+    /// Seconds a cell idles before it may die.
+    #[serde(default = "default_idle_grace")]
+    pub idle_grace_secs: u64,
+    /// Seconds a launched cell counts as pending before it must be alive.
+    #[serde(default = "default_launch_timeout")]
+    pub launch_timeout_secs: u64,
+}
+
+impl Pool {
+    pub fn policy(&self) -> crate::mitosis::Policy {
+        crate::mitosis::Policy {
+            jobs_per_cell: self.jobs_per_cell,
+            work_secs_per_cell: self.work_secs_per_cell,
+            floor: self.floor,
+            ceiling: self.ceiling,
+            step: self.step,
+            idle_grace_secs: self.idle_grace_secs,
+        }
+    }
+}
+
+/// Where sibling cells come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cloud {
+    #[serde(default)]
+    pub kind: CloudKind,
+    /// `local`: the binary siblings run (default: this one).
+    pub binary: Option<String>,
+    /// `local`: the directory for siblings' logs (default: `<scratch_dir>/cells`).
+    pub log_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudKind {
+    /// No mitosis: cells are started and stopped by hand.
+    #[default]
+    None,
+    /// Siblings are processes on this machine.
+    Local,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +311,29 @@ fn default_demuxers() -> Vec<String> {
 }
 fn default_cost() -> f64 {
     1.0
+}
+/// Ten jobs a cell: FERMI's first mitosis factor was of this order.
+fn default_jobs_per_cell() -> u32 {
+    10
+}
+/// A small ceiling by default: a typo must not launch a fleet.
+fn default_ceiling() -> u32 {
+    4
+}
+fn default_step() -> u32 {
+    2
+}
+/// Long enough for launched cells to start beating.
+fn default_cooldown() -> u64 {
+    30
+}
+/// A minute of idling before a cell gives its machine back.
+fn default_idle_grace() -> u64 {
+    60
+}
+/// EC2 spot instances usually boot in one to three minutes.
+fn default_launch_timeout() -> u64 {
+    300
 }
 
 /// Every problem found in one config, each naming its key.
@@ -338,9 +422,30 @@ impl Config {
         if self.pools.is_empty() {
             bad("pools".into(), "at least one pool is needed");
         }
-        for name in self.pools.keys() {
+        for (name, pool) in &self.pools {
             if !valid_name(name) {
                 bad(format!("pools.{name}"), "pool names are 1-40 of [a-z0-9_-]");
+            }
+            if pool.jobs_per_cell == 0 {
+                bad(format!("pools.{name}.jobs_per_cell"), "must be above 0");
+            }
+            if pool
+                .work_secs_per_cell
+                .is_some_and(|w| w.is_nan() || w <= 0.0)
+            {
+                bad(
+                    format!("pools.{name}.work_secs_per_cell"),
+                    "must be above 0",
+                );
+            }
+            if pool.ceiling < pool.floor || pool.ceiling == 0 {
+                bad(
+                    format!("pools.{name}.ceiling"),
+                    "must be above 0 and at least the floor",
+                );
+            }
+            if pool.step == 0 {
+                bad(format!("pools.{name}.step"), "must be above 0");
             }
         }
         if self.pipelines.is_empty() {
@@ -458,6 +563,7 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
         "redis",
         "s3",
         "cell",
+        "cloud",
         "pools",
         "pipelines",
     ];
@@ -467,6 +573,7 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
         ("postgres", &["url", "schema"]),
         ("redis", &["url"]),
         ("s3", &["endpoint", "region", "path_style"]),
+        ("cloud", &["kind", "binary", "log_dir"]),
         (
             "cell",
             &[
@@ -483,7 +590,17 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
             ],
         ),
     ];
-    const POOL: &[&str] = &["max_queue_length"];
+    const POOL: &[&str] = &[
+        "max_queue_length",
+        "jobs_per_cell",
+        "work_secs_per_cell",
+        "floor",
+        "ceiling",
+        "step",
+        "cooldown_secs",
+        "idle_grace_secs",
+        "launch_timeout_secs",
+    ];
     const PIPELINE: &[&str] = &[
         "pool",
         "output",

@@ -459,6 +459,49 @@ impl Ledger {
         Ok(attempts.is_some())
     }
 
+    /// Running jobs of `pool`, and the estimated work of its unfinished jobs in seconds:
+    /// the message's estimate, else the probed duration, else `default_secs`.
+    pub async fn pool_load(
+        &self,
+        pool: &str,
+        default_secs: f64,
+    ) -> Result<(u64, f64), LedgerError> {
+        let row = sqlx::query(
+            "SELECT count(*) FILTER (WHERE state = 'running') AS running,
+                    coalesce(sum(coalesce((message->>'work_secs')::float8,
+                                          (probe->>'duration')::float8, $2)), 0) AS work
+             FROM jobs WHERE pool = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(pool)
+        .bind(default_secs)
+        .fetch_one(&self.pool)
+        .await?;
+        let running: i64 = row.get("running");
+        Ok((running.max(0) as u64, row.get("work")))
+    }
+
+    /// Records a launch, death or interruption.
+    pub async fn record_event(
+        &self,
+        pool: &str,
+        kind: &str,
+        cell_id: &str,
+        cells: u32,
+        reason: &str,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO cell_events (pool, kind, cell_id, cells, reason) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(pool)
+        .bind(kind)
+        .bind(cell_id)
+        .bind(cells as i32)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Jobs of `pools` that are queued or running.
     pub async fn unfinished(&self, pools: &[String]) -> Result<i64, LedgerError> {
         Ok(sqlx::query_scalar(

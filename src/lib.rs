@@ -7,7 +7,8 @@
 //! * [`queue`] — RabbitMQ (lapin): topology, confirmed publishing, consumers.
 //! * [`store`] — S3 (aws-sdk-s3, any endpoint): the [`store::ObjectStore`] trait.
 //! * [`ledger`] — PostgreSQL (sqlx): the job ledger, claims, leases, migrations.
-//! * [`locks`] — Redis: heartbeats.
+//! * [`locks`] — Redis: heartbeats, the mitosis lock, pending launches.
+//! * [`cloud`] — where sibling cells come from (`local` processes; EC2 to come).
 //! * [`ffmpeg`] — FFmpeg and ffprobe: argument templates, guarded inputs, probing.
 //!
 //! And one per concern of our own:
@@ -16,18 +17,21 @@
 //! * [`job`] — the job and result messages (contract v1) and the job id.
 //! * [`failure`] — retryable or permanent: one pure classification.
 //! * [`cell`] — the worker: consume, run, commit, ack; heartbeats; shutdown.
+//! * [`mitosis`] — how many cells a pool needs (a pure calculator) and the tick.
 //! * [`submit`] — enqueue objects by hand or for reprocessing.
 //! * [`status`] — the farm at a glance.
 //! * [`boot`] — loading config (file or S3) and connecting to everything.
 
 pub mod boot;
 pub mod cell;
+pub mod cloud;
 pub mod config;
 pub mod failure;
 pub mod ffmpeg;
 pub mod job;
 pub mod ledger;
 pub mod locks;
+pub mod mitosis;
 pub mod queue;
 pub mod status;
 pub mod store;

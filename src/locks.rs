@@ -1,4 +1,4 @@
-//! Redis: cell heartbeats (and, with mitosis, the farm-wide locks).
+//! Redis: cell heartbeats, the per-pool mitosis lock, pending launches and cooldowns.
 //!
 //! A heartbeat is a key with a time-to-live of three beats: a cell that stops beating
 //! drops out of the live set by itself, with nobody to clean up after it.
@@ -17,6 +17,9 @@ pub struct Beat {
     pub cell_id: String,
     pub host: String,
     pub pid: u32,
+    /// Pools the cell consumes from.
+    #[serde(default)]
+    pub pools: Vec<String>,
     pub slots: usize,
     pub running: usize,
     /// Seconds since the Unix epoch.
@@ -82,5 +85,111 @@ impl Heartbeats {
             .collect();
         beats.sort_by(|a, b| a.cell_id.cmp(&b.cell_id));
         Ok(beats)
+    }
+}
+
+/// A held lock: release it with [`Heartbeats::unlock`]; it also expires by itself.
+#[derive(Debug)]
+pub struct Lock {
+    key: String,
+    token: String,
+}
+
+/// Deletes the key only if it still holds our token, so a lock that expired and was
+/// taken by another cell is never released by us.
+const UNLOCK: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+end
+return 0
+"#;
+
+impl Heartbeats {
+    /// Takes the lock `name` for at most `ttl_ms`, or returns None if another holds it.
+    pub async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<Option<Lock>, LocksError> {
+        let key = format!("{}:lock:{name}", self.farm);
+        let token = format!("{:032x}", rand::random::<u128>());
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.map(|_| Lock { key, token }))
+    }
+
+    pub async fn unlock(&self, lock: Lock) -> Result<(), LocksError> {
+        let mut conn = self.conn.clone();
+        redis::Script::new(UNLOCK)
+            .key(&lock.key)
+            .arg(&lock.token)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    fn pending_key(&self, pool: &str) -> String {
+        format!("{}:pending:{pool}", self.farm)
+    }
+
+    /// Cells launched for `pool` and not yet alive, forgetting those past their deadline.
+    pub async fn pending(&self, pool: &str) -> Result<u32, LocksError> {
+        let key = self.pending_key(pool);
+        let now = chrono::Utc::now().timestamp();
+        let mut conn = self.conn.clone();
+        conn.zrembyscore::<_, _, _, ()>(&key, "-inf", now).await?;
+        let n: u32 = conn.zcard(&key).await?;
+        Ok(n)
+    }
+
+    /// Records launches; each counts as pending until it beats or `ttl_secs` pass.
+    pub async fn add_pending(
+        &self,
+        pool: &str,
+        ids: &[String],
+        ttl_secs: u64,
+    ) -> Result<(), LocksError> {
+        let deadline = chrono::Utc::now().timestamp() + ttl_secs as i64;
+        let mut conn = self.conn.clone();
+        for id in ids {
+            conn.zadd::<_, _, _, ()>(self.pending_key(pool), id, deadline)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn remove_pending(&self, pool: &str, id: &str) -> Result<(), LocksError> {
+        let mut conn = self.conn.clone();
+        conn.zrem::<_, _, ()>(self.pending_key(pool), id).await?;
+        Ok(())
+    }
+
+    /// True while `pool` is in its post-launch cooldown.
+    pub async fn cooling(&self, pool: &str) -> Result<bool, LocksError> {
+        let mut conn = self.conn.clone();
+        Ok(conn
+            .exists(format!("{}:cooldown:{pool}", self.farm))
+            .await?)
+    }
+
+    pub async fn start_cooldown(&self, pool: &str, secs: u64) -> Result<(), LocksError> {
+        if secs == 0 {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        conn.set_ex::<_, _, ()>(format!("{}:cooldown:{pool}", self.farm), 1, secs)
+            .await?;
+        Ok(())
+    }
+
+    /// A number that grows with every launch of `pool`: the launches' idempotency token.
+    pub async fn next_launch(&self, pool: &str) -> Result<u64, LocksError> {
+        let mut conn = self.conn.clone();
+        Ok(conn
+            .incr(format!("{}:launches:{pool}", self.farm), 1)
+            .await?)
     }
 }

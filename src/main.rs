@@ -15,7 +15,7 @@ use cellfarm::ledger::Ledger;
 use cellfarm::locks::Heartbeats;
 use cellfarm::queue::{self, Publisher};
 use cellfarm::store::S3Url;
-use cellfarm::{status, submit};
+use cellfarm::{mitosis, status, submit};
 
 /// Exit code for a bad config or command line (BSD `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(run(cli.command, config, &cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cellfarm: {e:#}");
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+async fn run(command: Command, config: Config, location: &str) -> anyhow::Result<()> {
     match command {
         Command::Args {
             pipeline,
@@ -191,10 +191,29 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 priority,
                 force,
             };
+            let cloud = boot::cloud(&config, location)?;
             let done = async {
                 queue::declare(publisher.channel(), &config).await?;
                 let objects = submit::objects(store.as_ref(), &url, is_prefix).await?;
-                submit::submit(&config, &ledger, &publisher, &url.bucket, &objects, &req).await
+                let done =
+                    submit::submit(&config, &ledger, &publisher, &url.bucket, &objects, &req)
+                        .await?;
+                // Zero to one: a farm with no cell starts itself.
+                if let Some(cloud) = &cloud {
+                    let beats = heartbeats(&config).await?;
+                    let farm = mitosis::Farm {
+                        config: &config,
+                        ledger: &ledger,
+                        locks: &beats,
+                        cloud: cloud.as_ref(),
+                        channel: publisher.channel(),
+                    };
+                    let pool = &config.pipeline(&pipeline)?.pool;
+                    let outcome =
+                        mitosis::tick_patiently(&farm, pool, Duration::from_secs(10)).await?;
+                    tracing::info!(pool, ?outcome, "mitosis tick after submit");
+                }
+                anyhow::Ok(done)
             }
             .await;
             let _ = conn.close(200, "done").await;
@@ -211,7 +230,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Cell { pool, until_idle } => run_cell(config, pool, until_idle).await,
+        Command::Cell { pool, until_idle } => run_cell(config, location, pool, until_idle).await,
         Command::Status { json } => {
             let ledger = ledger(&config).await?;
             let beats = heartbeats(&config).await?;
@@ -230,6 +249,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 
 async fn run_cell(
     config: Config,
+    location: &str,
     pools: Vec<String>,
     until_idle: Option<u64>,
 ) -> anyhow::Result<()> {
@@ -255,11 +275,25 @@ async fn run_cell(
     let store = boot::store(&config).await;
     let grace = Duration::from_secs(config.cell.shutdown_grace_secs);
     let config = Arc::new(config);
-    let cell = Arc::new(Cell::new(config, store, ledger, beats, pools));
+    let cloud = boot::cloud(&config, location)?;
+    let cell = Arc::new(Cell::new(
+        config,
+        store,
+        ledger,
+        beats,
+        pools,
+        cloud.clone(),
+    ));
     let shutdown = Shutdown::default();
     tokio::spawn(watch_signals(shutdown.clone(), grace));
-    cell.run(shutdown, until_idle.map(Duration::from_secs))
+    cell.clone()
+        .run(shutdown, until_idle.map(Duration::from_secs))
         .await;
+    // Death comes last, after the drain and the flush.
+    if let (true, Some(cloud)) = (cell.dying(), cloud) {
+        tracing::info!(cell = %cell.cell_id, "terminating this cell's machine");
+        cloud.terminate_self().await?;
+    }
     Ok(())
 }
 

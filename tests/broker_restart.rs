@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,8 +70,12 @@ impl PrivateBroker {
             .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
             .env("RABBITMQ_PID_FILE", self.dir.join("pid"))
             .env("HOME", &self.dir)
+            // The node writes crash dumps (MnesiaCore.*) into its working directory.
+            .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)
+            // The script does not exec the Erlang VM: stop the whole group, not the script.
+            .process_group(0)
             .spawn()
             .expect("start a private RabbitMQ node (is rabbitmq-server installed?)");
         self.child = Some(child);
@@ -81,10 +86,21 @@ impl PrivateBroker {
         }
     }
 
-    /// A clean stop: SIGTERM, as a service manager restarting the broker would send.
+    /// A clean stop: SIGTERM to the node's process group, as a service manager
+    /// restarting the broker would send; waits until the port is closed.
     fn stop(&mut self) {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "private RabbitMQ did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&mut self, sig: &str) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args([sig, "--", &group]).status();
             let _ = child.wait();
         }
     }
@@ -92,10 +108,7 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.signal("-KILL");
     }
 }
 

@@ -11,9 +11,10 @@
 //! the deliveries on it, which the broker redelivers; jobs already running carry on and
 //! commit through the ledger, and their late acks fail harmlessly.
 
+mod tick;
 mod work;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,11 +27,12 @@ use tokio::sync::{RwLock, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::failure::{classify, Class, JobFailure};
 use crate::job::{JobMessage, ResultMessage, VERSION};
 use crate::ledger::{Claim, Ledger};
-use crate::locks::{Beat, Heartbeats};
+use crate::locks::Heartbeats;
 use crate::queue::{self, Names, Publisher, QueueError, REASON_HEADER};
 use crate::store::ObjectStore;
 
@@ -67,6 +69,12 @@ pub struct Cell {
     leases: std::sync::Mutex<std::collections::BTreeSet<String>>,
     publisher: RwLock<Option<Publisher>>,
     started_at: i64,
+    /// Where siblings come from; `None` turns mitosis and death off.
+    cloud: Option<Arc<dyn Cloud>>,
+    /// When the cell last had a job running: the start of its idle time.
+    last_busy: std::sync::Mutex<Instant>,
+    /// Set when mitosis decided this cell dies: after draining, its machine ends.
+    dying: AtomicBool,
 }
 
 impl Cell {
@@ -76,6 +84,7 @@ impl Cell {
         ledger: Ledger,
         beats: Heartbeats,
         pools: Vec<String>,
+        cloud: Option<Arc<dyn Cloud>>,
     ) -> Cell {
         let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let host = hostname();
@@ -98,7 +107,15 @@ impl Cell {
             leases: Default::default(),
             publisher: RwLock::new(None),
             started_at: chrono::Utc::now().timestamp(),
+            cloud,
+            last_busy: std::sync::Mutex::new(Instant::now()),
+            dying: AtomicBool::new(false),
         }
+    }
+
+    /// True once mitosis decided this cell dies (check after [`Cell::run`] returns).
+    pub fn dying(&self) -> bool {
+        self.dying.load(Ordering::SeqCst)
     }
 
     /// Runs until `shutdown.drain` fires (or, with `until_idle`, until every queue it
@@ -107,7 +124,7 @@ impl Cell {
         tracing::info!(cell = %self.cell_id, slots = self.slots, threads = self.threads,
             pools = ?self.pools, "cell starting");
         let slots = Arc::new(Semaphore::new(self.slots));
-        let ticker = tokio::spawn(self.clone().tick_loop(shutdown.drain.clone()));
+        let ticker = tokio::spawn(self.clone().tick_loop(shutdown.clone()));
         let mut backoff = Duration::from_millis(250);
         while !shutdown.drain.is_cancelled() {
             match self.session(&slots, &shutdown, until_idle).await {
@@ -192,6 +209,7 @@ impl Cell {
             self.running.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 cell.handle(delivery.0, delivery.1, &abort).await;
+                *cell.last_busy.lock().expect("never poisoned") = Instant::now();
                 cell.running.fetch_sub(1, Ordering::SeqCst);
                 drop(permit);
             });
@@ -241,75 +259,6 @@ impl Cell {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot count unfinished jobs");
                 Ok(false)
-            }
-        }
-    }
-
-    /// Heartbeat, lease renewal and re-publishing of jobs whose cell died.
-    async fn tick_loop(self: Arc<Self>, stop: CancellationToken) {
-        let period = Duration::from_secs(self.config.cell.heartbeat_secs);
-        let mut every = tokio::time::interval(period);
-        loop {
-            every.tick().await;
-            let beat = Beat {
-                cell_id: self.cell_id.clone(),
-                host: hostname(),
-                pid: std::process::id(),
-                slots: self.slots,
-                running: self.running.load(Ordering::SeqCst),
-                started_at: self.started_at,
-                draining: stop.is_cancelled(),
-            };
-            if let Err(e) = self
-                .beats
-                .beat(&beat, 3 * self.config.cell.heartbeat_secs)
-                .await
-            {
-                tracing::warn!(error = %e, "heartbeat failed");
-            }
-            let lease = Duration::from_secs(self.config.cell.lease_secs);
-            let leases: Vec<String> = self
-                .leases
-                .lock()
-                .expect("the lease set is never poisoned")
-                .iter()
-                .cloned()
-                .collect();
-            if let Err(e) = self.ledger.renew(&self.cell_id, &leases, lease).await {
-                tracing::warn!(error = %e, "cannot renew job leases");
-            }
-            match self.ledger.unsent_results(lease).await {
-                Ok(results) => {
-                    for result in results {
-                        tracing::info!(job = %result.job_id, "re-sending an unpublished result");
-                        if let Err(e) = self.send_result(&result, Duration::ZERO).await {
-                            tracing::warn!(job = %result.job_id, error = %e, "cannot re-send a result");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read the result outbox"),
-            }
-            match self.ledger.expired().await {
-                Ok(jobs) => {
-                    for (job, pool) in jobs {
-                        let lane = self.names.lane(&pool, job.priority);
-                        let sent = self
-                            .publish(&lane, &job.to_json(), &[], Duration::ZERO)
-                            .await;
-                        match sent {
-                            Ok(()) => match self.ledger.requeue_expired(&job.job_id).await {
-                                Ok(true) => tracing::warn!(job = %job.job_id,
-                                    "lease expired (its cell died); re-published"),
-                                Ok(false) => {}
-                                Err(e) => tracing::warn!(job = %job.job_id, error = %e,
-                                    "cannot requeue an expired job"),
-                            },
-                            Err(e) => tracing::warn!(job = %job.job_id, error = %e,
-                                "cannot re-publish an expired job; next tick"),
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read expired jobs"),
             }
         }
     }

@@ -130,7 +130,10 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // A group of its own: a Ctrl-C or a service manager's signal to the cell's group
+        // must not kill FFmpeg mid-job (the cell decides: drain, or hand the job back).
+        .process_group(0);
     confine(&mut cmd, limits.memory_bytes);
     let mut child = cmd.spawn().map_err(|source| FfmpegError::Spawn {
         program: program.into(),

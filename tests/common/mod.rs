@@ -340,18 +340,41 @@ impl Farm {
 }
 
 impl Drop for Farm {
+    /// Stops the farm's cells and deletes its queues: quorum queues left behind by
+    /// every test run would pile up in the shared broker.
     fn drop(&mut self) {
         for c in &mut self.cells {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let url = self.config.amqp.url.clone();
+        let names = self.names.clone();
+        let pools: Vec<String> = self.config.pools.keys().cloned().collect();
+        block(async move {
+            let cleanup = async move {
+                let conn = queue::connect(&url).await.ok()?;
+                let channel = conn.create_channel().await.ok()?;
+                let mut queues = vec![names.results()];
+                for pool in &pools {
+                    queues.extend([names.priority(pool), names.work(pool), names.dead(pool)]);
+                }
+                for q in queues {
+                    let options = lapin::options::QueueDeleteOptions::default();
+                    let _ = channel.queue_delete(&q, options).await;
+                }
+                conn.close(200, "test over").await.ok()
+            };
+            // Cleanup must never hang a test.
+            let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
+        });
     }
 }
 
 /// Runs a future to completion from sync code inside a test's runtime.
 fn block<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
     std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime")

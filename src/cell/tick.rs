@@ -1,0 +1,152 @@
+//! The cell's tick, every heartbeat: beat, renew leases, re-send unpublished results,
+//! re-publish jobs of dead cells, and run mitosis for each pool it serves.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{hostname, Cell, Shutdown};
+use crate::cloud::LAUNCH_ID_ENV;
+use crate::locks::Beat;
+use crate::mitosis::{self, Me, TickOutcome};
+
+impl Cell {
+    pub(super) async fn tick_loop(self: Arc<Self>, shutdown: Shutdown) {
+        let period = Duration::from_secs(self.config.cell.heartbeat_secs);
+        let mut every = tokio::time::interval(period);
+        // A launched cell stops counting as pending once it is alive.
+        let mut launch_id = std::env::var(LAUNCH_ID_ENV).ok();
+        loop {
+            every.tick().await;
+            if self.beat(&shutdown).await {
+                if let Some(id) = launch_id.take() {
+                    for pool in &self.pools {
+                        if let Err(e) = self.beats.remove_pending(pool, &id).await {
+                            tracing::warn!(error = %e, "cannot clear the pending launch");
+                        }
+                    }
+                }
+            }
+            self.renew_leases().await;
+            self.resend_results().await;
+            self.republish_expired().await;
+            if !shutdown.drain.is_cancelled() {
+                self.mitosis(&shutdown).await;
+            }
+        }
+    }
+
+    /// True when the beat went out. A dying cell no longer beats: it deregistered.
+    async fn beat(&self, shutdown: &Shutdown) -> bool {
+        if self.dying() {
+            return false;
+        }
+        let beat = Beat {
+            cell_id: self.cell_id.clone(),
+            host: hostname(),
+            pid: std::process::id(),
+            pools: self.pools.clone(),
+            slots: self.slots,
+            running: self.running.load(Ordering::SeqCst),
+            started_at: self.started_at,
+            draining: shutdown.drain.is_cancelled(),
+        };
+        let ttl = 3 * self.config.cell.heartbeat_secs;
+        match self.beats.beat(&beat, ttl).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                false
+            }
+        }
+    }
+
+    async fn renew_leases(&self) {
+        let lease = Duration::from_secs(self.config.cell.lease_secs);
+        let leases: Vec<String> = self
+            .leases
+            .lock()
+            .expect("the lease set is never poisoned")
+            .iter()
+            .cloned()
+            .collect();
+        if let Err(e) = self.ledger.renew(&self.cell_id, &leases, lease).await {
+            tracing::warn!(error = %e, "cannot renew job leases");
+        }
+    }
+
+    async fn resend_results(&self) {
+        let lease = Duration::from_secs(self.config.cell.lease_secs);
+        match self.ledger.unsent_results(lease).await {
+            Ok(results) => {
+                for result in results {
+                    tracing::info!(job = %result.job_id, "re-sending an unpublished result");
+                    if let Err(e) = self.send_result(&result, Duration::ZERO).await {
+                        tracing::warn!(job = %result.job_id, error = %e, "cannot re-send a result");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the result outbox"),
+        }
+    }
+
+    async fn republish_expired(&self) {
+        let jobs = match self.ledger.expired().await {
+            Ok(jobs) => jobs,
+            Err(e) => return tracing::warn!(error = %e, "cannot read expired jobs"),
+        };
+        for (job, pool) in jobs {
+            let lane = self.names.lane(&pool, job.priority);
+            if let Err(e) = self
+                .publish(&lane, &job.to_json(), &[], Duration::ZERO)
+                .await
+            {
+                tracing::warn!(job = %job.job_id, error = %e, "cannot re-publish an expired job; next tick");
+                continue;
+            }
+            match self.ledger.requeue_expired(&job.job_id).await {
+                Ok(true) => {
+                    tracing::warn!(job = %job.job_id, "lease expired (its cell died); re-published")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(job = %job.job_id, error = %e, "cannot requeue an expired job")
+                }
+            }
+        }
+    }
+
+    /// One mitosis tick per pool; a decision to die drains the cell.
+    async fn mitosis(&self, shutdown: &Shutdown) {
+        let Some(cloud) = &self.cloud else { return };
+        let Some(publisher) = self.publisher.read().await.clone() else {
+            return;
+        };
+        let idle_secs = (self.running.load(Ordering::SeqCst) == 0).then(|| {
+            let since: Instant = *self.last_busy.lock().expect("never poisoned");
+            since.elapsed().as_secs()
+        });
+        let farm = mitosis::Farm {
+            config: &self.config,
+            ledger: &self.ledger,
+            locks: &self.beats,
+            cloud: cloud.as_ref(),
+            channel: publisher.channel(),
+        };
+        for pool in &self.pools {
+            let me = Me {
+                cell_id: &self.cell_id,
+                idle_secs,
+            };
+            match mitosis::tick(&farm, pool, Some(me)).await {
+                Ok((TickOutcome::Die, _)) => {
+                    self.dying.store(true, Ordering::SeqCst);
+                    shutdown.drain.cancel();
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(pool, error = format!("{e:#}"), "mitosis tick failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Where sibling cells come from: a small trait with one implementation per cloud.
+//!
+//! `local` makes a sibling a real `cellfarm cell` process on this machine (for running a
+//! farm on one host and for end-to-end tests); an `ec2` implementation (spot instances)
+//! follows the same trait.
+
+mod local;
+
+pub use local::LocalCloud;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("launching {n} cell(s) for pool {pool}: {reason}")]
+    Launch {
+        pool: String,
+        n: u32,
+        reason: String,
+    },
+    #[error("counting the cells of pool {pool}: {reason}")]
+    Count { pool: String, reason: String },
+}
+
+/// The cloud calls mitosis and death make.
+#[async_trait]
+pub trait Cloud: Send + Sync {
+    /// Launches `n` cells serving `pool`. `token` is unique per decision, so a retried
+    /// launch is recognisable (EC2 `ClientToken`). Returns one launch id per cell, which
+    /// the new cell reports on its first heartbeat (`CELLFARM_LAUNCH_ID`).
+    async fn launch(&self, pool: &str, n: u32, token: &str) -> Result<Vec<String>, CloudError>;
+    /// Cells of `pool` this cloud launched that still exist, if it can tell: the ceiling
+    /// holds even when Redis forgot the pending launches.
+    async fn count(&self, pool: &str) -> Result<Option<u32>, CloudError>;
+    /// Ends this cell's machine, after it has drained. For `local`, the process exits.
+    async fn terminate_self(&self) -> Result<(), CloudError>;
+}
+
+/// No cloud: the farm is sized by hand; mitosis never launches and cells never die.
+pub struct NoCloud;
+
+#[async_trait]
+impl Cloud for NoCloud {
+    async fn launch(&self, pool: &str, n: u32, _token: &str) -> Result<Vec<String>, CloudError> {
+        Err(CloudError::Launch {
+            pool: pool.into(),
+            n,
+            reason: "no cloud is configured ([cloud] kind = \"none\")".into(),
+        })
+    }
+
+    async fn count(&self, _pool: &str) -> Result<Option<u32>, CloudError> {
+        Ok(None)
+    }
+
+    async fn terminate_self(&self) -> Result<(), CloudError> {
+        Ok(())
+    }
+}
+
+/// The launch id environment variable a launched cell reads.
+pub const LAUNCH_ID_ENV: &str = "CELLFARM_LAUNCH_ID";

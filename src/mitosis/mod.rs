@@ -1,0 +1,231 @@
+//! Mitosis and death: how many cells a pool needs, decided by one pure function.
+//!
+//! [`decide`] turns an [`Observation`] of a pool and its [`Policy`] into a [`Decision`].
+//! It has no I/O, so the cell, `submit` (zero to one) and tests run the very same code;
+//! [`tick`] gathers the observation and carries the decision out.
+
+mod tick;
+
+pub use tick::{tick, tick_patiently, Farm, Me, TickOutcome};
+
+/// What a pool looks like now.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Observation {
+    /// Ready messages in the pool's queues (the broker's count: in-flight excluded).
+    pub ready: u64,
+    /// Jobs running now (from the ledger).
+    pub in_flight: u64,
+    /// Estimated work of queued and running jobs, in seconds of encoding.
+    pub work_secs: f64,
+    /// Cells with a fresh heartbeat serving the pool.
+    pub alive: u32,
+    /// Cells launched but not yet alive.
+    pub pending: u32,
+    /// How long the deciding cell has been idle; `None` when the decider is not a cell
+    /// of the pool (submit, the trigger) or the cell is busy.
+    pub idle_secs: Option<u64>,
+}
+
+/// How a pool scales: [`crate::config::Pool`] in the form the calculator reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// Work one cell takes on, in jobs.
+    pub jobs_per_cell: u32,
+    /// Work one cell takes on, in seconds of encoding; when set, it decides instead of
+    /// `jobs_per_cell` (a long video is more work than a short one).
+    pub work_secs_per_cell: Option<f64>,
+    pub floor: u32,
+    pub ceiling: u32,
+    /// Most cells launched by one tick.
+    pub step: u32,
+    /// Idle seconds before a cell above the floor may die.
+    pub idle_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Launch(u32),
+    Stay,
+    /// The deciding cell may terminate itself.
+    Die,
+}
+
+/// Cells the pool's work calls for, within floor and ceiling; at least one while there is
+/// any work at all.
+pub fn wanted(obs: &Observation, policy: &Policy) -> u32 {
+    let jobs = obs.ready + obs.in_flight;
+    let by_work = match policy.work_secs_per_cell {
+        Some(per_cell) if per_cell > 0.0 => (obs.work_secs / per_cell).ceil() as u64,
+        _ => jobs.div_ceil(u64::from(policy.jobs_per_cell.max(1))),
+    };
+    let by_work = if jobs > 0 { by_work.max(1) } else { by_work };
+    let wanted = u32::try_from(by_work).unwrap_or(u32::MAX);
+    wanted.max(policy.floor).min(policy.ceiling)
+}
+
+pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
+    let want = wanted(obs, policy);
+    let have = obs.alive + obs.pending;
+    if want > have {
+        let room = policy.ceiling.saturating_sub(have);
+        let n = (want - have).min(policy.step.max(1)).min(room);
+        return if n > 0 {
+            Decision::Launch(n)
+        } else {
+            Decision::Stay
+        };
+    }
+    // Death: only an idle cell, never while work waits, never below the floor, and only
+    // when the pool has more cells than it needs.
+    let idle_past_grace = obs
+        .idle_secs
+        .is_some_and(|idle| idle >= policy.idle_grace_secs);
+    if idle_past_grace && obs.ready == 0 && obs.alive > policy.floor && obs.alive > want {
+        return Decision::Die;
+    }
+    Decision::Stay
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            jobs_per_cell: 10,
+            work_secs_per_cell: None,
+            floor: 0,
+            ceiling: 4,
+            step: 4,
+            idle_grace_secs: 30,
+        }
+    }
+
+    fn obs(ready: u64, in_flight: u64, alive: u32, pending: u32) -> Observation {
+        Observation {
+            ready,
+            in_flight,
+            alive,
+            pending,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_decision_table() {
+        use Decision::*;
+        let p = policy();
+        let idle = |o: Observation, secs| Observation {
+            idle_secs: Some(secs),
+            ..o
+        };
+        let cases = [
+            ("zero to one when work arrives", obs(1, 0, 0, 0), Launch(1)),
+            (
+                "40 jobs, factor 10: four cells",
+                obs(40, 0, 0, 0),
+                Launch(4),
+            ),
+            ("never past the ceiling", obs(400, 0, 0, 0), Launch(4)),
+            ("pending launches count", obs(40, 0, 1, 3), Stay),
+            ("alive cells count", obs(30, 10, 4, 0), Stay),
+            (
+                "in-flight work keeps cells (the broker's count omits it)",
+                obs(0, 40, 4, 0),
+                Stay,
+            ),
+            (
+                "one more when the backlog grows",
+                obs(25, 10, 3, 0),
+                Launch(1),
+            ),
+            ("nothing to do, nobody to launch", obs(0, 0, 0, 0), Stay),
+            (
+                "an idle cell past grace dies",
+                idle(obs(0, 0, 1, 0), 31),
+                Die,
+            ),
+            (
+                "not before the grace period",
+                idle(obs(0, 0, 1, 0), 29),
+                Stay,
+            ),
+            (
+                "never while messages are ready",
+                idle(obs(1, 0, 2, 0), 300),
+                Stay,
+            ),
+            (
+                "not while the pool needs every cell",
+                idle(obs(0, 25, 3, 0), 300),
+                Stay,
+            ),
+            ("surplus cells die", idle(obs(0, 5, 3, 0), 300), Die),
+            ("a non-cell decider never dies", obs(0, 0, 2, 0), Stay),
+        ];
+        for (why, o, want) in cases {
+            assert_eq!(decide(&o, &p), want, "{why}: {o:?}");
+        }
+    }
+
+    #[test]
+    fn floors_steps_and_work_seconds() {
+        let mut p = policy();
+        p.floor = 2;
+        assert_eq!(
+            decide(&obs(0, 0, 0, 0), &p),
+            Decision::Launch(2),
+            "up to the floor"
+        );
+        let at_floor = Observation {
+            idle_secs: Some(999),
+            ..obs(0, 0, 2, 0)
+        };
+        assert_eq!(
+            decide(&at_floor, &p),
+            Decision::Stay,
+            "never below the floor"
+        );
+        p.floor = 0;
+        p.step = 1;
+        assert_eq!(
+            decide(&obs(40, 0, 0, 0), &p),
+            Decision::Launch(1),
+            "one step a tick"
+        );
+        // Work-aware: three 50-minute videos are more work than thirty 1-minute clips.
+        p.step = 10;
+        p.work_secs_per_cell = Some(600.0);
+        let long = Observation {
+            work_secs: 3.0 * 3000.0,
+            ..obs(3, 0, 0, 0)
+        };
+        assert_eq!(
+            decide(&long, &p),
+            Decision::Launch(4),
+            "ceiling still holds"
+        );
+        let short = Observation {
+            work_secs: 30.0 * 60.0,
+            ..obs(30, 0, 0, 0)
+        };
+        assert_eq!(decide(&short, &p), Decision::Launch(3));
+    }
+
+    /// The herd: eight cells tick on the same backlog. Each tick runs under the pool's
+    /// lock and records its launches as pending before the next observes, so together
+    /// they launch exactly the missing cells.
+    #[test]
+    fn a_herd_of_ticks_launches_the_missing_cells_once() {
+        let p = policy();
+        let mut pending = 0;
+        let mut launched = 0;
+        for _ in 0..8 {
+            if let Decision::Launch(n) = decide(&obs(40, 0, 1, pending), &p) {
+                pending += n;
+                launched += n;
+            }
+        }
+        assert_eq!(launched, 3);
+    }
+}
