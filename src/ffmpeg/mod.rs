@@ -64,13 +64,20 @@ pub enum FfmpegError {
     BadOutput { program: String, reason: String },
 }
 
-/// The options put in front of every `-i`: only local files, only allowed demuxers.
+/// Streams an input may declare. Real media has a handful; a crafted file declaring
+/// thousands makes the demuxer allocate for each.
+const MAX_INPUT_STREAMS: u32 = 32;
+
+/// The options put in front of every `-i`: only local files, only allowed demuxers, a
+/// bounded number of streams.
 pub fn input_guard(demuxers: &[String]) -> Vec<String> {
     vec![
         "-protocol_whitelist".into(),
         "file".into(),
         "-format_whitelist".into(),
         demuxers.join(","),
+        "-max_streams".into(),
+        MAX_INPUT_STREAMS.to_string(),
     ]
 }
 
@@ -277,7 +284,8 @@ mod tests {
             assert_eq!(args[i + 1], "file");
             assert_eq!(args[i + 2], "-format_whitelist");
             assert_eq!(args[i + 3], "mov,matroska");
-            assert_eq!(args[i + 4], "-i");
+            assert_eq!(args[i + 4], "-max_streams");
+            assert_eq!(args[i + 6], "-i");
         }
         assert_eq!(args.last().map(String::as_str), Some("/j/out/x.mp4"));
         assert!(args.contains(&"-nostdin".to_string()));
