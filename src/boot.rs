@@ -89,10 +89,13 @@ pub fn redact(url: &str) -> String {
 }
 
 /// The cloud the config describes; `None` when mitosis is off (`kind = "none"`).
-/// `location` is this process's `--config`, which local siblings are started with.
-pub fn cloud(
+/// `location` is this process's `--config`, which siblings are started with; `who` is
+/// this process (its cell id, or `submit`), and `metadata` this machine's IMDS.
+pub async fn cloud(
     config: &Config,
     location: &str,
+    who: &str,
+    metadata: Option<crate::metadata::Metadata>,
 ) -> anyhow::Result<Option<std::sync::Arc<dyn crate::cloud::Cloud>>> {
     use crate::config::CloudKind;
     match config.cloud.kind {
@@ -121,6 +124,30 @@ pub fn cloud(
             Ok(Some(std::sync::Arc::new(crate::cloud::LocalCloud::new(
                 binary, location, logs,
             ))))
+        }
+        CloudKind::Ec2 => {
+            let ec2 = config
+                .cloud
+                .ec2
+                .clone()
+                .context("cloud.ec2: kind = \"ec2\" needs a [cloud.ec2] table")?;
+            let config_url = match &ec2.config_url {
+                Some(url) => url.clone(),
+                None if location.starts_with("s3://") => location.to_string(),
+                None => anyhow::bail!(
+                    "cloud.ec2.config_url: siblings boot from a config in S3; set it, or start \
+                     this process with --config s3://bucket/key (it was {location})"
+                ),
+            };
+            let cloud = crate::cloud::Ec2Cloud::connect(
+                &config.farm.name,
+                ec2,
+                config_url,
+                who.to_string(),
+                metadata,
+            )
+            .await;
+            Ok(Some(std::sync::Arc::new(cloud)))
         }
     }
 }

@@ -214,7 +214,7 @@ impl Pool {
 }
 
 /// Where sibling cells come from.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cloud {
     #[serde(default)]
@@ -223,6 +223,32 @@ pub struct Cloud {
     pub binary: Option<String>,
     /// `local`: the directory for siblings' logs (default: `<scratch_dir>/cells`).
     pub log_dir: Option<String>,
+    /// Instance metadata (IMDSv2) base address, polled for spot notices. Default: the
+    /// link-local IMDS address for `ec2`, none otherwise. `CELLFARM_METADATA_URL`
+    /// overrides it for one process.
+    pub metadata_url: Option<String>,
+    /// Seconds between polls of the spot notice and rebalance recommendation.
+    #[serde(default = "default_metadata_poll")]
+    pub metadata_poll_secs: u64,
+    /// Seconds before a spot reclaim by which every running job must be handed back.
+    #[serde(default = "default_interruption_margin")]
+    pub interruption_margin_secs: u64,
+    /// `ec2`: how to launch sibling instances.
+    pub ec2: Option<Ec2>,
+}
+
+impl Default for Cloud {
+    fn default() -> Self {
+        Cloud {
+            kind: CloudKind::None,
+            binary: None,
+            log_dir: None,
+            metadata_url: None,
+            metadata_poll_secs: default_metadata_poll(),
+            interruption_margin_secs: default_interruption_margin(),
+            ec2: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
@@ -233,6 +259,47 @@ pub enum CloudKind {
     None,
     /// Siblings are processes on this machine.
     Local,
+    /// Siblings are EC2 spot instances.
+    Ec2,
+}
+
+/// The `[cloud.ec2]` table: what a sibling instance is made of.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2 {
+    pub region: Option<String>,
+    /// Custom EC2 API endpoint (moto_server in tests); `None` means AWS.
+    pub endpoint: Option<String>,
+    /// The config URL a sibling boots with, written as its user data (default: this
+    /// cell's `--config` when that is an `s3://` URL).
+    pub config_url: Option<String>,
+    /// A launch template (id `lt-…` or name): launches use CreateFleet `instant` across
+    /// every instance type and subnet. Without one, RunInstances per type and subnet.
+    pub launch_template: Option<String>,
+    #[serde(default = "default_template_version")]
+    pub launch_template_version: String,
+    /// AMI with cellfarm baked in (required without a launch template).
+    pub image_id: Option<String>,
+    /// Instance types in order of preference; several spread the spot risk.
+    #[serde(default)]
+    pub instance_types: Vec<String>,
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Instance profile name or ARN: the cell's credentials come from it.
+    pub instance_profile: Option<String>,
+    pub key_name: Option<String>,
+    /// CreateFleet spot allocation strategy.
+    #[serde(default = "default_allocation")]
+    pub allocation_strategy: String,
+    /// Launch on-demand for what spot capacity refused.
+    #[serde(default)]
+    pub on_demand_fallback: bool,
+    /// When TerminateInstances on itself fails, power the machine off (its shutdown
+    /// behaviour is `terminate`). Off only for tests on a machine that is not a cell.
+    #[serde(default = "default_true")]
+    pub poweroff_fallback: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,7 +308,9 @@ pub struct Pipeline {
     pub pool: String,
     /// Where outputs go: `s3://bucket/prefix/`; each job writes under `<prefix><job id>/`.
     pub output: String,
-    /// Work-seconds per second of source, for work-aware scaling.
+    /// Work-seconds per second of source: the wall seconds one job slot spends on each
+    /// second of source. It weighs the backlog for work-aware mitosis, and tells a cell
+    /// under a spot notice whether a running job can finish in time.
     #[serde(default = "default_cost")]
     pub cost_factor: f64,
     /// Per-step timeout for this pipeline, overriding `cell.step_timeout_secs`.
@@ -282,6 +351,23 @@ pub enum Duration {
     Named(String),
 }
 
+fn default_metadata_poll() -> u64 {
+    2
+}
+/// A spot notice comes two minutes ahead; twenty seconds leaves time to kill FFmpeg,
+/// record the hand-back and re-publish.
+fn default_interruption_margin() -> u64 {
+    20
+}
+fn default_template_version() -> String {
+    "$Latest".into()
+}
+fn default_allocation() -> String {
+    "capacity-optimized".into()
+}
+fn default_true() -> bool {
+    true
+}
 fn default_schema() -> String {
     "cellfarm".into()
 }
@@ -419,6 +505,7 @@ impl Config {
         if c.demuxers.is_empty() {
             bad("cell.demuxers".into(), "must name at least one demuxer");
         }
+        self.validate_cloud(&mut bad);
         if self.pools.is_empty() {
             bad("pools".into(), "at least one pool is needed");
         }
@@ -493,6 +580,60 @@ impl Config {
             for (i, o) in p.outputs.iter().enumerate() {
                 check_output(o, &key(&format!("outputs[{i}]")), &mut bad);
             }
+        }
+    }
+
+    fn validate_cloud(&self, bad: &mut impl FnMut(String, &str)) {
+        let cloud = &self.cloud;
+        if let Some(url) = &cloud.metadata_url {
+            check_url(url, &["http"], "cloud.metadata_url", bad);
+        }
+        if cloud.metadata_poll_secs == 0 {
+            bad("cloud.metadata_poll_secs".into(), "must be above 0");
+        }
+        let Some(ec2) = &cloud.ec2 else {
+            if cloud.kind == CloudKind::Ec2 {
+                bad(
+                    "cloud.ec2".into(),
+                    "kind = \"ec2\" needs a [cloud.ec2] table",
+                );
+            }
+            return;
+        };
+        if let Some(endpoint) = &ec2.endpoint {
+            check_url(endpoint, &["http", "https"], "cloud.ec2.endpoint", bad);
+        }
+        if let Some(url) = &ec2.config_url {
+            if crate::store::S3Url::parse(url).is_err() {
+                bad("cloud.ec2.config_url".into(), "must be s3://bucket/key");
+            }
+        }
+        if ec2.launch_template.is_none() {
+            if ec2.image_id.is_none() {
+                bad(
+                    "cloud.ec2.image_id".into(),
+                    "needed when no launch_template is given",
+                );
+            }
+            if ec2.instance_types.is_empty() {
+                bad(
+                    "cloud.ec2.instance_types".into(),
+                    "needed when no launch_template is given",
+                );
+            }
+        }
+        const STRATEGIES: &[&str] = &[
+            "capacity-optimized",
+            "capacity-optimized-prioritized",
+            "price-capacity-optimized",
+            "lowest-price",
+            "diversified",
+        ];
+        if !STRATEGIES.contains(&ec2.allocation_strategy.as_str()) {
+            bad(
+                "cloud.ec2.allocation_strategy".into(),
+                &format!("must be one of {}", STRATEGIES.join(", ")),
+            );
         }
     }
 
@@ -573,7 +714,18 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
         ("postgres", &["url", "schema"]),
         ("redis", &["url"]),
         ("s3", &["endpoint", "region", "path_style"]),
-        ("cloud", &["kind", "binary", "log_dir"]),
+        (
+            "cloud",
+            &[
+                "kind",
+                "binary",
+                "log_dir",
+                "metadata_url",
+                "metadata_poll_secs",
+                "interruption_margin_secs",
+                "ec2",
+            ],
+        ),
         (
             "cell",
             &[
@@ -610,6 +762,22 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
         "steps",
         "outputs",
     ];
+    const EC2: &[&str] = &[
+        "region",
+        "endpoint",
+        "config_url",
+        "launch_template",
+        "launch_template_version",
+        "image_id",
+        "instance_types",
+        "subnets",
+        "security_groups",
+        "instance_profile",
+        "key_name",
+        "allocation_strategy",
+        "on_demand_fallback",
+        "poweroff_fallback",
+    ];
     const STEP: &[&str] = &["args"];
     const OUTPUT: &[&str] = &[
         "path",
@@ -628,6 +796,13 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
         if let Some(t) = top.get_mut(*section).and_then(toml::Value::as_table_mut) {
             check_table(t, section, allowed, problems);
         }
+    }
+    let ec2 = top
+        .get_mut("cloud")
+        .and_then(|c| c.get_mut("ec2"))
+        .and_then(toml::Value::as_table_mut);
+    if let Some(t) = ec2 {
+        check_table(t, "cloud.ec2", EC2, problems);
     }
     let pools = top.get_mut("pools").and_then(toml::Value::as_table_mut);
     for (name, pool) in pools.into_iter().flatten() {

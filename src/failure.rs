@@ -67,6 +67,18 @@ pub fn classify(failure: &JobFailure) -> Class {
     }
 }
 
+/// An error and its sources, `outer: inner: …`: SDK errors put the useful part deep.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,19 @@ pub enum Claim {
 }
 
 /// Jobs per (pool, state), for `cellfarm status`.
+/// One pipeline's share of a pool's unfinished jobs (see [`Ledger::pool_load`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineLoad {
+    pub pipeline: String,
+    pub running: u64,
+    /// Sum of the messages' own estimates, already in work-seconds.
+    pub estimated_secs: f64,
+    /// Seconds of source of the probed jobs without an estimate.
+    pub probed_secs: f64,
+    /// Jobs with neither an estimate nor a probe yet.
+    pub unknown: u64,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StateCount {
     pub pool: String,
@@ -339,12 +352,14 @@ impl Ledger {
             .await
     }
 
-    /// Hands the job back without spending an attempt (shutdown, spot notice).
+    /// Hands the job back without spending an attempt; the attempt ends as `outcome`
+    /// (`handed_back` on a stop, `interrupted` on a spot notice).
     pub async fn hand_back(
         &self,
         job_id: &str,
         attempt: i32,
         cell_id: &str,
+        outcome: &str,
         reason: &str,
     ) -> Result<bool, LedgerError> {
         let mut tx = self.pool.begin().await?;
@@ -359,7 +374,7 @@ impl Ledger {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 1 {
-            close_attempt(&mut tx, job_id, attempt, "handed_back", Some(reason)).await?;
+            close_attempt(&mut tx, job_id, attempt, outcome, Some(reason)).await?;
         }
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
@@ -459,25 +474,34 @@ impl Ledger {
         Ok(attempts.is_some())
     }
 
-    /// Running jobs of `pool`, and the estimated work of its unfinished jobs in seconds:
-    /// the message's estimate, else the probed duration, else `default_secs`.
-    pub async fn pool_load(
-        &self,
-        pool: &str,
-        default_secs: f64,
-    ) -> Result<(u64, f64), LedgerError> {
-        let row = sqlx::query(
-            "SELECT count(*) FILTER (WHERE state = 'running') AS running,
-                    coalesce(sum(coalesce((message->>'work_secs')::float8,
-                                          (probe->>'duration')::float8, $2)), 0) AS work
-             FROM jobs WHERE pool = $1 AND state IN ('queued', 'running')",
+    /// What `pool`'s unfinished jobs weigh: per pipeline, the running jobs, the work the
+    /// messages estimated (`work_secs`), the probed seconds of source of the others, and
+    /// how many have neither.
+    pub async fn pool_load(&self, pool: &str) -> Result<Vec<PipelineLoad>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT pipeline,
+                    count(*) FILTER (WHERE state = 'running') AS running,
+                    coalesce(sum((message->>'work_secs')::float8), 0) AS estimated,
+                    coalesce(sum((probe->>'duration')::float8)
+                             FILTER (WHERE message->>'work_secs' IS NULL), 0) AS probed,
+                    count(*) FILTER (WHERE message->>'work_secs' IS NULL
+                                     AND probe->>'duration' IS NULL) AS unknown
+             FROM jobs WHERE pool = $1 AND state IN ('queued', 'running')
+             GROUP BY pipeline",
         )
         .bind(pool)
-        .bind(default_secs)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        let running: i64 = row.get("running");
-        Ok((running.max(0) as u64, row.get("work")))
+        Ok(rows
+            .iter()
+            .map(|row| PipelineLoad {
+                pipeline: row.get("pipeline"),
+                running: row.get::<i64, _>("running").max(0) as u64,
+                estimated_secs: row.get("estimated"),
+                probed_secs: row.get("probed"),
+                unknown: row.get::<i64, _>("unknown").max(0) as u64,
+            })
+            .collect())
     }
 
     /// Records a launch, death or interruption.

@@ -8,7 +8,9 @@
 //! * [`store`] — S3 (aws-sdk-s3, any endpoint): the [`store::ObjectStore`] trait.
 //! * [`ledger`] — PostgreSQL (sqlx): the job ledger, claims, leases, migrations.
 //! * [`locks`] — Redis: heartbeats, the mitosis lock, pending launches.
-//! * [`cloud`] — where sibling cells come from (`local` processes; EC2 to come).
+//! * [`cloud`] — where sibling cells come from: `local` processes or EC2 spot instances
+//!   (aws-sdk-ec2).
+//! * [`metadata`] — EC2 instance metadata (IMDSv2): identity, spot notices.
 //! * [`ffmpeg`] — FFmpeg and ffprobe: argument templates, guarded inputs, probing.
 //!
 //! And one per concern of our own:
@@ -16,7 +18,8 @@
 //! * [`config`] — the TOML config, validated as a whole.
 //! * [`job`] — the job and result messages (contract v1) and the job id.
 //! * [`failure`] — retryable or permanent: one pure classification.
-//! * [`cell`] — the worker: consume, run, commit, ack; heartbeats; shutdown.
+//! * [`cell`] — the worker: consume, run, commit, ack; heartbeats; shutdown; spot
+//!   notices.
 //! * [`mitosis`] — how many cells a pool needs (a pure calculator) and the tick.
 //! * [`submit`] — enqueue objects by hand or for reprocessing.
 //! * [`status`] — the farm at a glance.
@@ -31,6 +34,7 @@ pub mod ffmpeg;
 pub mod job;
 pub mod ledger;
 pub mod locks;
+pub mod metadata;
 pub mod mitosis;
 pub mod queue;
 pub mod status;

@@ -9,10 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use cellfarm::boot::{self, redact};
-use cellfarm::cell::{Cell, Shutdown};
-use cellfarm::config::Config;
+use cellfarm::cell::{Cell, Identity, Shutdown};
+use cellfarm::config::{CloudKind, Config};
 use cellfarm::ledger::Ledger;
 use cellfarm::locks::Heartbeats;
+use cellfarm::metadata::Metadata;
 use cellfarm::queue::{self, Publisher};
 use cellfarm::store::S3Url;
 use cellfarm::{mitosis, status, submit};
@@ -191,7 +192,7 @@ async fn run(command: Command, config: Config, location: &str) -> anyhow::Result
                 priority,
                 force,
             };
-            let cloud = boot::cloud(&config, location)?;
+            let cloud = boot::cloud(&config, location, "submit", None).await?;
             let done = async {
                 queue::declare(publisher.channel(), &config).await?;
                 let objects = submit::objects(store.as_ref(), &url, is_prefix).await?;
@@ -210,7 +211,7 @@ async fn run(command: Command, config: Config, location: &str) -> anyhow::Result
                     };
                     let pool = &config.pipeline(&pipeline)?.pool;
                     let outcome =
-                        mitosis::tick_patiently(&farm, pool, Duration::from_secs(10)).await?;
+                        mitosis::tick_patiently(&farm, pool, None, Duration::from_secs(10)).await?;
                     tracing::info!(pool, ?outcome, "mitosis tick after submit");
                 }
                 anyhow::Ok(done)
@@ -259,10 +260,21 @@ async fn run_cell(
             "--pool {p}: no such pool in the config"
         );
     }
-    let pools = if pools.is_empty() {
-        config.pools.keys().cloned().collect()
-    } else {
-        pools
+    let identity = identity(&config).await?;
+    let pools = match (pools.is_empty(), &identity.metadata) {
+        (false, _) => pools,
+        // A launched instance serves the pool it was tagged with.
+        (true, Some(m)) if config.cloud.kind == CloudKind::Ec2 => {
+            match m.tag(cellfarm::metadata::POOL_TAG).await {
+                Ok(Some(pool)) if config.pools.contains_key(&pool) => vec![pool],
+                Ok(Some(pool)) => anyhow::bail!(
+                    "instance tag {}={pool}: no such pool in the config",
+                    cellfarm::metadata::POOL_TAG
+                ),
+                Ok(None) | Err(_) => config.pools.keys().cloned().collect(),
+            }
+        }
+        (true, _) => config.pools.keys().cloned().collect(),
     };
     boot::check_host(&config).await?;
     let ledger = ledger(&config).await?;
@@ -275,7 +287,13 @@ async fn run_cell(
     let store = boot::store(&config).await;
     let grace = Duration::from_secs(config.cell.shutdown_grace_secs);
     let config = Arc::new(config);
-    let cloud = boot::cloud(&config, location)?;
+    let cloud = boot::cloud(
+        &config,
+        location,
+        &identity.cell_id,
+        identity.metadata.clone(),
+    )
+    .await?;
     let cell = Arc::new(Cell::new(
         config,
         store,
@@ -283,18 +301,42 @@ async fn run_cell(
         beats,
         pools,
         cloud.clone(),
+        identity,
     ));
     let shutdown = Shutdown::default();
     tokio::spawn(watch_signals(shutdown.clone(), grace));
     cell.clone()
         .run(shutdown, until_idle.map(Duration::from_secs))
         .await;
-    // Death comes last, after the drain and the flush.
-    if let (true, Some(cloud)) = (cell.dying(), cloud) {
+    // Death comes last, after the drain and the flush; a cell that had a spot notice
+    // leaves too rather than wait for the reclaim.
+    if let (true, Some(cloud)) = (cell.dying() || cell.noticed(), cloud) {
         tracing::info!(cell = %cell.cell_id, "terminating this cell's machine");
         cloud.terminate_self().await?;
     }
     Ok(())
+}
+
+/// Who this cell is: on `ec2`, the instance (from metadata, which must answer); elsewhere
+/// a name of its own, with metadata polled only if an address is configured.
+async fn identity(config: &Config) -> anyhow::Result<Identity> {
+    let mut identity = Identity::local();
+    let Some(base) = cellfarm::metadata::base_url(config) else {
+        return Ok(identity);
+    };
+    let metadata = Metadata::new(&base)?;
+    if config.cloud.kind == CloudKind::Ec2 {
+        let me = metadata
+            .identity()
+            .await
+            .context("cloud.kind = \"ec2\" but this machine's instance metadata does not answer")?;
+        tracing::info!(instance = %me.instance_id, r#type = %me.instance_type,
+            zone = %me.availability_zone, region = %me.region, "running on EC2");
+        identity.launch_id = identity.launch_id.or(Some(me.instance_id.clone()));
+        identity.cell_id = me.instance_id;
+    }
+    identity.metadata = Some(metadata);
+    Ok(identity)
 }
 
 /// First SIGTERM/SIGINT: drain, and abort after the grace period. Second: abort now.

@@ -210,19 +210,20 @@ pub async fn consume(
     queue: &str,
     tag: &str,
     prefetch: u16,
-) -> Result<Consumer, QueueError> {
+) -> Result<(Channel, Consumer), QueueError> {
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
-    Ok(channel
+    let consumer = channel
         .basic_consume(
             queue,
             tag,
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await?)
+        .await?;
+    Ok((channel, consumer))
 }
 
 /// The reason header of a dead-lettered delivery, if any.

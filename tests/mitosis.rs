@@ -194,7 +194,7 @@ async fn a_herd_of_ticks_launches_the_missing_cells_once() {
             cloud: &cloud,
             channel: farm.publisher.channel(),
         };
-        mitosis::tick_patiently(&f, "burst", Duration::from_secs(20)).await
+        mitosis::tick_patiently(&f, "burst", None, Duration::from_secs(20)).await
     });
     let outcomes = futures_util::future::join_all(ticks).await;
     let launched: u32 = outcomes

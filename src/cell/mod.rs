@@ -5,12 +5,15 @@
 //! only after its job's durable effects (outputs in S3, a row in the ledger). Tick: every
 //! heartbeat, beat in Redis, renew the leases of running jobs and re-publish jobs whose
 //! cell died. Stop: on the shutdown token, stop consuming, let running jobs finish within
-//! the grace period, hand back what is left, exit.
+//! the grace period, hand back what is left, exit. Spot: on a reclaim notice from
+//! instance metadata, stop consuming, hand back at once the jobs that cannot finish
+//! before the reclaim and the rest when it is near, launch a replacement, exit.
 //!
 //! The cell owns its reconnect loop (lapin does not reconnect): a lost connection voids
 //! the deliveries on it, which the broker redelivers; jobs already running carry on and
 //! commit through the ledger, and their late acks fail harmlessly.
 
+mod spot;
 mod tick;
 mod work;
 
@@ -22,7 +25,7 @@ use futures_util::stream::{select_all, SelectAll};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::{Connection, Consumer};
+use lapin::{Channel, Connection};
 use tokio::sync::{RwLock, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -65,8 +68,9 @@ pub struct Cell {
     slots: usize,
     threads: usize,
     running: AtomicUsize,
-    /// Jobs whose attempts run in this cell now: the only leases the tick renews.
-    leases: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Jobs whose attempts run in this cell now: the only leases the tick renews, and
+    /// what a spot notice weighs against its deadline.
+    jobs: std::sync::Mutex<std::collections::BTreeMap<String, Running>>,
     publisher: RwLock<Option<Publisher>>,
     started_at: i64,
     /// Where siblings come from; `None` turns mitosis and death off.
@@ -75,6 +79,47 @@ pub struct Cell {
     last_busy: std::sync::Mutex<Instant>,
     /// Set when mitosis decided this cell dies: after draining, its machine ends.
     dying: AtomicBool,
+    /// Instance metadata, polled for spot notices; `None` off EC2.
+    metadata: Option<crate::metadata::Metadata>,
+    /// Set by a spot notice or rebalance recommendation: why this cell is leaving. Jobs
+    /// cut short are handed back as `interrupted` with this reason.
+    notice: std::sync::Mutex<Option<String>>,
+    /// The launch this cell is, cleared from the pending launches on its first beat.
+    launch_id: std::sync::Mutex<Option<String>>,
+}
+
+/// One job running in this cell.
+struct Running {
+    /// Cancels this job alone (a child of the shutdown's abort token).
+    cancel: CancellationToken,
+    started: Instant,
+    /// Estimated wall seconds of the whole attempt, once the source is probed.
+    estimate_secs: Option<f64>,
+}
+
+/// Who a cell is and where it came from.
+pub struct Identity {
+    /// The EC2 instance id on `ec2`, else `<host>-<pid>-<random>`.
+    pub cell_id: String,
+    /// The launch that made this cell (`CELLFARM_LAUNCH_ID`, or the instance id).
+    pub launch_id: Option<String>,
+    pub metadata: Option<crate::metadata::Metadata>,
+}
+
+impl Identity {
+    /// A cell on a machine that is not an EC2 instance of this farm.
+    pub fn local() -> Identity {
+        Identity {
+            cell_id: format!(
+                "{}-{}-{:04x}",
+                hostname(),
+                std::process::id(),
+                rand::random::<u16>()
+            ),
+            launch_id: std::env::var(crate::cloud::LAUNCH_ID_ENV).ok(),
+            metadata: None,
+        }
+    }
 }
 
 impl Cell {
@@ -85,14 +130,9 @@ impl Cell {
         beats: Heartbeats,
         pools: Vec<String>,
         cloud: Option<Arc<dyn Cloud>>,
+        identity: Identity,
     ) -> Cell {
         let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let host = hostname();
-        let cell_id = format!(
-            "{host}-{}-{:04x}",
-            std::process::id(),
-            rand::random::<u16>()
-        );
         Cell {
             names: Names::new(&config.farm.name),
             slots: config.cell.slots_for(vcpus),
@@ -101,16 +141,24 @@ impl Cell {
             store,
             ledger,
             beats,
-            cell_id,
+            cell_id: identity.cell_id,
             pools,
             running: AtomicUsize::new(0),
-            leases: Default::default(),
+            jobs: Default::default(),
             publisher: RwLock::new(None),
             started_at: chrono::Utc::now().timestamp(),
             cloud,
             last_busy: std::sync::Mutex::new(Instant::now()),
             dying: AtomicBool::new(false),
+            metadata: identity.metadata,
+            notice: Default::default(),
+            launch_id: std::sync::Mutex::new(identity.launch_id),
         }
+    }
+
+    /// True once a spot notice or rebalance recommendation made this cell leave.
+    pub fn noticed(&self) -> bool {
+        self.notice.lock().expect("never poisoned").is_some()
     }
 
     /// True once mitosis decided this cell dies (check after [`Cell::run`] returns).
@@ -125,6 +173,10 @@ impl Cell {
             pools = ?self.pools, "cell starting");
         let slots = Arc::new(Semaphore::new(self.slots));
         let ticker = tokio::spawn(self.clone().tick_loop(shutdown.clone()));
+        let watcher = self
+            .metadata
+            .clone()
+            .map(|m| tokio::spawn(self.clone().watch_metadata(m, shutdown.clone())));
         let mut backoff = Duration::from_millis(250);
         while !shutdown.drain.is_cancelled() {
             match self.session(&slots, &shutdown, until_idle).await {
@@ -146,6 +198,9 @@ impl Cell {
         let all = self.slots as u32;
         let _ = slots.acquire_many(all).await;
         ticker.abort();
+        if let Some(w) = watcher {
+            w.abort();
+        }
         if let Err(e) = self.beats.remove(&self.cell_id).await {
             tracing::warn!(error = %e, "cannot remove heartbeat");
         }
@@ -168,7 +223,7 @@ impl Cell {
         let publisher = Publisher::open(&conn).await?;
         queue::declare(publisher.channel(), &self.config).await?;
         *self.publisher.write().await = Some(publisher.clone());
-        let (mut priority, mut work) = self.consumers(&conn).await?;
+        let (mut priority, mut work, channels) = self.consumers(&conn).await?;
         tracing::info!(cell = %self.cell_id, "consuming");
         let mut last_busy = Instant::now();
         let mut idle_check = tokio::time::interval(Duration::from_secs(1));
@@ -214,33 +269,56 @@ impl Cell {
                 drop(permit);
             });
         }
-        // Stop consuming; unstarted prefetched deliveries return to the queue when the
-        // connection closes, after running jobs have acked.
+        // Stop consuming, and return what was prefetched but not started, so that other
+        // cells (or a replacement) can take it while the running jobs finish.
+        for (channel, tag) in &channels {
+            let cancel = lapin::options::BasicCancelOptions::default();
+            if let Err(e) = channel.basic_cancel(tag, cancel).await {
+                tracing::warn!(error = %e, "cannot cancel a consumer; its deliveries return at close");
+            }
+        }
+        let unstarted = async {
+            while let Some(Ok((_, d))) = priority.next().await {
+                nack(&d).await;
+            }
+            while let Some(Ok((_, d))) = work.next().await {
+                nack(&d).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), unstarted).await;
         drop(slots.acquire_many(self.slots as u32).await);
+        if self.noticed() {
+            // The jobs this cell gave back need a cell: it no longer counts as alive, so
+            // the tick launches a replacement (zero to one if it was the last).
+            self.replace(&publisher).await;
+        }
         let _ = conn.close(200, "cell stopping").await;
         Ok(())
     }
 
-    /// One merged stream per lane, each item tagged with its pool.
+    /// One merged stream per lane, each item tagged with its pool, and each consumer's
+    /// channel and tag (to cancel it).
     async fn consumers(
         &self,
         conn: &Connection,
-    ) -> Result<(SelectAll<Tagged>, SelectAll<Tagged>), QueueError> {
+    ) -> Result<(SelectAll<Tagged>, SelectAll<Tagged>, Vec<(Channel, String)>), QueueError> {
         let prefetch = u16::try_from(self.slots).unwrap_or(u16::MAX);
         let mut priority = Vec::new();
         let mut work = Vec::new();
+        let mut channels = Vec::new();
         for pool in &self.pools {
             for (lane, out) in [
                 (self.names.priority(pool), &mut priority),
                 (self.names.work(pool), &mut work),
             ] {
                 let tag = format!("{}:{lane}", self.cell_id);
-                let consumer: Consumer = queue::consume(conn, &lane, &tag, prefetch).await?;
+                let (channel, consumer) = queue::consume(conn, &lane, &tag, prefetch).await?;
+                channels.push((channel, tag));
                 let pool = pool.clone();
                 out.push(consumer.map(move |d| d.map(|d| (pool.clone(), d))).boxed());
             }
         }
-        Ok((select_all(priority), select_all(work)))
+        Ok((select_all(priority), select_all(work), channels))
     }
 
     /// True when the cell's queues hold no ready message and the ledger no unfinished
@@ -373,6 +451,8 @@ impl Cell {
     ) {
         tracing::info!(attempt, source = %format!("s3://{}/{}", job.source.bucket, job.source.key), "job started");
         let started = Instant::now();
+        let abort = &self.track(&job.job_id, abort);
+        let estimate = |secs: f64| self.estimate(&job.job_id, secs);
         let ctx = work::Context {
             config: &self.config,
             store: self.store.as_ref(),
@@ -380,10 +460,10 @@ impl Cell {
             cell_id: &self.cell_id,
             threads: self.threads,
             cancel: abort,
+            estimate: &estimate,
         };
-        self.leased(&job.job_id, true);
         let result = work::execute(&ctx, job, attempt).await;
-        self.leased(&job.job_id, false);
+        self.untrack(&job.job_id);
         let id = &job.job_id;
         let outcome = match result {
             Ok(outputs) => self.commit(job, attempt, outputs).await,
@@ -396,14 +476,10 @@ impl Cell {
                 ..
             })
             | Err(JobFailure::Probe(crate::ffmpeg::FfmpegError::Cancelled { .. }))
-            | Err(JobFailure::Cancelled) => {
-                self.hand_back(pool, job, attempt, "the cell is stopping")
-                    .await
-            }
+            | Err(JobFailure::Cancelled) => self.hand_back(pool, job, attempt).await,
             Err(failure) if abort.is_cancelled() => {
                 tracing::info!(error = %failure, "failed while stopping; handing back");
-                self.hand_back(pool, job, attempt, "the cell is stopping")
-                    .await
+                self.hand_back(pool, job, attempt).await
             }
             Err(failure) => self.fail(pool, job, attempt, &delivery.data, failure).await,
         };
@@ -427,13 +503,29 @@ impl Cell {
         }
     }
 
-    /// Records which jobs this cell is running, so the tick renews only their leases.
-    fn leased(&self, job_id: &str, running: bool) {
-        let mut leases = self.leases.lock().expect("the lease set is never poisoned");
-        if running {
-            leases.insert(job_id.to_string());
-        } else {
-            leases.remove(job_id);
+    /// Records that this cell runs `job_id` (so the tick renews its lease) and returns
+    /// the token that cuts this job alone short.
+    fn track(&self, job_id: &str, abort: &CancellationToken) -> CancellationToken {
+        let cancel = abort.child_token();
+        let running = Running {
+            cancel: cancel.clone(),
+            started: Instant::now(),
+            estimate_secs: None,
+        };
+        self.jobs
+            .lock()
+            .expect("never poisoned")
+            .insert(job_id.to_string(), running);
+        cancel
+    }
+
+    fn untrack(&self, job_id: &str) {
+        self.jobs.lock().expect("never poisoned").remove(job_id);
+    }
+
+    fn estimate(&self, job_id: &str, secs: f64) {
+        if let Some(job) = self.jobs.lock().expect("never poisoned").get_mut(job_id) {
+            job.estimate_secs = Some(secs);
         }
     }
 
@@ -480,17 +572,23 @@ impl Cell {
         Ok(())
     }
 
+    /// Returns a job cut short to its queue without spending an attempt: `interrupted`
+    /// after a spot notice, `handed_back` on a plain stop.
     async fn hand_back(
         &self,
         pool: &str,
         job: &JobMessage,
         attempt: i32,
-        reason: &str,
     ) -> Result<(), JobFailure> {
-        tracing::info!(reason, "handing the job back");
+        let notice = self.notice.lock().expect("never poisoned").clone();
+        let (outcome, reason) = match &notice {
+            Some(reason) => ("interrupted", reason.as_str()),
+            None => ("handed_back", "the cell is stopping"),
+        };
+        tracing::info!(outcome, reason, "handing the job back");
         if self
             .ledger
-            .hand_back(&job.job_id, attempt, &self.cell_id, reason)
+            .hand_back(&job.job_id, attempt, &self.cell_id, outcome, reason)
             .await?
         {
             self.publish(

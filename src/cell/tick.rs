@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{hostname, Cell, Shutdown};
-use crate::cloud::LAUNCH_ID_ENV;
+use crate::cloud::Cloud;
 use crate::locks::Beat;
 use crate::mitosis::{self, Me, TickOutcome};
 
@@ -14,12 +14,12 @@ impl Cell {
     pub(super) async fn tick_loop(self: Arc<Self>, shutdown: Shutdown) {
         let period = Duration::from_secs(self.config.cell.heartbeat_secs);
         let mut every = tokio::time::interval(period);
-        // A launched cell stops counting as pending once it is alive.
-        let mut launch_id = std::env::var(LAUNCH_ID_ENV).ok();
         loop {
             every.tick().await;
             if self.beat(&shutdown).await {
-                if let Some(id) = launch_id.take() {
+                // A launched cell stops counting as pending once it is alive.
+                let launch_id = self.launch_id.lock().expect("never poisoned").take();
+                if let Some(id) = launch_id {
                     for pool in &self.pools {
                         if let Err(e) = self.beats.remove_pending(pool, &id).await {
                             tracing::warn!(error = %e, "cannot clear the pending launch");
@@ -36,9 +36,10 @@ impl Cell {
         }
     }
 
-    /// True when the beat went out. A dying cell no longer beats: it deregistered.
+    /// True when the beat went out. A dying or noticed cell no longer beats: it
+    /// deregistered.
     async fn beat(&self, shutdown: &Shutdown) -> bool {
-        if self.dying() {
+        if self.dying() || self.noticed() {
             return false;
         }
         let beat = Beat {
@@ -64,10 +65,10 @@ impl Cell {
     async fn renew_leases(&self) {
         let lease = Duration::from_secs(self.config.cell.lease_secs);
         let leases: Vec<String> = self
-            .leases
+            .jobs
             .lock()
-            .expect("the lease set is never poisoned")
-            .iter()
+            .expect("never poisoned")
+            .keys()
             .cloned()
             .collect();
         if let Err(e) = self.ledger.renew(&self.cell_id, &leases, lease).await {
@@ -116,6 +117,43 @@ impl Cell {
         }
     }
 
+    fn farm<'a>(&'a self, cloud: &'a dyn Cloud, channel: &'a lapin::Channel) -> mitosis::Farm<'a> {
+        mitosis::Farm {
+            config: &self.config,
+            ledger: &self.ledger,
+            locks: &self.beats,
+            cloud,
+            channel,
+        }
+    }
+
+    /// After a spot notice: one tick per pool for a cell that is leaving (it no longer
+    /// counts as alive, nor its machine as pending), so the jobs it gave back get a
+    /// replacement cell.
+    pub(super) async fn replace(&self, publisher: &crate::queue::Publisher) {
+        let Some(cloud) = &self.cloud else { return };
+        // Again: a beat in flight when the notice came may have re-registered the cell.
+        if let Err(e) = self.beats.remove(&self.cell_id).await {
+            tracing::warn!(error = %e, "cannot remove the heartbeat; it expires by itself");
+        }
+        let farm = self.farm(cloud.as_ref(), publisher.channel());
+        for pool in &self.pools {
+            let me = Me {
+                cell_id: &self.cell_id,
+                idle_secs: None,
+                leaving: true,
+            };
+            match mitosis::tick_patiently(&farm, pool, Some(me), Duration::from_secs(10)).await {
+                Ok(outcome) => tracing::info!(pool, ?outcome, "mitosis tick for a replacement"),
+                Err(e) => tracing::warn!(
+                    pool,
+                    error = format!("{e:#}"),
+                    "cannot tick for a replacement"
+                ),
+            }
+        }
+    }
+
     /// One mitosis tick per pool; a decision to die drains the cell.
     async fn mitosis(&self, shutdown: &Shutdown) {
         let Some(cloud) = &self.cloud else { return };
@@ -126,17 +164,12 @@ impl Cell {
             let since: Instant = *self.last_busy.lock().expect("never poisoned");
             since.elapsed().as_secs()
         });
-        let farm = mitosis::Farm {
-            config: &self.config,
-            ledger: &self.ledger,
-            locks: &self.beats,
-            cloud: cloud.as_ref(),
-            channel: publisher.channel(),
-        };
+        let farm = self.farm(cloud.as_ref(), publisher.channel());
         for pool in &self.pools {
             let me = Me {
                 cell_id: &self.cell_id,
                 idle_secs,
+                leaving: false,
             };
             match mitosis::tick(&farm, pool, Some(me)).await {
                 Ok((TickOutcome::Die, _)) => {

@@ -24,6 +24,8 @@ pub struct Context<'a> {
     pub cell_id: &'a str,
     pub threads: usize,
     pub cancel: &'a CancellationToken,
+    /// Told the attempt's estimated wall seconds once the source is probed.
+    pub estimate: &'a (dyn Fn(f64) + Sync),
 }
 
 /// A directory removed on drop.
@@ -82,6 +84,9 @@ pub async fn execute(
             path: "source".into(),
             reason: "the source has no audio or video stream".into(),
         });
+    }
+    if let Some(duration) = source_probe.duration {
+        (ctx.estimate)(duration * pipeline.cost_factor);
     }
     let probe_json = serde_json::to_value(&source_probe).expect("a probe always serializes");
     ctx.ledger.record_probe(&job.job_id, &probe_json).await?;

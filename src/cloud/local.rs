@@ -55,6 +55,8 @@ impl Cloud for LocalCloud {
             Command::new(&self.binary)
                 .args(self.args(pool))
                 .env(LAUNCH_ID_ENV, &id)
+                // A metadata address belongs to one machine; a sibling is another.
+                .env_remove(crate::metadata::METADATA_URL_ENV)
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(err)

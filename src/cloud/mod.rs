@@ -1,11 +1,12 @@
 //! Where sibling cells come from: a small trait with one implementation per cloud.
 //!
 //! `local` makes a sibling a real `cellfarm cell` process on this machine (for running a
-//! farm on one host and for end-to-end tests); an `ec2` implementation (spot instances)
-//! follows the same trait.
+//! farm on one host and for end-to-end tests); `ec2` makes it a spot instance.
 
+mod ec2;
 mod local;
 
+pub use ec2::{Ec2Cloud, FARM_TAG, LAUNCHED_BY_TAG};
 pub use local::LocalCloud;
 
 use async_trait::async_trait;
@@ -20,6 +21,8 @@ pub enum CloudError {
     },
     #[error("counting the cells of pool {pool}: {reason}")]
     Count { pool: String, reason: String },
+    #[error("terminating this cell's machine: {reason}")]
+    Terminate { reason: String },
 }
 
 /// The cloud calls mitosis and death make.

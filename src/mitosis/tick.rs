@@ -10,7 +10,7 @@ use crate::ledger::Ledger;
 use crate::locks::Heartbeats;
 use crate::queue::{self, Names};
 
-/// Estimated seconds of work of a job nothing is known about yet (no estimate, no
+/// Seconds of source assumed for a job nothing is known about yet (no estimate, no
 /// probe): a few minutes of video.
 const UNKNOWN_JOB_SECS: f64 = 180.0;
 /// The lock outlives any tick by far; it only matters if its holder dies mid-tick.
@@ -26,10 +26,14 @@ pub struct Farm<'a> {
 }
 
 /// The deciding cell, when a cell decides (not `submit`).
+#[derive(Clone, Copy)]
 pub struct Me<'a> {
     pub cell_id: &'a str,
     /// Seconds idle, or None while busy.
     pub idle_secs: Option<u64>,
+    /// The cell is leaving after a spot notice: its machine still exists in the cloud's
+    /// count but no longer works for the pool, and it is not the one to die.
+    pub leaving: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,17 +65,26 @@ pub async fn tick(
     result
 }
 
-async fn observe(
-    farm: &Farm<'_>,
-    pool: &str,
-    idle_secs: Option<u64>,
-) -> anyhow::Result<Observation> {
+async fn observe(farm: &Farm<'_>, pool: &str, me: Option<Me<'_>>) -> anyhow::Result<Observation> {
+    let idle_secs = me.and_then(|m| m.idle_secs);
     let names = Names::new(&farm.config.farm.name);
     let mut ready = 0;
     for lane in [names.priority(pool), names.work(pool)] {
         ready += u64::from(queue::ready(farm.channel, &lane).await?.0);
     }
-    let (in_flight, work_secs) = farm.ledger.pool_load(pool, UNKNOWN_JOB_SECS).await?;
+    let mut in_flight = 0;
+    let mut work_secs = 0.0;
+    for load in farm.ledger.pool_load(pool).await? {
+        // A pipeline gone from the config still has work: weigh it as plain seconds.
+        let cost = farm
+            .config
+            .pipelines
+            .get(&load.pipeline)
+            .map_or(1.0, |p| p.cost_factor);
+        in_flight += load.running;
+        work_secs += load.estimated_secs
+            + cost * (load.probed_secs + load.unknown as f64 * UNKNOWN_JOB_SECS);
+    }
     let alive = farm
         .locks
         .alive()
@@ -82,6 +95,7 @@ async fn observe(
     let mut pending = farm.locks.pending(pool).await?;
     // The cloud's own count is the backstop when Redis lost the pending launches.
     if let Some(existing) = farm.cloud.count(pool).await? {
+        let existing = existing.saturating_sub(u32::from(me.is_some_and(|m| m.leaving)));
         tracing::debug!(
             pool,
             recorded = pending,
@@ -111,7 +125,7 @@ async fn tick_locked(
         .pools
         .get(pool)
         .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
-    let obs = observe(farm, pool, me.as_ref().and_then(|m| m.idle_secs)).await?;
+    let obs = observe(farm, pool, me).await?;
     let decider = me.as_ref().map_or("submit", |m| m.cell_id);
     let decision = decide(&obs, &p.policy());
     tracing::debug!(pool, ?obs, ?decision, "mitosis tick");
@@ -143,7 +157,7 @@ async fn tick_locked(
             Ok((TickOutcome::Launched(n), obs))
         }
         Decision::Die => {
-            let Some(me) = me else {
+            let Some(me) = me.filter(|m| !m.leaving) else {
                 return Ok((TickOutcome::Stayed, obs));
             };
             // Deregister first, then look once more: a job published after this look
@@ -167,15 +181,17 @@ async fn tick_locked(
     }
 }
 
-/// Waits out a lock held by another decider, for callers that must tick (submit).
+/// Waits out a lock held by another decider, for callers that must tick (submit, a
+/// leaving cell).
 pub async fn tick_patiently(
     farm: &Farm<'_>,
     pool: &str,
+    me: Option<Me<'_>>,
     patience: Duration,
 ) -> anyhow::Result<TickOutcome> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        let (outcome, _) = tick(farm, pool, None).await?;
+        let (outcome, _) = tick(farm, pool, me).await?;
         if outcome != TickOutcome::Busy || tokio::time::Instant::now() >= deadline {
             return Ok(outcome);
         }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod imds;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -166,6 +168,11 @@ impl Farm {
 
     /// Starts a cell; it is killed when the farm is dropped.
     pub fn start_cell(&mut self, args: &[&str]) -> u32 {
+        self.start_cell_with_env(args, &[])
+    }
+
+    /// Starts a cell with extra environment variables.
+    pub fn start_cell_with_env(&mut self, args: &[&str], envs: &[(&str, &str)]) -> u32 {
         let log = std::fs::File::create(
             self.dir
                 .path()
@@ -176,6 +183,7 @@ impl Farm {
             .cellfarm()
             .arg("cell")
             .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -187,20 +195,35 @@ impl Farm {
 
     /// Runs a cell until the queues are empty and it idled 2 s; returns its exit status.
     pub fn run_cell_until_idle(&mut self) -> std::process::ExitStatus {
-        self.start_cell(&["--until-idle", "2"]);
-        let mut child = self.cells.pop().expect("just started");
-        let deadline = Instant::now() + Duration::from_secs(300);
+        self.run_cell_with_env(&["--until-idle", "2"], &[], Duration::from_secs(300))
+    }
+
+    /// Runs a cell to its end (or panics after `timeout`); returns its exit status.
+    pub fn run_cell_with_env(
+        &mut self,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        timeout: Duration,
+    ) -> std::process::ExitStatus {
+        self.start_cell_with_env(args, envs);
+        let index = self.cells.len() - 1;
+        let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = child.try_wait().expect("wait") {
+            if let Some(status) = self.cells[index].try_wait().expect("wait") {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "cell did not finish in 300 s:\n{}",
+                "cell did not finish in {timeout:?}:\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The exit status of the `index`th cell started, if it has exited.
+    pub fn cell_exited(&mut self, index: usize) -> Option<std::process::ExitStatus> {
+        self.cells[index].try_wait().expect("wait")
     }
 
     pub fn logs(&self) -> String {

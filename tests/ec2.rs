@@ -1,0 +1,459 @@
+//! The `ec2` cloud against moto_server's EC2 API (scripts/services.sh starts it on
+//! 127.0.0.1:5000): what a launch asks EC2 for, how the ceiling counts the farm's
+//! instances, and a cell terminating its own instance.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{
+    Filter, InstanceAttributeName, InstanceStateName, LaunchTemplateInstanceMarketOptionsRequest,
+    MarketType, RequestLaunchTemplateData,
+};
+use cellfarm::cloud::{Cloud, Ec2Cloud, FARM_TAG, LAUNCHED_BY_TAG};
+use cellfarm::config::Ec2;
+use cellfarm::metadata::POOL_TAG;
+use common::imds::MetadataServer;
+use common::{env, Farm};
+
+fn moto() -> String {
+    env("CELLFARM_TEST_EC2", "http://127.0.0.1:5000")
+}
+
+async fn client() -> aws_sdk_ec2::Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .load()
+        .await;
+    let conf = aws_sdk_ec2::config::Builder::from(&shared)
+        .endpoint_url(moto())
+        .build();
+    aws_sdk_ec2::Client::from_conf(conf)
+}
+
+/// Two default subnets and the default security group of moto's default VPC.
+async fn network(ec2: &aws_sdk_ec2::Client) -> (Vec<String>, String) {
+    let subnets = ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("default-for-az")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSubnets (is moto_server running? scripts/services.sh)");
+    let mut subnets: Vec<String> = subnets
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id().map(String::from))
+        .collect();
+    subnets.sort();
+    subnets.truncate(2);
+    let groups = ec2
+        .describe_security_groups()
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values("default")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSecurityGroups");
+    let sg = groups.security_groups()[0]
+        .group_id()
+        .expect("an id")
+        .to_string();
+    (subnets, sg)
+}
+
+/// Creates an IAM instance profile in moto (IAM's query API; the crate has no IAM SDK).
+fn instance_profile(name: &str) {
+    let body =
+        format!("Action=CreateInstanceProfile&InstanceProfileName={name}&Version=2010-05-08");
+    let addr = moto().trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).expect("moto_server");
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=cellfarm/20261123/us-east-1/iam/aws4_request, \
+         SignedHeaders=host, Signature=0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(
+        response.starts_with("HTTP/1.1 200") || response.contains("EntityAlreadyExists"),
+        "CreateInstanceProfile: {response}"
+    );
+}
+
+fn ec2_config(subnets: &[String], sg: &str) -> Ec2 {
+    Ec2 {
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto()),
+        config_url: Some("s3://cellfarm-config/farm.toml".into()),
+        launch_template: None,
+        launch_template_version: "$Latest".into(),
+        image_id: Some("ami-12c6146b".into()),
+        instance_types: vec!["c6i.xlarge".into(), "c5.xlarge".into(), "m6i.xlarge".into()],
+        subnets: subnets.to_vec(),
+        security_groups: vec![sg.to_string()],
+        instance_profile: Some("cellfarm-cell".into()),
+        key_name: None,
+        allocation_strategy: "capacity-optimized".into(),
+        on_demand_fallback: false,
+        // Never power off the machine the tests run on.
+        poweroff_fallback: false,
+    }
+}
+
+fn farm_name(test: &str) -> String {
+    format!("t{test}-{}", rand::random::<u32>())
+}
+
+async fn instances(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Vec<aws_sdk_ec2::types::Instance> {
+    let out = ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids.to_vec()))
+        .send()
+        .await
+        .expect("DescribeInstances");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances().iter().cloned())
+        .collect()
+}
+
+fn tag(i: &aws_sdk_ec2::types::Instance, key: &str) -> Option<String> {
+    i.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value().map(String::from))
+}
+
+async fn attribute(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    name: InstanceAttributeName,
+) -> Option<String> {
+    let out = ec2
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(name.clone())
+        .send()
+        .await
+        .expect("DescribeInstanceAttribute");
+    match name {
+        InstanceAttributeName::UserData => {
+            out.user_data().and_then(|v| v.value().map(String::from))
+        }
+        _ => out
+            .instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value().map(String::from)),
+    }
+}
+
+/// Property: without a launch template, a launch is RunInstances of spot instances with
+/// the configured AMI, instance types (first choice first), subnets, security group and
+/// instance profile,
+/// IMDSv2 with metadata tags, the farm/pool/launched-by tags, shutdown behaviour
+/// `terminate`, and user data that is the config URL and nothing else; `count` sees
+/// exactly the pool's instances.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_instances_launches_carry_what_the_config_says() {
+    let ec2 = client().await;
+    let (subnets, sg) = network(&ec2).await;
+    instance_profile("cellfarm-cell");
+    let farm = farm_name("run");
+    let cfg = ec2_config(&subnets, &sg);
+    let cloud = Ec2Cloud::connect(
+        &farm,
+        cfg.clone(),
+        cfg.config_url.clone().unwrap(),
+        "cell-a".into(),
+        None,
+    )
+    .await;
+
+    let ids = cloud
+        .launch("default", 3, &format!("{farm}-default-1"))
+        .await
+        .expect("launch");
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    for i in instances(&ec2, &ids).await {
+        let id = i.instance_id().unwrap();
+        assert_eq!(tag(&i, FARM_TAG).as_deref(), Some(farm.as_str()));
+        assert_eq!(tag(&i, POOL_TAG).as_deref(), Some("default"));
+        assert_eq!(tag(&i, LAUNCHED_BY_TAG).as_deref(), Some("cell-a"));
+        assert_eq!(i.image_id(), Some("ami-12c6146b"));
+        let t = i
+            .instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default();
+        assert!(cfg.instance_types.contains(&t), "{t} was not configured");
+        let subnet = i.subnet_id().unwrap_or_default().to_string();
+        assert!(subnets.contains(&subnet), "{subnet} was not configured");
+        if id == ids[0] {
+            // The first choice is the first type in the first subnet.
+            assert_eq!(
+                (t.as_str(), subnet.as_str()),
+                ("c6i.xlarge", subnets[0].as_str())
+            );
+        }
+        assert_eq!(
+            i.instance_lifecycle().map(|l| l.as_str()),
+            Some("spot"),
+            "{id}"
+        );
+        assert!(i
+            .security_groups()
+            .iter()
+            .any(|g| g.group_id() == Some(sg.as_str())));
+        let profile = i
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .unwrap_or_default();
+        assert!(profile.ends_with("/cellfarm-cell"), "{profile}");
+        let options = i.metadata_options().expect("metadata options");
+        assert_eq!(options.http_tokens().map(|t| t.as_str()), Some("required"));
+        assert_eq!(
+            options.instance_metadata_tags().map(|t| t.as_str()),
+            Some("enabled")
+        );
+        let user_data = attribute(&ec2, id, InstanceAttributeName::UserData)
+            .await
+            .unwrap();
+        let decoded = aws_smithy_types::base64::decode(&user_data).unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            "s3://cellfarm-config/farm.toml"
+        );
+        assert_eq!(
+            attribute(
+                &ec2,
+                id,
+                InstanceAttributeName::InstanceInitiatedShutdownBehavior
+            )
+            .await
+            .as_deref(),
+            Some("terminate")
+        );
+    }
+    assert_eq!(cloud.count("default").await.unwrap(), Some(3));
+    assert_eq!(cloud.count("other").await.unwrap(), Some(0));
+}
+
+/// Property: with a launch template, one CreateFleet `instant` request launches spot
+/// instances of the configured types only, tagged for the farm and pool.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_launch_spreads_spot_cells_over_the_configured_types() {
+    let ec2 = client().await;
+    let (subnets, sg) = network(&ec2).await;
+    let farm = farm_name("fleet");
+    let template = format!("cellfarm-{farm}");
+    ec2.create_launch_template()
+        .launch_template_name(&template)
+        .launch_template_data(
+            RequestLaunchTemplateData::builder()
+                .image_id("ami-12c6146b")
+                .user_data(aws_smithy_types::base64::encode(
+                    "s3://cellfarm-config/farm.toml",
+                ))
+                .instance_market_options(
+                    LaunchTemplateInstanceMarketOptionsRequest::builder()
+                        .market_type(MarketType::Spot)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateLaunchTemplate");
+    let mut cfg = ec2_config(&subnets, &sg);
+    cfg.launch_template = Some(template);
+    cfg.image_id = None;
+    let cloud = Ec2Cloud::connect(
+        &farm,
+        cfg.clone(),
+        cfg.config_url.clone().unwrap(),
+        "cell-b".into(),
+        None,
+    )
+    .await;
+
+    let ids = cloud
+        .launch("long", 4, &format!("{farm}-long-1"))
+        .await
+        .expect("launch");
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    for i in instances(&ec2, &ids).await {
+        assert_eq!(tag(&i, FARM_TAG).as_deref(), Some(farm.as_str()));
+        assert_eq!(tag(&i, POOL_TAG).as_deref(), Some("long"));
+        let t = i
+            .instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default();
+        assert!(cfg.instance_types.contains(&t), "{t} was not configured");
+        assert_eq!(i.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+    }
+    assert_eq!(cloud.count("long").await.unwrap(), Some(4));
+}
+
+fn ec2_toml(subnets: &[String], sg: &str, extra: &str) -> String {
+    format!(
+        r#"
+[cloud]
+kind = "ec2"
+metadata_poll_secs = 1
+
+[cloud.ec2]
+region = "us-east-1"
+endpoint = "{moto}"
+config_url = "s3://cellfarm-config/farm.toml"
+image_id = "ami-12c6146b"
+instance_types = ["c6i.xlarge", "c5.xlarge"]
+subnets = {subnets:?}
+security_groups = ["{sg}"]
+poweroff_fallback = false
+
+[pools.scaled]
+jobs_per_cell = 1
+ceiling = 3
+step = 10
+cooldown_secs = 0
+idle_grace_secs = 1
+
+[pipelines.scaled]
+pool = "scaled"
+output = "s3://cellfarm-demo/outputs/scaled/"
+steps = [{{ args = ["-i", "{{input}}", "-frames:v", "1", "{{out}}/poster.jpg"] }}]
+outputs = [{{ path = "poster.jpg", video_codec = "mjpeg" }}]
+{extra}
+"#,
+        moto = moto()
+    )
+}
+
+/// Property: the ceiling holds against the instances that exist, not only what Redis
+/// remembers: with 2 tagged instances Redis never heard of and a ceiling of 3, a backlog
+/// of 6 jobs launches exactly 1 more, and a second submission launches none.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ceiling_counts_the_tagged_instances_that_exist() {
+    let ec2 = client().await;
+    let (subnets, sg) = network(&ec2).await;
+    let farm = Farm::new("ceiling", &ec2_toml(&subnets, &sg, "")).await;
+    let cfg = farm.config.cloud.ec2.clone().unwrap();
+    let cloud = Ec2Cloud::connect(
+        &farm.name,
+        cfg,
+        "s3://cellfarm-config/farm.toml".into(),
+        "earlier".into(),
+        None,
+    )
+    .await;
+    let earlier = cloud
+        .launch("scaled", 2, "earlier-launch")
+        .await
+        .expect("launch");
+    assert_eq!(earlier.len(), 2);
+
+    let clip = farm.clip("clip", 1.0, "testsrc");
+    for i in 0..6 {
+        farm.put_file(&format!("in/clip{i}.mp4"), &clip);
+    }
+    for i in 0..3 {
+        farm.submit(&format!("in/clip{i}.mp4"), "scaled");
+    }
+    assert_eq!(
+        cloud.count("scaled").await.unwrap(),
+        Some(3),
+        "one launch up to the ceiling"
+    );
+    for i in 3..6 {
+        farm.submit(&format!("in/clip{i}.mp4"), "scaled");
+    }
+    assert_eq!(
+        cloud.count("scaled").await.unwrap(),
+        Some(3),
+        "nothing past the ceiling"
+    );
+    let launched: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(cells), 0) FROM cell_events WHERE kind = 'launch'")
+            .fetch_one(farm.ledger.pool())
+            .await
+            .unwrap();
+    assert_eq!(launched, 1);
+}
+
+/// Property: a cell on an EC2 instance learns its id and pool from instance metadata
+/// (IMDSv2), and when its queues are empty past the idle grace it deregisters, records
+/// its death and terminates its own instance: no orphan instance is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_cell_terminates_its_own_instance() {
+    let ec2 = client().await;
+    let (subnets, sg) = network(&ec2).await;
+    let mut farm = Farm::new("terminate", &ec2_toml(&subnets, &sg, "")).await;
+    let cfg = farm.config.cloud.ec2.clone().unwrap();
+    let cloud = Ec2Cloud::connect(
+        &farm.name,
+        cfg,
+        "s3://cellfarm-config/farm.toml".into(),
+        "test".into(),
+        None,
+    )
+    .await;
+    let ids = cloud
+        .launch("scaled", 1, "the-instance")
+        .await
+        .expect("launch");
+    let me = ids[0].clone();
+    let imds = MetadataServer::start(&[
+        ("instance-id", &me),
+        ("instance-type", "c6i.xlarge"),
+        ("placement/availability-zone", "us-east-1a"),
+        ("placement/region", "us-east-1"),
+        (&format!("tags/instance/{POOL_TAG}"), "scaled"),
+    ]);
+
+    let started = Instant::now();
+    let status = farm.run_cell_with_env(
+        &[],
+        &[("CELLFARM_METADATA_URL", &imds.url)],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "the cell failed:\n{}", farm.logs());
+    let took = started.elapsed();
+
+    let state = instances(&ec2, &ids).await[0]
+        .state()
+        .and_then(|s| s.name().cloned());
+    assert!(
+        matches!(
+            state,
+            Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated)
+        ),
+        "instance {me} is {state:?}\n{}",
+        farm.logs()
+    );
+    assert_eq!(cloud.count("scaled").await.unwrap(), Some(0));
+    let deaths: Vec<(String, String)> =
+        sqlx::query_as("SELECT cell_id, pool FROM cell_events WHERE kind = 'death'")
+            .fetch_all(farm.ledger.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        deaths,
+        vec![(me.clone(), "scaled".to_string())],
+        "the cell is its instance and serves its tagged pool"
+    );
+    assert_eq!(
+        imds.unauthorized.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "every metadata read carried an IMDSv2 token"
+    );
+    eprintln!("idle cell terminated its instance {took:?} after start (grace 1 s)");
+}

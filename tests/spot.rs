@@ -1,0 +1,192 @@
+//! Spot interruptions: a cell polls its instance metadata (a test IMDSv2 server here)
+//! and leaves before the reclaim without losing a job. Its replacement comes from the
+//! `local` cloud, so "another cell" is a real sibling process.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cellfarm::locks::Heartbeats;
+use common::imds::MetadataServer;
+use common::Farm;
+
+/// A pool of its own with a real-time pipeline (a 20 s clip takes 20 s), mitosis on the
+/// local cloud, and a 5 s margin before the reclaim.
+const SPOT: &str = r#"
+[cloud]
+kind = "local"
+metadata_poll_secs = 1
+interruption_margin_secs = 5
+
+[pools.spot]
+jobs_per_cell = 10
+ceiling = 2
+cooldown_secs = 0
+idle_grace_secs = 2
+launch_timeout_secs = 60
+
+[pipelines.spot]
+pool = "spot"
+output = "s3://cellfarm-demo/outputs/spot/"
+cost_factor = 1.0
+steps = [{ args = ["-re", "-i", "{input}", "-c:v", "libx264", "-preset", "ultrafast", "-an", "{out}/out.mp4"] }]
+outputs = [{ path = "out.mp4", video_codec = "h264", duration = "source" }]
+"#;
+
+/// An RFC 3339 time `secs` from now, as `spot/instance-action` carries it.
+fn in_secs(secs: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(secs))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Starts a cell of pool `spot` that reads `imds` and waits until it beats.
+async fn spot_cell(farm: &mut Farm, imds: &MetadataServer) {
+    farm.start_cell_with_env(&["--pool", "spot"], &[("CELLFARM_METADATA_URL", &imds.url)]);
+    let beats = Heartbeats::connect(&farm.config.redis.url, &farm.name)
+        .await
+        .expect("Redis");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while beats.alive().await.expect("heartbeats").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the cell never beat:\n{}",
+            farm.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the job runs and its cell has probed it (the estimate a notice needs).
+async fn wait_probed(farm: &Farm, id: &str) {
+    farm.wait_state(id, "running", Duration::from_secs(60))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probed: bool = sqlx::query_scalar("SELECT probe IS NOT NULL FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(farm.ledger.pool())
+            .await
+            .expect("query the probe");
+        if probed {
+            return;
+        }
+        assert!(Instant::now() < deadline, "job {id} never probed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn attempt_cells(farm: &Farm, id: &str) -> Vec<(String, String, Option<String>)> {
+    sqlx::query_as("SELECT coalesce(outcome, 'open'), cell_id, error FROM job_attempts WHERE job_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(farm.ledger.pool())
+        .await
+        .expect("query the ledger")
+}
+
+async fn events(farm: &Farm, kind: &str) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT cell_id, reason FROM cell_events WHERE kind = $1 ORDER BY id")
+        .bind(kind)
+        .fetch_all(farm.ledger.pool())
+        .await
+        .expect("query the ledger")
+}
+
+/// Property: a spot notice while a job that cannot finish before the reclaim runs makes
+/// the cell hand the job back at once (attempt `interrupted`, no attempt spent, nothing
+/// uploaded) and exit before the reclaim; a replacement cell, launched by the leaving
+/// cell's last tick, completes it; the ledger records the interruption.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spot_notice_hands_back_a_job_that_cannot_finish_and_another_cell_completes_it() {
+    let mut farm = Farm::new("spot", SPOT).await;
+    farm.put_file("in/long.mp4", &farm.clip("long", 20.0, "testsrc"));
+    let imds = MetadataServer::start(&[("instance-id", "i-0spot")]);
+    spot_cell(&mut farm, &imds).await;
+    let id = farm.submit_id("in/long.mp4", "spot");
+    wait_probed(&farm, &id).await;
+
+    // 15 s to the reclaim, less the 5 s margin: 10 s, and the job needs about 18 more.
+    imds.set(
+        "spot/instance-action",
+        &format!(r#"{{"action": "terminate", "time": "{}"}}"#, in_secs(15)),
+    );
+    let noticed = Instant::now();
+    let exited = loop {
+        if let Some(status) = farm.cell_exited(0) {
+            break status;
+        }
+        assert!(
+            noticed.elapsed() < Duration::from_secs(15),
+            "the cell outlived the reclaim:\n{}",
+            farm.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let left_after = noticed.elapsed();
+    assert!(exited.success(), "{}", farm.logs());
+    assert!(
+        farm.output_keys("spot").await.is_empty(),
+        "nothing half-written is published"
+    );
+
+    farm.wait_state(&id, "succeeded", Duration::from_secs(120))
+        .await;
+    let attempts = attempt_cells(&farm, &id).await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    let (first, second) = (&attempts[0], &attempts[1]);
+    assert_eq!(first.0, "interrupted");
+    assert!(
+        first
+            .2
+            .as_deref()
+            .unwrap_or_default()
+            .contains("spot interruption: terminate"),
+        "{first:?}"
+    );
+    assert_eq!(second.0, "succeeded");
+    assert_ne!(first.1, second.1, "another cell completed the job");
+    let (_, counted, _) = farm.job(&id).await.unwrap();
+    assert_eq!(counted, 1, "the interruption spent no attempt");
+    assert_eq!(
+        farm.output_keys("spot").await,
+        vec![format!("outputs/spot/{id}/out.mp4")]
+    );
+
+    let interruptions = events(&farm, "interruption").await;
+    assert_eq!(interruptions.len(), 1, "{interruptions:?}");
+    assert_eq!(interruptions[0].0, first.1);
+    let launches = events(&farm, "launch").await;
+    assert_eq!(launches.len(), 1, "one replacement: {launches:?}");
+    eprintln!("notice -> cell gone: {left_after:?} (reclaim at 15 s, margin 5 s)");
+}
+
+/// Property: a job whose estimate fits before the reclaim (less the margin) is not cut
+/// short: it succeeds on the noticed cell, which takes no new job and then exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_can_finish_before_the_reclaim_finishes_there() {
+    let mut farm = Farm::new("spotfits", SPOT).await;
+    farm.put_file("in/short.mp4", &farm.clip("short", 6.0, "testsrc"));
+    let imds = MetadataServer::start(&[("instance-id", "i-0fits")]);
+    spot_cell(&mut farm, &imds).await;
+    let id = farm.submit_id("in/short.mp4", "spot");
+    wait_probed(&farm, &id).await;
+
+    imds.set(
+        "spot/instance-action",
+        &format!(r#"{{"action": "terminate", "time": "{}"}}"#, in_secs(60)),
+    );
+    farm.wait_state(&id, "succeeded", Duration::from_secs(60))
+        .await;
+    let attempts = attempt_cells(&farm, &id).await;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0].0, "succeeded");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while farm.cell_exited(0).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the noticed cell did not leave:\n{}",
+            farm.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(events(&farm, "interruption").await.len(), 1);
+}
