@@ -63,6 +63,36 @@ pub struct Config {
     pub cloud: Cloud,
     pub pools: BTreeMap<String, Pool>,
     pub pipelines: BTreeMap<String, Pipeline>,
+    /// How the trigger (Lambda, `watch`) turns a new object into jobs; the first route
+    /// that matches wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// One routing rule: which new objects become which jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// For logs and the trigger's answers (default: `routes[<index>]`).
+    pub name: Option<String>,
+    /// The bucket the object is in (default: any).
+    pub bucket: Option<String>,
+    /// A literal key prefix.
+    #[serde(default)]
+    pub prefix: String,
+    /// A glob on the whole key: `*` is any run of characters but `/`, `**` any run, `?`
+    /// one character but `/`.
+    pub glob: Option<String>,
+    /// Content: the source lasts at least this many seconds (ranged probe).
+    pub min_secs: Option<f64>,
+    /// Content: the source lasts less than this many seconds (ranged probe).
+    pub max_secs: Option<f64>,
+    /// The pipelines to run: one job each.
+    pub pipelines: Vec<String>,
+    /// The pool the jobs go to (default: each pipeline's own).
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub priority: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -506,6 +536,7 @@ impl Config {
             bad("cell.demuxers".into(), "must name at least one demuxer");
         }
         self.validate_cloud(&mut bad);
+        self.validate_routes(&mut bad);
         if self.pools.is_empty() {
             bad("pools".into(), "at least one pool is needed");
         }
@@ -579,6 +610,35 @@ impl Config {
             }
             for (i, o) in p.outputs.iter().enumerate() {
                 check_output(o, &key(&format!("outputs[{i}]")), &mut bad);
+            }
+        }
+    }
+
+    fn validate_routes(&self, bad: &mut impl FnMut(String, &str)) {
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            if r.pipelines.is_empty() {
+                bad(key("pipelines"), "at least one pipeline is needed");
+            }
+            for p in &r.pipelines {
+                if !self.pipelines.contains_key(p) {
+                    bad(key("pipelines"), &format!("no pipeline named {p:?}"));
+                }
+            }
+            if let Some(pool) = &r.pool {
+                if !self.pools.contains_key(pool) {
+                    bad(key("pool"), &format!("no pool named {pool:?}"));
+                }
+            }
+            for (k, v) in [("min_secs", r.min_secs), ("max_secs", r.max_secs)] {
+                if v.is_some_and(|v| v.is_nan() || v < 0.0) {
+                    bad(key(k), "must be 0 or more");
+                }
+            }
+            if let (Some(min), Some(max)) = (r.min_secs, r.max_secs) {
+                if min >= max {
+                    bad(key("max_secs"), "must be above min_secs");
+                }
             }
         }
     }
@@ -707,6 +767,7 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
         "cloud",
         "pools",
         "pipelines",
+        "routes",
     ];
     const SECTIONS: &[(&str, &[&str])] = &[
         ("farm", &["name"]),
@@ -779,6 +840,17 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
         "poweroff_fallback",
     ];
     const STEP: &[&str] = &["args"];
+    const ROUTE: &[&str] = &[
+        "name",
+        "bucket",
+        "prefix",
+        "glob",
+        "min_secs",
+        "max_secs",
+        "pipelines",
+        "pool",
+        "priority",
+    ];
     const OUTPUT: &[&str] = &[
         "path",
         "content_type",
@@ -803,6 +875,12 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
         .and_then(toml::Value::as_table_mut);
     if let Some(t) = ec2 {
         check_table(t, "cloud.ec2", EC2, problems);
+    }
+    let routes = top.get_mut("routes").and_then(toml::Value::as_array_mut);
+    for (i, route) in routes.into_iter().flatten().enumerate() {
+        if let Some(t) = route.as_table_mut() {
+            check_table(t, &format!("routes[{i}]"), ROUTE, problems);
+        }
     }
     let pools = top.get_mut("pools").and_then(toml::Value::as_table_mut);
     for (name, pool) in pools.into_iter().flatten() {

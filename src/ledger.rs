@@ -504,6 +504,47 @@ impl Ledger {
             .collect())
     }
 
+    /// The version of `bucket/key` the trigger last took, and its event sequencer.
+    pub async fn seen(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(String, Option<String>)>, LedgerError> {
+        Ok(sqlx::query_as(
+            "SELECT etag, sequencer FROM trigger_objects WHERE bucket = $1 AND key = $2",
+        )
+        .bind(bucket)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Remembers that the trigger took this version of `bucket/key`.
+    pub async fn remember(
+        &self,
+        bucket: &str,
+        key: &str,
+        etag: &str,
+        sequencer: Option<&str>,
+        route: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO trigger_objects (bucket, key, etag, sequencer, route)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (bucket, key) DO UPDATE
+             SET etag = $3, sequencer = coalesce($4, trigger_objects.sequencer), route = $5,
+                 seen_at = now()",
+        )
+        .bind(bucket)
+        .bind(key)
+        .bind(etag)
+        .bind(sequencer)
+        .bind(route)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records a launch, death or interruption.
     pub async fn record_event(
         &self,

@@ -22,6 +22,8 @@
 //!   notices.
 //! * [`mitosis`] — how many cells a pool needs (a pure calculator) and the tick.
 //! * [`submit`] — enqueue objects by hand or for reprocessing.
+//! * [`trigger`] — new objects become jobs by the config's routes: a Lambda on S3
+//!   events, or `cellfarm watch`.
 //! * [`status`] — the farm at a glance.
 //! * [`boot`] — loading config (file or S3) and connecting to everything.
 
@@ -40,3 +42,4 @@ pub mod queue;
 pub mod status;
 pub mod store;
 pub mod submit;
+pub mod trigger;

@@ -16,7 +16,7 @@ use cellfarm::locks::Heartbeats;
 use cellfarm::metadata::Metadata;
 use cellfarm::queue::{self, Publisher};
 use cellfarm::store::S3Url;
-use cellfarm::{mitosis, status, submit};
+use cellfarm::{mitosis, status, submit, trigger};
 
 /// Exit code for a bad config or command line (BSD `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
@@ -95,10 +95,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The trigger without Lambda: poll s3://bucket/prefix/ and turn each new object
+    /// into jobs by the config's routes, once.
+    Watch {
+        url: String,
+        /// Seconds between passes.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        /// One pass, then exit: find objects that never became jobs (lost events).
+        #[arg(long)]
+        reconcile: bool,
+    },
+    /// The trigger as an AWS Lambda function (also when this binary runs as
+    /// `bootstrap`): S3 events from the runtime API at AWS_LAMBDA_RUNTIME_API.
+    Lambda,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A Lambda custom runtime runs the binary as `bootstrap`, with no arguments.
+    let lambda = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n == "bootstrap")
+        })
+        .unwrap_or(false);
+    let cli = if lambda {
+        Cli::parse_from(["bootstrap", "lambda"])
+    } else {
+        Cli::parse()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -189,6 +216,7 @@ async fn run(command: Command, config: Config, location: &str) -> anyhow::Result
             let (conn, publisher) = broker(&config).await?;
             let req = submit::Request {
                 pipeline: &pipeline,
+                pool: None,
                 priority,
                 force,
             };
@@ -208,6 +236,7 @@ async fn run(command: Command, config: Config, location: &str) -> anyhow::Result
                         locks: &beats,
                         cloud: cloud.as_ref(),
                         channel: publisher.channel(),
+                        who: "submit",
                     };
                     let pool = &config.pipeline(&pipeline)?.pool;
                     let outcome =
@@ -232,6 +261,54 @@ async fn run(command: Command, config: Config, location: &str) -> anyhow::Result
             Ok(())
         }
         Command::Cell { pool, until_idle } => run_cell(config, location, pool, until_idle).await,
+        Command::Watch {
+            url,
+            interval,
+            reconcile,
+        } => {
+            let url = S3Url::parse(&url).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                !config.routes.is_empty(),
+                "watch {url}: the config has no [[routes]], so no object would become a job"
+            );
+            let store = boot::store(&config).await;
+            let ledger = ledger(&config).await?;
+            ledger.check_migrated().await?;
+            let beats = heartbeats(&config).await?;
+            let cloud = boot::cloud(&config, location, "watch", None).await?;
+            let watcher = trigger::watch::Watcher {
+                config: &config,
+                store: store.as_ref(),
+                ledger: &ledger,
+                beats: &beats,
+                cloud: cloud.as_deref(),
+            };
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            let interval = (!reconcile).then(|| Duration::from_secs(interval.max(1)));
+            let pass = watcher.run(&url, interval, stop).await?;
+            if reconcile {
+                println!(
+                    "{} object(s) under {url}; {} taken, {} job(s) enqueued",
+                    pass.objects, pass.taken, pass.enqueued
+                );
+            }
+            Ok(())
+        }
+        Command::Lambda => {
+            let function = trigger::lambda::Function {
+                store: boot::store(&config).await,
+                ledger: ledger(&config).await?,
+                beats: heartbeats(&config).await?,
+                cloud: boot::cloud(&config, location, "trigger", None).await?,
+                config,
+            };
+            function.serve().await
+        }
         Command::Status { json } => {
             let ledger = ledger(&config).await?;
             let beats = heartbeats(&config).await?;

@@ -93,6 +93,13 @@ pub trait ObjectStore: Send + Sync {
         path: &Path,
     ) -> Result<u64, StoreError>;
     async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StoreError>;
+    /// The bytes of `range` (end exclusive, within the object).
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, StoreError>;
     async fn upload(
         &self,
         bucket: &str,
@@ -131,6 +138,30 @@ impl S3Store {
         S3Store {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
         }
+    }
+
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<String>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .set_range(range)
+            .send()
+            .await
+            .map_err(|e| failed("GET", bucket, key, e))?;
+        let bytes = out.body.collect().await.map_err(|e| StoreError::Failed {
+            op: "GET",
+            bucket: bucket.into(),
+            key: key.into(),
+            message: e.to_string(),
+        })?;
+        Ok(bytes.into_bytes().to_vec())
     }
 
     /// The SDK client, for callers that need more than the trait (tests, the demo).
@@ -269,21 +300,20 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| failed("GET", bucket, key, e))?;
-        let bytes = out.body.collect().await.map_err(|e| StoreError::Failed {
-            op: "GET",
-            bucket: bucket.into(),
-            key: key.into(),
-            message: e.to_string(),
-        })?;
-        Ok(bytes.into_bytes().to_vec())
+        self.get(bucket, key, None).await
+    }
+
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, StoreError> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let header = format!("bytes={}-{}", range.start, range.end - 1);
+        self.get(bucket, key, Some(header)).await
     }
 
     async fn upload(

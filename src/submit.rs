@@ -22,6 +22,8 @@ pub struct Submitted {
 
 pub struct Request<'a> {
     pub pipeline: &'a str,
+    /// The pool whose queues carry the jobs (default: the pipeline's own).
+    pub pool: Option<&'a str>,
     pub priority: bool,
     pub force: bool,
 }
@@ -61,8 +63,9 @@ pub async fn submit(
     req: &Request<'_>,
 ) -> anyhow::Result<Vec<Submitted>> {
     let pipeline = config.pipeline(req.pipeline)?;
+    let pool = req.pool.unwrap_or(&pipeline.pool);
     let names = Names::new(&config.farm.name);
-    let lane = names.lane(&pipeline.pool, req.priority);
+    let lane = names.lane(pool, req.priority);
     let mut done = Vec::with_capacity(objects.len());
     for o in objects {
         anyhow::ensure!(
@@ -76,7 +79,7 @@ pub async fn submit(
             etag: o.etag.clone(),
         };
         let job = JobMessage::new(req.pipeline, source, &pipeline.output, req.priority);
-        let outcome = if ledger.insert(&job, &pipeline.pool).await? {
+        let outcome = if ledger.insert(&job, pool).await? {
             "enqueued"
         } else if req.force && ledger.reset(&job.job_id).await? {
             "requeued"

@@ -193,6 +193,7 @@ async fn a_herd_of_ticks_launches_the_missing_cells_once() {
             locks: &locks,
             cloud: &cloud,
             channel: farm.publisher.channel(),
+            who: "herd-test",
         };
         mitosis::tick_patiently(&f, "burst", None, Duration::from_secs(20)).await
     });

@@ -124,6 +124,7 @@ impl Cell {
             locks: &self.beats,
             cloud,
             channel,
+            who: &self.cell_id,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Farm<'a> {
     pub locks: &'a Heartbeats,
     pub cloud: &'a dyn Cloud,
     pub channel: &'a lapin::Channel,
+    /// Who ticks, for the ledger's launch events: a cell id, `submit`, `trigger`…
+    pub who: &'a str,
 }
 
 /// The deciding cell, when a cell decides (not `submit`).
@@ -126,7 +128,7 @@ async fn tick_locked(
         .get(pool)
         .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
     let obs = observe(farm, pool, me).await?;
-    let decider = me.as_ref().map_or("submit", |m| m.cell_id);
+    let decider = me.as_ref().map_or(farm.who, |m| m.cell_id);
     let decision = decide(&obs, &p.policy());
     tracing::debug!(pool, ?obs, ?decision, "mitosis tick");
     match decision {

@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod imds;
+pub mod lambda_api;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -173,24 +175,31 @@ impl Farm {
 
     /// Starts a cell with extra environment variables.
     pub fn start_cell_with_env(&mut self, args: &[&str], envs: &[(&str, &str)]) -> u32 {
-        let log = std::fs::File::create(
-            self.dir
-                .path()
-                .join(format!("cell{}.log", self.cells.len())),
-        )
-        .expect("log file");
-        let child = self
-            .cellfarm()
-            .arg("cell")
-            .args(args)
-            .envs(envs.iter().copied())
+        let mut cmd = self.cellfarm();
+        cmd.arg("cell").args(args).envs(envs.iter().copied());
+        let index = self.start(cmd);
+        self.cells[index].id()
+    }
+
+    /// Starts a process of this farm (a cell, a watcher, a Lambda); it is killed when
+    /// the farm is dropped, and its stderr goes to `cell<index>.log`. Returns the index.
+    pub fn start(&mut self, mut cmd: Command) -> usize {
+        let index = self.cells.len();
+        let log = std::fs::File::create(self.dir.path().join(format!("cell{index}.log")))
+            .expect("log file");
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start a cell");
-        let pid = child.id();
+            .expect("start a cellfarm process");
         self.cells.push(child);
-        pid
+        index
+    }
+
+    /// Kills the `index`th process started (SIGKILL) and reaps it.
+    pub fn kill(&mut self, index: usize) {
+        let _ = self.cells[index].kill();
+        let _ = self.cells[index].wait();
     }
 
     /// Runs a cell until the queues are empty and it idled 2 s; returns its exit status.
