@@ -19,28 +19,73 @@ pub enum LoadError {
 /// Loads a config from a path or an `s3://bucket/key` URL. For S3, the endpoint of a
 /// non-AWS server comes from `CELLFARM_S3_ENDPOINT` (the config is not read yet).
 pub async fn load_config(location: &str) -> Result<Config, LoadError> {
+    Ok(load_versioned(location).await?.0)
+}
+
+/// A config and its version: the object's ETag in S3, the SHA-256 of a file.
+pub async fn load_versioned(location: &str) -> Result<(Config, String), LoadError> {
     let unreadable = |reason: String| LoadError::Unreadable {
         location: location.into(),
         reason,
     };
-    let text = if location.starts_with("s3://") {
+    let (bytes, version) = match S3Url::parse(location) {
+        Ok(url) if location.starts_with("s3://") => {
+            let store = config_store().await;
+            let meta = store
+                .head(&url.bucket, &url.key)
+                .await
+                .map_err(|e| unreadable(e.to_string()))?;
+            let bytes = store
+                .get_bytes(&url.bucket, &url.key)
+                .await
+                .map_err(|e| unreadable(e.to_string()))?;
+            (bytes, meta.etag)
+        }
+        Err(e) if location.starts_with("s3://") => return Err(unreadable(e)),
+        _ => {
+            let bytes = std::fs::read(location).map_err(|e| unreadable(e.to_string()))?;
+            let version = file_version(&bytes);
+            (bytes, version)
+        }
+    };
+    let text = String::from_utf8(bytes).map_err(|e| unreadable(e.to_string()))?;
+    Ok((Config::parse(&text, location)?, version))
+}
+
+/// The version of the config at `location` now, without reading it all from S3.
+pub async fn config_version(location: &str) -> Result<String, LoadError> {
+    let unreadable = |reason: String| LoadError::Unreadable {
+        location: location.into(),
+        reason,
+    };
+    if location.starts_with("s3://") {
         let url = S3Url::parse(location).map_err(unreadable)?;
-        let endpoint = std::env::var("CELLFARM_S3_ENDPOINT").ok();
-        let s3 = S3 {
-            path_style: endpoint.is_some(),
-            endpoint,
-            region: None,
-        };
-        let store = S3Store::connect(&s3).await;
-        let bytes = store
-            .get_bytes(&url.bucket, &url.key)
+        let meta = config_store()
+            .await
+            .head(&url.bucket, &url.key)
             .await
             .map_err(|e| unreadable(e.to_string()))?;
-        String::from_utf8(bytes).map_err(|e| unreadable(e.to_string()))?
+        Ok(meta.etag)
     } else {
-        std::fs::read_to_string(location).map_err(|e| unreadable(e.to_string()))?
+        let bytes = std::fs::read(location).map_err(|e| unreadable(e.to_string()))?;
+        Ok(file_version(&bytes))
+    }
+}
+
+fn file_version(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(bytes)[..8])
+}
+
+/// The store a config is read from: AWS, or the server `CELLFARM_S3_ENDPOINT` names.
+async fn config_store() -> S3Store {
+    let endpoint = std::env::var("CELLFARM_S3_ENDPOINT").ok();
+    let s3 = S3 {
+        path_style: endpoint.is_some(),
+        endpoint,
+        region: None,
     };
-    Ok(Config::parse(&text, location)?)
+    S3Store::connect(&s3).await
 }
 
 /// Checks what a cell needs before it takes work, each failure saying how to fix it.

@@ -159,6 +159,10 @@ pub struct Cell {
     /// Demuxers a source may be opened with (FFmpeg `format_whitelist`).
     #[serde(default = "default_demuxers")]
     pub demuxers: Vec<String>,
+    /// Seconds between checks of the config's version (its ETag in S3); a changed
+    /// config is applied between jobs. 0 turns live reloading off.
+    #[serde(default = "default_config_check")]
+    pub config_check_secs: u64,
 }
 
 impl Default for Cell {
@@ -174,6 +178,7 @@ impl Default for Cell {
             step_timeout_secs: DEFAULT_STEP_TIMEOUT_SECS,
             ffmpeg_memory_mib: DEFAULT_FFMPEG_MEMORY_MIB,
             demuxers: default_demuxers(),
+            config_check_secs: default_config_check(),
         }
     }
 }
@@ -294,7 +299,7 @@ pub enum CloudKind {
 }
 
 /// The `[cloud.ec2]` table: what a sibling instance is made of.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ec2 {
     pub region: Option<String>,
@@ -381,6 +386,10 @@ pub enum Duration {
     Named(String),
 }
 
+/// A HEAD of the config object every half minute per cell costs nothing worth counting.
+fn default_config_check() -> u64 {
+    30
+}
 fn default_metadata_poll() -> u64 {
     2
 }
@@ -697,6 +706,62 @@ impl Config {
         }
     }
 
+    /// The keys that differ from `new` and that a running cell cannot change: its
+    /// connections, names, queues and leases. A new config that changes any of them
+    /// needs a restart.
+    pub fn restart_keys(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (self, new);
+        let pools = |c: &Config| -> Vec<(String, Option<u64>)> {
+            c.pools
+                .iter()
+                .map(|(k, p)| (k.clone(), p.max_queue_length))
+                .collect()
+        };
+        [
+            ("farm.name", a.farm.name == b.farm.name),
+            ("amqp.url", a.amqp.url == b.amqp.url),
+            ("postgres.url", a.postgres.url == b.postgres.url),
+            ("postgres.schema", a.postgres.schema == b.postgres.schema),
+            ("redis.url", a.redis.url == b.redis.url),
+            (
+                "s3",
+                (&a.s3.endpoint, &a.s3.region, a.s3.path_style)
+                    == (&b.s3.endpoint, &b.s3.region, b.s3.path_style),
+            ),
+            ("cell.scratch_dir", a.cell.scratch_dir == b.cell.scratch_dir),
+            ("cell.lease_secs", a.cell.lease_secs == b.cell.lease_secs),
+            (
+                "cell.heartbeat_secs",
+                a.cell.heartbeat_secs == b.cell.heartbeat_secs,
+            ),
+            (
+                "cell.max_attempts",
+                a.cell.max_attempts == b.cell.max_attempts,
+            ),
+            ("pools (names, max_queue_length)", pools(a) == pools(b)),
+            (
+                "cloud (kind, binary, log_dir, metadata_url, ec2)",
+                (
+                    &a.cloud.kind,
+                    &a.cloud.binary,
+                    &a.cloud.log_dir,
+                    &a.cloud.metadata_url,
+                    &a.cloud.ec2,
+                ) == (
+                    &b.cloud.kind,
+                    &b.cloud.binary,
+                    &b.cloud.log_dir,
+                    &b.cloud.metadata_url,
+                    &b.cloud.ec2,
+                ),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(key, _)| key)
+        .collect()
+    }
+
     /// The pipeline named `name`, or an error that names it.
     pub fn pipeline(&self, name: &str) -> anyhow::Result<&Pipeline> {
         self.pipelines.get(name).ok_or_else(|| {
@@ -800,6 +865,7 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
                 "step_timeout_secs",
                 "ffmpeg_memory_mib",
                 "demuxers",
+                "config_check_secs",
             ],
         ),
     ];
@@ -969,6 +1035,18 @@ mod tests {
         assert!(msg.contains("cell.max_attempts"), "{msg}");
         assert!(msg.contains("pipelines.thumbs.steps[0].args"), "{msg}");
         assert_eq!(err.problems.len(), 4, "{msg}");
+    }
+
+    #[test]
+    fn only_what_a_running_cell_can_change_is_changed_live() {
+        let old = Config::parse(GOOD, "old").unwrap();
+        let live = GOOD.replace("\"1\", \"{out}", "\"2\", \"{out}") + "\n[cell]\nslots = 3\n";
+        assert!(old.restart_keys(&Config::parse(&live, "new").unwrap()).is_empty());
+        let fixed = GOOD
+            .replace("redis://127.0.0.1:6379", "redis://10.0.0.1:6379")
+            .replace("[pools.default]", "[pools.default]\n[pools.more]");
+        let keys = old.restart_keys(&Config::parse(&fixed, "new").unwrap());
+        assert_eq!(keys, ["redis.url", "pools (names, max_queue_length)"]);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Beat {
     /// Seconds since the Unix epoch.
     pub started_at: i64,
     pub draining: bool,
+    /// The version of the config the cell runs (ETag in S3, hash of a file).
+    #[serde(default)]
+    pub config_version: Option<String>,
 }
 
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use cellfarm::boot::{self, redact};
-use cellfarm::cell::{Cell, Identity, Shutdown};
+use cellfarm::cell::{Cell, ConfigSource, Identity, Shutdown};
 use cellfarm::config::{CloudKind, Config};
 use cellfarm::ledger::Ledger;
 use cellfarm::locks::Heartbeats;
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime can be built");
-    let config = match runtime.block_on(boot::load_config(&cli.config)) {
+    let config = match runtime.block_on(boot::load_versioned(&cli.config)) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("cellfarm: {e}");
@@ -153,7 +153,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config, location: &str) -> anyhow::Result<()> {
+async fn run(
+    command: Command,
+    (config, version): (Config, String),
+    location: &str,
+) -> anyhow::Result<()> {
     match command {
         Command::Args {
             pipeline,
@@ -260,7 +264,10 @@ async fn run(command: Command, config: Config, location: &str) -> anyhow::Result
             }
             Ok(())
         }
-        Command::Cell { pool, until_idle } => run_cell(config, location, pool, until_idle).await,
+        Command::Cell { pool, until_idle } => {
+            let source = ConfigSource::new(location, version);
+            run_cell(config, source, pool, until_idle).await
+        }
         Command::Watch {
             url,
             interval,
@@ -327,7 +334,7 @@ async fn run(command: Command, config: Config, location: &str) -> anyhow::Result
 
 async fn run_cell(
     config: Config,
-    location: &str,
+    source: ConfigSource,
     pools: Vec<String>,
     until_idle: Option<u64>,
 ) -> anyhow::Result<()> {
@@ -337,7 +344,7 @@ async fn run_cell(
             "--pool {p}: no such pool in the config"
         );
     }
-    let identity = identity(&config).await?;
+    let identity = identity(&config, source).await?;
     let pools = match (pools.is_empty(), &identity.metadata) {
         (false, _) => pools,
         // A launched instance serves the pool it was tagged with.
@@ -366,7 +373,7 @@ async fn run_cell(
     let config = Arc::new(config);
     let cloud = boot::cloud(
         &config,
-        location,
+        &identity.source.location,
         &identity.cell_id,
         identity.metadata.clone(),
     )
@@ -396,8 +403,8 @@ async fn run_cell(
 
 /// Who this cell is: on `ec2`, the instance (from metadata, which must answer); elsewhere
 /// a name of its own, with metadata polled only if an address is configured.
-async fn identity(config: &Config) -> anyhow::Result<Identity> {
-    let mut identity = Identity::local();
+async fn identity(config: &Config, source: ConfigSource) -> anyhow::Result<Identity> {
+    let mut identity = Identity::local(source);
     let Some(base) = cellfarm::metadata::base_url(config) else {
         return Ok(identity);
     };

@@ -13,6 +13,7 @@
 //! the deliveries on it, which the broker redelivers; jobs already running carry on and
 //! commit through the ledger, and their late acks fail harmlessly.
 
+mod reload;
 mod spot;
 mod tick;
 mod work;
@@ -39,6 +40,7 @@ use crate::locks::Heartbeats;
 use crate::queue::{self, Names, Publisher, QueueError, REASON_HEADER};
 use crate::store::ObjectStore;
 
+pub use reload::ConfigSource;
 pub use work::output_key;
 
 /// Longest wait between reconnect attempts.
@@ -57,7 +59,9 @@ pub struct Shutdown {
 }
 
 pub struct Cell {
-    config: Arc<Config>,
+    /// The config in force; a newer version from `source` replaces it between jobs.
+    config: std::sync::RwLock<Arc<Config>>,
+    source: ConfigSource,
     store: Arc<dyn ObjectStore>,
     ledger: Ledger,
     beats: Heartbeats,
@@ -65,8 +69,12 @@ pub struct Cell {
     pub cell_id: String,
     /// Pools this cell consumes from.
     pools: Vec<String>,
-    slots: usize,
-    threads: usize,
+    /// Job slots, and the semaphore that holds one permit per free slot.
+    slots: AtomicUsize,
+    permits: Arc<Semaphore>,
+    /// Tells the consuming session that `slots` changed (its prefetch follows).
+    resized: tokio::sync::Notify,
+    threads: AtomicUsize,
     running: AtomicUsize,
     /// Jobs whose attempts run in this cell now: the only leases the tick renews, and
     /// what a spot notice weighs against its deadline.
@@ -99,6 +107,8 @@ struct Running {
 
 /// Who a cell is and where it came from.
 pub struct Identity {
+    /// Where its config comes from, and the version it started with.
+    pub source: ConfigSource,
     /// The EC2 instance id on `ec2`, else `<host>-<pid>-<random>`.
     pub cell_id: String,
     /// The launch that made this cell (`CELLFARM_LAUNCH_ID`, or the instance id).
@@ -108,8 +118,9 @@ pub struct Identity {
 
 impl Identity {
     /// A cell on a machine that is not an EC2 instance of this farm.
-    pub fn local() -> Identity {
+    pub fn local(source: ConfigSource) -> Identity {
         Identity {
+            source,
             cell_id: format!(
                 "{}-{}-{:04x}",
                 hostname(),
@@ -132,12 +143,15 @@ impl Cell {
         cloud: Option<Arc<dyn Cloud>>,
         identity: Identity,
     ) -> Cell {
-        let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let slots = config.cell.slots_for(vcpus());
         Cell {
             names: Names::new(&config.farm.name),
-            slots: config.cell.slots_for(vcpus),
-            threads: config.cell.threads_for(vcpus),
-            config,
+            slots: AtomicUsize::new(slots),
+            permits: Arc::new(Semaphore::new(slots)),
+            resized: tokio::sync::Notify::new(),
+            threads: AtomicUsize::new(config.cell.threads_for(vcpus())),
+            config: std::sync::RwLock::new(config),
+            source: identity.source,
             store,
             ledger,
             beats,
@@ -156,6 +170,15 @@ impl Cell {
         }
     }
 
+    /// The config in force now.
+    fn config(&self) -> Arc<Config> {
+        self.config.read().expect("never poisoned").clone()
+    }
+
+    fn slots(&self) -> usize {
+        self.slots.load(Ordering::SeqCst)
+    }
+
     /// True once a spot notice or rebalance recommendation made this cell leave.
     pub fn noticed(&self) -> bool {
         self.notice.lock().expect("never poisoned").is_some()
@@ -169,9 +192,10 @@ impl Cell {
     /// Runs until `shutdown.drain` fires (or, with `until_idle`, until every queue it
     /// serves is empty and no job has run for that long), then drains and returns.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown, until_idle: Option<Duration>) {
-        tracing::info!(cell = %self.cell_id, slots = self.slots, threads = self.threads,
-            pools = ?self.pools, "cell starting");
-        let slots = Arc::new(Semaphore::new(self.slots));
+        tracing::info!(cell = %self.cell_id, slots = self.slots(),
+            threads = self.threads.load(Ordering::SeqCst), pools = ?self.pools,
+            config = %self.source.location, version = %self.source.version(), "cell starting");
+        let slots = self.permits.clone();
         let ticker = tokio::spawn(self.clone().tick_loop(shutdown.clone()));
         let watcher = self
             .metadata
@@ -195,7 +219,7 @@ impl Cell {
         }
         // Drain: wait for running jobs; the abort token (grace period or a second signal)
         // cuts them short, and they hand themselves back.
-        let all = self.slots as u32;
+        let all = self.slots() as u32;
         let _ = slots.acquire_many(all).await;
         ticker.abort();
         if let Some(w) = watcher {
@@ -214,14 +238,15 @@ impl Cell {
         shutdown: &Shutdown,
         until_idle: Option<Duration>,
     ) -> Result<(), QueueError> {
-        let conn = queue::connect(&self.config.amqp.url).await?;
+        let config = self.config();
+        let conn = queue::connect(&config.amqp.url).await?;
         // A lost connection must be seen even while every slot is busy (and waiting to
         // publish through the dead channel), not only when the next delivery is read.
         let lost = Arc::new(tokio::sync::Notify::new());
         let notify = lost.clone();
         conn.on_error(move |_| notify.notify_one());
         let publisher = Publisher::open(&conn).await?;
-        queue::declare(publisher.channel(), &self.config).await?;
+        queue::declare(publisher.channel(), &config).await?;
         *self.publisher.write().await = Some(publisher.clone());
         let (mut priority, mut work, channels) = self.consumers(&conn).await?;
         tracing::info!(cell = %self.cell_id, "consuming");
@@ -238,6 +263,11 @@ impl Cell {
                     biased;
                     _ = shutdown.drain.cancelled() => break None,
                     _ = lost.notified() => return Err(connection_lost(&conn)),
+                    _ = self.resized.notified() => {
+                        for (channel, _) in &channels {
+                            channel.basic_qos(self.prefetch(), Default::default()).await?;
+                        }
+                    }
                     d = priority.next() => break Some(d),
                     d = work.next() => break Some(d),
                     _ = idle_check.tick() => {
@@ -286,7 +316,7 @@ impl Cell {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), unstarted).await;
-        drop(slots.acquire_many(self.slots as u32).await);
+        drop(slots.acquire_many(self.slots() as u32).await);
         if self.noticed() {
             // The jobs this cell gave back need a cell: it no longer counts as alive, so
             // the tick launches a replacement (zero to one if it was the last).
@@ -302,7 +332,7 @@ impl Cell {
         &self,
         conn: &Connection,
     ) -> Result<(SelectAll<Tagged>, SelectAll<Tagged>, Vec<(Channel, String)>), QueueError> {
-        let prefetch = u16::try_from(self.slots).unwrap_or(u16::MAX);
+        let prefetch = self.prefetch();
         let mut priority = Vec::new();
         let mut work = Vec::new();
         let mut channels = Vec::new();
@@ -319,6 +349,11 @@ impl Cell {
             }
         }
         Ok((select_all(priority), select_all(work), channels))
+    }
+
+    /// Unacked deliveries per consumer: one per slot.
+    fn prefetch(&self) -> u16 {
+        u16::try_from(self.slots()).unwrap_or(u16::MAX)
     }
 
     /// True when the cell's queues hold no ready message and the ledger no unfinished
@@ -403,8 +438,9 @@ impl Cell {
         delivery: Delivery,
         abort: &CancellationToken,
     ) {
-        let lease = Duration::from_secs(self.config.cell.lease_secs);
-        let max = self.config.cell.max_attempts;
+        let config = self.config();
+        let lease = Duration::from_secs(config.cell.lease_secs);
+        let max = config.cell.max_attempts;
         let claim = match self
             .ledger
             .claim(&job, &pool, &self.cell_id, lease, max)
@@ -453,12 +489,14 @@ impl Cell {
         let started = Instant::now();
         let abort = &self.track(&job.job_id, abort);
         let estimate = |secs: f64| self.estimate(&job.job_id, secs);
+        // The config of this attempt: a reload takes effect from the next job on.
+        let config = self.config();
         let ctx = work::Context {
-            config: &self.config,
+            config: &config,
             store: self.store.as_ref(),
             ledger: &self.ledger,
             cell_id: &self.cell_id,
-            threads: self.threads,
+            threads: self.threads.load(Ordering::SeqCst),
             cancel: abort,
             estimate: &estimate,
         };
@@ -612,7 +650,7 @@ impl Cell {
     ) -> Result<(), JobFailure> {
         let error = failure.to_string();
         let class = classify(&failure);
-        let last = attempt as u32 >= self.config.cell.max_attempts;
+        let last = attempt as u32 >= self.config().cell.max_attempts;
         match (class, last) {
             (Class::Retryable, false) => {
                 tracing::warn!(attempt, %error, "retryable failure; re-queueing");
@@ -674,6 +712,10 @@ async fn nack(delivery: &Delivery) {
     if let Err(e) = delivery.acker.nack(requeue).await {
         tracing::warn!(error = %e, "nack failed; the delivery will come back");
     }
+}
+
+fn vcpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn hostname() -> String {

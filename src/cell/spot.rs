@@ -21,7 +21,7 @@ use crate::metadata::{InstanceAction, Metadata, Rebalance};
 
 impl Cell {
     pub(super) async fn watch_metadata(self: Arc<Self>, metadata: Metadata, shutdown: Shutdown) {
-        let period = Duration::from_secs(self.config.cloud.metadata_poll_secs);
+        let period = Duration::from_secs(self.config().cloud.metadata_poll_secs);
         let mut every = tokio::time::interval(period);
         let mut rebalancing = false;
         loop {
@@ -54,7 +54,7 @@ impl Cell {
         let left = (action.time - chrono::Utc::now())
             .to_std()
             .unwrap_or_default();
-        let margin = Duration::from_secs(self.config.cloud.interruption_margin_secs);
+        let margin = Duration::from_secs(self.config().cloud.interruption_margin_secs);
         let budget = left.saturating_sub(margin);
         tracing::warn!(%reason, left_secs = left.as_secs(), budget_secs = budget.as_secs(),
             "spot interruption notice: stopping");

@@ -7,13 +7,16 @@ use std::time::{Duration, Instant};
 
 use super::{hostname, Cell, Shutdown};
 use crate::cloud::Cloud;
+use crate::config::Config;
 use crate::locks::Beat;
 use crate::mitosis::{self, Me, TickOutcome};
 
 impl Cell {
     pub(super) async fn tick_loop(self: Arc<Self>, shutdown: Shutdown) {
-        let period = Duration::from_secs(self.config.cell.heartbeat_secs);
+        let period = Duration::from_secs(self.config().cell.heartbeat_secs);
         let mut every = tokio::time::interval(period);
+        let check = Duration::from_secs(self.config().cell.config_check_secs);
+        let mut last_check = Instant::now();
         loop {
             every.tick().await;
             if self.beat(&shutdown).await {
@@ -26,6 +29,10 @@ impl Cell {
                         }
                     }
                 }
+            }
+            if !check.is_zero() && last_check.elapsed() >= check {
+                last_check = Instant::now();
+                self.reload().await;
             }
             self.renew_leases().await;
             self.resend_results().await;
@@ -47,12 +54,13 @@ impl Cell {
             host: hostname(),
             pid: std::process::id(),
             pools: self.pools.clone(),
-            slots: self.slots,
+            slots: self.slots(),
+            config_version: Some(self.source.version()),
             running: self.running.load(Ordering::SeqCst),
             started_at: self.started_at,
             draining: shutdown.drain.is_cancelled(),
         };
-        let ttl = 3 * self.config.cell.heartbeat_secs;
+        let ttl = 3 * self.config().cell.heartbeat_secs;
         match self.beats.beat(&beat, ttl).await {
             Ok(()) => true,
             Err(e) => {
@@ -63,7 +71,7 @@ impl Cell {
     }
 
     async fn renew_leases(&self) {
-        let lease = Duration::from_secs(self.config.cell.lease_secs);
+        let lease = Duration::from_secs(self.config().cell.lease_secs);
         let leases: Vec<String> = self
             .jobs
             .lock()
@@ -77,7 +85,7 @@ impl Cell {
     }
 
     async fn resend_results(&self) {
-        let lease = Duration::from_secs(self.config.cell.lease_secs);
+        let lease = Duration::from_secs(self.config().cell.lease_secs);
         match self.ledger.unsent_results(lease).await {
             Ok(results) => {
                 for result in results {
@@ -117,9 +125,14 @@ impl Cell {
         }
     }
 
-    fn farm<'a>(&'a self, cloud: &'a dyn Cloud, channel: &'a lapin::Channel) -> mitosis::Farm<'a> {
+    fn farm<'a>(
+        &'a self,
+        config: &'a Config,
+        cloud: &'a dyn Cloud,
+        channel: &'a lapin::Channel,
+    ) -> mitosis::Farm<'a> {
         mitosis::Farm {
-            config: &self.config,
+            config,
             ledger: &self.ledger,
             locks: &self.beats,
             cloud,
@@ -137,7 +150,8 @@ impl Cell {
         if let Err(e) = self.beats.remove(&self.cell_id).await {
             tracing::warn!(error = %e, "cannot remove the heartbeat; it expires by itself");
         }
-        let farm = self.farm(cloud.as_ref(), publisher.channel());
+        let config = self.config();
+        let farm = self.farm(&config, cloud.as_ref(), publisher.channel());
         for pool in &self.pools {
             let me = Me {
                 cell_id: &self.cell_id,
@@ -165,7 +179,8 @@ impl Cell {
             let since: Instant = *self.last_busy.lock().expect("never poisoned");
             since.elapsed().as_secs()
         });
-        let farm = self.farm(cloud.as_ref(), publisher.channel());
+        let config = self.config();
+        let farm = self.farm(&config, cloud.as_ref(), publisher.channel());
         for pool in &self.pools {
             let me = Me {
                 cell_id: &self.cell_id,
