@@ -67,6 +67,16 @@ pub struct Config {
     /// that matches wins.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The binary cells should run (see [`crate::update`]).
+    pub update: Option<Update>,
+}
+
+/// The `[update]` table: a cellfarm binary in S3 and its SHA-256.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    pub binary_url: String,
+    pub sha256: String,
 }
 
 /// One routing rule: which new objects become which jobs.
@@ -546,6 +556,14 @@ impl Config {
         }
         self.validate_cloud(&mut bad);
         self.validate_routes(&mut bad);
+        if let Some(u) = &self.update {
+            if crate::store::S3Url::parse(&u.binary_url).is_err() {
+                bad("update.binary_url".into(), "must be s3://bucket/key");
+            }
+            if u.sha256.len() != 64 || !u.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bad("update.sha256".into(), "must be 64 hex digits (sha256sum)");
+            }
+        }
         if self.pools.is_empty() {
             bad("pools".into(), "at least one pool is needed");
         }
@@ -833,12 +851,14 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
         "pools",
         "pipelines",
         "routes",
+        "update",
     ];
     const SECTIONS: &[(&str, &[&str])] = &[
         ("farm", &["name"]),
         ("amqp", &["url"]),
         ("postgres", &["url", "schema"]),
         ("redis", &["url"]),
+        ("update", &["binary_url", "sha256"]),
         ("s3", &["endpoint", "region", "path_style"]),
         (
             "cloud",
@@ -1041,7 +1061,9 @@ mod tests {
     fn only_what_a_running_cell_can_change_is_changed_live() {
         let old = Config::parse(GOOD, "old").unwrap();
         let live = GOOD.replace("\"1\", \"{out}", "\"2\", \"{out}") + "\n[cell]\nslots = 3\n";
-        assert!(old.restart_keys(&Config::parse(&live, "new").unwrap()).is_empty());
+        assert!(old
+            .restart_keys(&Config::parse(&live, "new").unwrap())
+            .is_empty());
         let fixed = GOOD
             .replace("redis://127.0.0.1:6379", "redis://10.0.0.1:6379")
             .replace("[pools.default]", "[pools.default]\n[pools.more]");

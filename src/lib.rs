@@ -25,6 +25,7 @@
 //! * [`trigger`] — new objects become jobs by the config's routes: a Lambda on S3
 //!   events, or `cellfarm watch`.
 //! * [`status`] — the farm at a glance.
+//! * [`update`] — fetching, verifying and re-executing a newer binary.
 //! * [`boot`] — loading config (file or S3) and connecting to everything.
 
 pub mod boot;
@@ -43,3 +44,4 @@ pub mod status;
 pub mod store;
 pub mod submit;
 pub mod trigger;
+pub mod update;

@@ -16,7 +16,7 @@ use cellfarm::locks::Heartbeats;
 use cellfarm::metadata::Metadata;
 use cellfarm::queue::{self, Publisher};
 use cellfarm::store::S3Url;
-use cellfarm::{mitosis, status, submit, trigger};
+use cellfarm::{mitosis, status, submit, trigger, update};
 
 /// Exit code for a bad config or command line (BSD `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
@@ -361,6 +361,14 @@ async fn run_cell(
         (true, _) => config.pools.keys().cloned().collect(),
     };
     boot::check_host(&config).await?;
+    let store = boot::store(&config).await;
+    if let Some(update) = config.update.as_ref().filter(|u| !update::running(u)) {
+        let dir = std::path::Path::new(&config.cell.scratch_dir).join("bin");
+        match update::fetch(store.as_ref(), update, &dir).await {
+            Ok(binary) => return Err(update::reexec(&binary)).context("re-executing"),
+            Err(e) => tracing::error!(error = %e, "staying on this binary"),
+        }
+    }
     let ledger = ledger(&config).await?;
     ledger.check_migrated().await?;
     let beats = heartbeats(&config).await?;
@@ -368,7 +376,6 @@ async fn run_cell(
     let (conn, publisher) = broker(&config).await?;
     queue::declare(publisher.channel(), &config).await?;
     let _ = conn.close(200, "checked").await;
-    let store = boot::store(&config).await;
     let grace = Duration::from_secs(config.cell.shutdown_grace_secs);
     let config = Arc::new(config);
     let cloud = boot::cloud(
@@ -397,6 +404,8 @@ async fn run_cell(
     if let (true, Some(cloud)) = (cell.dying() || cell.noticed(), cloud) {
         tracing::info!(cell = %cell.cell_id, "terminating this cell's machine");
         cloud.terminate_self().await?;
+    } else if let Some(binary) = cell.update() {
+        return Err(update::reexec(&binary)).context("re-executing");
     }
     Ok(())
 }

@@ -94,6 +94,8 @@ pub struct Cell {
     notice: std::sync::Mutex<Option<String>>,
     /// The launch this cell is, cleared from the pending launches on its first beat.
     launch_id: std::sync::Mutex<Option<String>>,
+    /// A verified new binary to re-execute with once drained.
+    update: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
 
 /// One job running in this cell.
@@ -167,6 +169,7 @@ impl Cell {
             metadata: identity.metadata,
             notice: Default::default(),
             launch_id: std::sync::Mutex::new(identity.launch_id),
+            update: Default::default(),
         }
     }
 
@@ -177,6 +180,11 @@ impl Cell {
 
     fn slots(&self) -> usize {
         self.slots.load(Ordering::SeqCst)
+    }
+
+    /// The verified binary a live config asked for (check after [`Cell::run`] returns).
+    pub fn update(&self) -> Option<std::path::PathBuf> {
+        self.update.lock().expect("never poisoned").clone()
     }
 
     /// True once a spot notice or rebalance recommendation made this cell leave.

@@ -34,8 +34,10 @@ impl ConfigSource {
 }
 
 impl Cell {
-    /// Applies a newer config, if there is one and it may be applied.
-    pub(super) async fn reload(&self) {
+    /// Applies a newer config, if there is one and it may be applied. A new `[update]`
+    /// binary is fetched and verified first; then the cell drains and (in `main`)
+    /// re-executes with it.
+    pub(super) async fn reload(&self, shutdown: &super::Shutdown) {
         let source = &self.source;
         let version = match crate::boot::config_version(&source.location).await {
             Ok(v) => v,
@@ -62,6 +64,20 @@ impl Cell {
                 fixed.join(", ")
             ));
         }
+        let mut updated = None;
+        if let Some(update) = new
+            .update
+            .as_ref()
+            .filter(|u| old.update.as_ref() != Some(*u))
+        {
+            if !crate::update::running(update) {
+                let dir = std::path::Path::new(&new.cell.scratch_dir).join("bin");
+                match crate::update::fetch(self.store.as_ref(), update, &dir).await {
+                    Ok(path) => updated = Some(path),
+                    Err(e) => return refuse(e.to_string()),
+                }
+            }
+        }
         let slots = new.cell.slots_for(vcpus());
         self.threads
             .store(new.cell.threads_for(vcpus()), Ordering::SeqCst);
@@ -69,6 +85,11 @@ impl Cell {
         *source.version.lock().expect("never poisoned") = loaded.clone();
         self.resize(slots);
         tracing::info!(config = %source.location, version = %loaded, slots, "config reloaded");
+        if let Some(path) = updated {
+            tracing::info!(binary = %path.display(), "new binary verified: draining to re-execute");
+            *self.update.lock().expect("never poisoned") = Some(path);
+            shutdown.drain.cancel();
+        }
     }
 
     /// Grows or shrinks the job slots: new permits at once, fewer as jobs end.

@@ -32,7 +32,7 @@ impl Cell {
             }
             if !check.is_zero() && last_check.elapsed() >= check {
                 last_check = Instant::now();
-                self.reload().await;
+                self.reload(&shutdown).await;
             }
             self.renew_leases().await;
             self.resend_results().await;

@@ -196,6 +196,11 @@ impl Farm {
         index
     }
 
+    /// The process id of the `index`th process started.
+    pub fn pid(&self, index: usize) -> u32 {
+        self.cells[index].id()
+    }
+
     /// Kills the `index`th process started (SIGKILL) and reaps it.
     pub fn kill(&mut self, index: usize) {
         let _ = self.cells[index].kill();

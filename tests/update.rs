@@ -1,0 +1,96 @@
+//! Self-update: a cell re-executes itself with the binary the config names in S3 once
+//! its SHA-256 checks out, and refuses one that does not.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cellfarm::update::sha256_file;
+use common::{env, Farm};
+
+const CONFIG_KEY: &str = "config/cellfarm.toml";
+
+/// What `/proc/<pid>/exe` points to.
+fn exe(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Property: a live config naming a binary with a wrong SHA-256 is refused and the cell
+/// keeps its binary; naming one with the right hash makes the cell drain and re-execute
+/// itself with it (same process), and the updated cell does the next job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cell_picks_up_a_verified_binary_and_refuses_a_wrong_hash() {
+    let mut farm = Farm::new("update", "").await;
+    // A different binary that still runs: ours with a few bytes appended.
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_cellfarm")).expect("the binary");
+    bytes.extend_from_slice(b"\ncellfarm update test\n");
+    let new = farm.dir.path().join("cellfarm-new");
+    std::fs::write(&new, &bytes).expect("write the new binary");
+    let sha = sha256_file(&new).expect("hash");
+    farm.put_bytes("bin/cellfarm-new", bytes);
+
+    let text = std::fs::read_to_string(&farm.config_path)
+        .expect("the farm's config")
+        .replace(
+            "heartbeat_secs = 1",
+            "heartbeat_secs = 1\nconfig_check_secs = 1",
+        );
+    farm.put_bytes(CONFIG_KEY, text.clone().into_bytes());
+    let url = format!("s3://{}/{CONFIG_KEY}", farm.bucket);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellfarm"));
+    cmd.args(["--config", &url, "cell"]).env(
+        "CELLFARM_S3_ENDPOINT",
+        env("CELLFARM_TEST_S3", "http://127.0.0.1:8014"),
+    );
+    let cell = farm.start(cmd);
+    let pid = farm.pid(cell);
+    let original = exe(pid);
+
+    let update = |sha: &str| {
+        format!(
+            "{text}\n[update]\nbinary_url = \"s3://{}/bin/cellfarm-new\"\nsha256 = \"{sha}\"\n",
+            farm.bucket
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !farm.logs().contains("consuming") {
+        assert!(
+            Instant::now() < deadline,
+            "the cell never started:\n{}",
+            farm.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let wrong = format!("{}0", &sha[..63]);
+    farm.put_bytes(CONFIG_KEY, update(&wrong).into_bytes());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !farm.logs().contains("new config refused") {
+        assert!(Instant::now() < deadline, "no refusal:\n{}", farm.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(farm.logs().contains("SHA-256"), "{}", farm.logs());
+    assert_eq!(exe(pid), original, "the cell kept its binary");
+
+    farm.put_bytes(CONFIG_KEY, update(&sha).into_bytes());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !exe(pid).contains(&format!("cellfarm-{}", &sha[..16])) {
+        assert!(
+            farm.cell_exited(cell).is_none(),
+            "the cell exited:\n{}",
+            farm.logs()
+        );
+        assert!(Instant::now() < deadline, "no re-exec:\n{}", farm.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    farm.put_file("in/clip.mp4", &farm.clip("clip", 1.0, "testsrc"));
+    let id = farm.submit_id("in/clip.mp4", "thumbnails");
+    farm.wait_state(&id, "succeeded", Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        exe(pid).rsplit('/').next(),
+        Some(&*format!("cellfarm-{}", &sha[..16]))
+    );
+}
