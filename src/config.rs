@@ -116,6 +116,10 @@ pub struct Farm {
 #[serde(deny_unknown_fields)]
 pub struct Amqp {
     pub url: String,
+    /// The broker's `consumer_timeout`, in seconds, as set in its `rabbitmq.conf` (the
+    /// cell cannot read it over AMQP): a cell warns at start when its jobs can outlast it.
+    #[serde(default = "default_consumer_timeout")]
+    pub consumer_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -396,6 +400,10 @@ pub enum Duration {
     Named(String),
 }
 
+/// RabbitMQ's default `consumer_timeout`: 30 minutes.
+fn default_consumer_timeout() -> u64 {
+    1800
+}
 /// A HEAD of the config object every half minute per cell costs nothing worth counting.
 fn default_config_check() -> u64 {
     30
@@ -780,6 +788,24 @@ impl Config {
         .collect()
     }
 
+    /// The longest a delivery of `pools` can stay unacknowledged in a cell with `slots`
+    /// slots, in seconds, from the step timeouts: a job lasts at most T = step timeout ×
+    /// (steps + the source probe + one probe per output), and a prefetched delivery
+    /// waits for a slot before it runs, so the bound is max(2, slots) × pools × T.
+    pub fn unacked_bound_secs(&self, pools: &[String], slots: usize) -> u64 {
+        let longest = self
+            .pipelines
+            .values()
+            .filter(|p| pools.contains(&p.pool))
+            .map(|p| {
+                let timeout = p.step_timeout_secs.unwrap_or(self.cell.step_timeout_secs);
+                timeout * (p.steps.len() + 1 + p.outputs.len()) as u64
+            })
+            .max()
+            .unwrap_or(0);
+        slots.max(2) as u64 * pools.len().max(1) as u64 * longest
+    }
+
     /// The pipeline named `name`, or an error that names it.
     pub fn pipeline(&self, name: &str) -> anyhow::Result<&Pipeline> {
         self.pipelines.get(name).ok_or_else(|| {
@@ -855,7 +881,7 @@ fn drop_unknown_keys(root: &mut toml::Value, problems: &mut Vec<String>) {
     ];
     const SECTIONS: &[(&str, &[&str])] = &[
         ("farm", &["name"]),
-        ("amqp", &["url"]),
+        ("amqp", &["url", "consumer_timeout_secs"]),
         ("postgres", &["url", "schema"]),
         ("redis", &["url"]),
         ("update", &["binary_url", "sha256"]),
@@ -1069,6 +1095,16 @@ mod tests {
             .replace("[pools.default]", "[pools.default]\n[pools.more]");
         let keys = old.restart_keys(&Config::parse(&fixed, "new").unwrap());
         assert_eq!(keys, ["redis.url", "pools (names, max_queue_length)"]);
+    }
+
+    #[test]
+    fn the_unacked_bound_grows_with_slots_pools_and_steps() {
+        let c = Config::parse(GOOD, "c").unwrap();
+        let pools = vec!["default".to_string()];
+        // One step, the source probe, one output probe: 3 × 3600 s; 2 slots.
+        assert_eq!(c.unacked_bound_secs(&pools, 1), 2 * 3 * 3600);
+        assert_eq!(c.unacked_bound_secs(&pools, 4), 4 * 3 * 3600);
+        assert_eq!(c.unacked_bound_secs(&["other".to_string()], 4), 0);
     }
 
     #[test]

@@ -361,6 +361,20 @@ async fn run_cell(
         (true, _) => config.pools.keys().cloned().collect(),
     };
     boot::check_host(&config).await?;
+    let slots = config
+        .cell
+        .slots_for(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let bound = config.unacked_bound_secs(&pools, slots);
+    if bound > config.amqp.consumer_timeout_secs {
+        tracing::warn!(
+            consumer_timeout_secs = config.amqp.consumer_timeout_secs,
+            needed_secs = bound,
+            "RabbitMQ's consumer_timeout may be shorter than a delivery can wait and run here \
+             (slots x pools x step timeouts): long jobs would be returned and count toward \
+             the delivery limit; raise consumer_timeout in rabbitmq.conf (and \
+             amqp.consumer_timeout_secs), or lower step_timeout_secs"
+        );
+    }
     let store = boot::store(&config).await;
     if let Some(update) = config.update.as_ref().filter(|u| !update::running(u)) {
         let dir = std::path::Path::new(&config.cell.scratch_dir).join("bin");
