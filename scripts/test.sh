@@ -18,3 +18,4 @@ cargo build --locked --all-targets
 
 echo "== [test] cargo test --locked --all-targets ${*:+$* }-- --test-threads=${CELLFARM_TEST_THREADS:-4}"
 cargo test --locked --all-targets "$@" -- --test-threads="${CELLFARM_TEST_THREADS:-4}"
+[ "$#" -gt 0 ] || scripts/check-deploy.sh # not with a name filter: that runs just those tests
