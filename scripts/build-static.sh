@@ -13,10 +13,12 @@
 # pregenerated bindings for this target, so no cmake, clang or bindgen. Its probe for
 # <linux/random.h> fails under musl-gcc (it prints a warning); that probe is optional.
 #
-# Measured on the 2-core Debian 12 machine (rustc 1.95), from scripts/test.sh's log
-# ("[build-static] built in N s"): the dev profile, with nearly every crate to build
-# for the musl target, 529 s; warm, nothing changed, 1 s. A release build takes longer
-# (thin LTO); it was built here but not timed.
+# Measured on the 2-core Debian 12 machine (rustc 1.95, crates already downloaded, an
+# empty CARGO_TARGET_DIR for the cold builds, wall time from `time`):
+#   cold, release: 658 s (1047 s of CPU)      cold, dev: 471 s (572 s of CPU)
+#   release after a change to cellfarm alone: 337 s (thin LTO of the one big crate)
+#   warm, nothing changed: under 1 s
+# Sharing the cores with another cargo build, the release dependencies alone took 20 min.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
