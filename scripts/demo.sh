@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end demo on local services (README command 1): generate media, put it
-# in S3 (s3s-fs), submit it to every pipeline, run one cell until the queues
-# are drained, then show the ledger status and the outputs.
-# Safe to re-run: media and uploads are skipped when present, and re-submitting
-# known objects is reported by cellfarm, not an error.
+# in S3 (s3s-fs), let the trigger (`watch --reconcile`) route it to every
+# pipeline, run one cell until the queues are drained, then show the ledger
+# status and the outputs. Safe to re-run: media and uploads are skipped when
+# present, and the trigger takes no object twice.
 #
 # Knobs: CELLFARM_BIN (use this binary and skip the build),
 #        CELLFARM_CONFIG (default examples/local.toml).
@@ -14,7 +14,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CONFIG="${CELLFARM_CONFIG:-examples/local.toml}"
 # Must match the bucket and pipelines named in $CONFIG.
 BUCKET=cellfarm-demo
-PIPELINES=(h264_ladder thumbnails fermi hls)
 MEDIA_DIR=/var/tmp/cellfarm-demo/media
 VENV=/var/tmp/cellfarm-venv
 IDLE_SECS=5
@@ -101,10 +100,10 @@ PYEOF
 echo "== [demo] $BIN --config $CONFIG migrate"
 "$BIN" --config "$CONFIG" migrate
 
-for pipeline in "${PIPELINES[@]}"; do
-    echo "== [demo] submit inbox/ to pipeline $pipeline"
-    "$BIN" --config "$CONFIG" submit --prefix "s3://$BUCKET/inbox/" --pipeline "$pipeline"
-done
+# The trigger: one pass of `watch` turns every object under inbox/ into jobs by the
+# config's routes (once: a re-run takes nothing it already took).
+echo "== [demo] cellfarm watch s3://$BUCKET/inbox/ --reconcile"
+"$BIN" --config "$CONFIG" watch "s3://$BUCKET/inbox/" --reconcile
 
 echo "== [demo] running a cell until the queues are empty and it has idled ${IDLE_SECS} s"
 "$BIN" --config "$CONFIG" cell --until-idle "$IDLE_SECS"
