@@ -190,3 +190,53 @@ async fn a_job_that_can_finish_before_the_reclaim_finishes_there() {
     }
     assert_eq!(events(&farm, "interruption").await.len(), 1);
 }
+
+/// Property: on a rebalance recommendation the cell finishes the job it runs, takes no
+/// new one, records the recommendation and leaves; a job submitted meanwhile is done by
+/// the replacement its last tick launches.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebalance_recommendation_finishes_running_work_and_hands_over_the_rest() {
+    let mut farm = Farm::new("rebalance", SPOT).await;
+    let clip = farm.clip("short", 4.0, "testsrc");
+    farm.put_file("in/first.mp4", &clip);
+    farm.put_file("in/second.mp4", &farm.clip("second", 2.0, "testsrc"));
+    let imds = MetadataServer::start(&[("instance-id", "i-0rebalance")]);
+    spot_cell(&mut farm, &imds).await;
+    let first = farm.submit_id("in/first.mp4", "spot");
+    wait_probed(&farm, &first).await;
+
+    imds.set(
+        "events/recommendations/rebalance",
+        &format!(r#"{{"noticeTime": "{}"}}"#, in_secs(0)),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(&farm, "rebalance").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no rebalance event:\n{}",
+            farm.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = farm.submit_id("in/second.mp4", "spot");
+    farm.wait_state(&first, "succeeded", Duration::from_secs(60))
+        .await;
+    farm.wait_state(&second, "succeeded", Duration::from_secs(120))
+        .await;
+
+    let a = attempt_cells(&farm, &first).await;
+    let b = attempt_cells(&farm, &second).await;
+    assert_eq!(a.len(), 1, "the running job was not cut: {a:?}");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_ne!(a[0].1, b[0].1, "the recommended cell took no new job");
+    assert_eq!(events(&farm, "rebalance").await[0].0, a[0].1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while farm.cell_exited(0).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the cell did not leave:\n{}",
+            farm.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
