@@ -30,24 +30,6 @@ steps = [{ args = ["-re", "-i", "{input}", "-c:v", "libx264", "-preset", "ultraf
 outputs = [{ path = "out.mp4", video_codec = "h264" }]
 "#;
 
-/// Live (not zombie) cell processes of this farm's config.
-fn cells(farm: &Farm) -> usize {
-    let config = farm.config_path.display().to_string();
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, r)| r.starts_with('Z'));
-            cmd.contains(&config) && cmd.contains(" cell") && !zombie
-        })
-        .count()
-}
-
 /// The logs of the cells the local cloud launched.
 fn sibling_logs(farm: &Farm) -> String {
     let dir = farm.dir.path().join("scratch/cells");
@@ -76,7 +58,7 @@ async fn a_burst_grows_the_farm_to_its_ceiling_and_it_dies_when_done() {
     for i in 0..40 {
         farm.put_file(&format!("burst/clip{i:02}.mp4"), &clip);
     }
-    assert_eq!(cells(&farm), 0);
+    assert_eq!(farm.siblings().len(), 0);
     let submitted = chrono::Utc::now();
     let url = format!("s3://{}/burst/", farm.bucket);
     let out = farm.run(&["submit", "--prefix", &url, "--pipeline", "burst"]);
@@ -89,7 +71,7 @@ async fn a_burst_grows_the_farm_to_its_ceiling_and_it_dies_when_done() {
     let mut peak = 0;
     let deadline = Instant::now() + Duration::from_secs(180);
     let last_job = loop {
-        peak = peak.max(cells(&farm));
+        peak = peak.max(farm.siblings().len());
         let (done, unfinished): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE state = 'succeeded'),
                     count(*) FILTER (WHERE state IN ('queued', 'running'))
@@ -108,8 +90,8 @@ async fn a_burst_grows_the_farm_to_its_ceiling_and_it_dies_when_done() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    while cells(&farm) > 0 {
-        peak = peak.max(cells(&farm));
+    while !farm.siblings().is_empty() {
+        peak = peak.max(farm.siblings().len());
         assert!(
             last_job.elapsed() < Duration::from_secs(3 + 10),
             "cells outlived the grace period"
@@ -210,7 +192,7 @@ async fn a_herd_of_ticks_launches_the_missing_cells_once() {
     assert!(cloud.count("burst").await.expect("count").unwrap_or(0) <= 4);
     // Let the launched cells finish the work and die, so the test leaves nothing behind.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while cells(&farm) > 0 {
+    while !farm.siblings().is_empty() {
         assert!(
             Instant::now() < deadline,
             "cells did not finish\n{}",
@@ -228,7 +210,7 @@ async fn an_idle_cell_dies_after_its_grace_period() {
     let started = Instant::now();
     farm.start_cell(&["--pool", "burst"]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cells(&farm) > 0 {
+    while !farm.siblings().is_empty() {
         assert!(
             Instant::now() < deadline,
             "an idle cell lived on\n{}",

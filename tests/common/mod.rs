@@ -196,6 +196,26 @@ impl Farm {
         index
     }
 
+    /// Live (not zombie) cell processes of this farm's config: the ones the test
+    /// started and the siblings the `local` cloud launched.
+    pub fn siblings(&self) -> Vec<u32> {
+        let config = self.config_path.display().to_string();
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let zombie = stat
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, r)| r.starts_with('Z'));
+                cmd.contains(&config) && cmd.contains(" cell") && !zombie
+            })
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect()
+    }
+
     /// The process id of the `index`th process started.
     pub fn pid(&self, index: usize) -> u32 {
         self.cells[index].id()
@@ -383,6 +403,13 @@ impl Drop for Farm {
         for c in &mut self.cells {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Siblings the local cloud launched live in process groups of their own; left
+        // running, they would declare the deleted queues again.
+        for pid in self.siblings() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
         let url = self.config.amqp.url.clone();
         let names = self.names.clone();
