@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cellfarm::config::Config;
 use cellfarm::locks::Heartbeats;
 use cellfarm::store::ObjectStore;
-use common::{env, Farm};
+use common::Farm;
 
 const CONFIG_KEY: &str = "config/cellfarm.toml";
 
@@ -62,26 +61,14 @@ async fn outputs(farm: &Farm, id: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_config_object_changes_the_next_job_and_a_bad_one_is_refused() {
     let mut farm = Farm::new("live", "").await;
-    let text = std::fs::read_to_string(&farm.config_path)
-        .expect("the farm's config")
-        .replace(
-            "heartbeat_secs = 1",
-            "heartbeat_secs = 1\nconfig_check_secs = 1",
-        );
-    farm.put_bytes(CONFIG_KEY, text.clone().into_bytes());
+    let text = farm.put_live_config(CONFIG_KEY);
     let first = version(&farm).await;
     let clip = farm.clip("clip", 2.0, "testsrc");
     for i in 1..=3 {
         farm.put_file(&format!("in/clip{i}.mp4"), &clip);
     }
 
-    let url = format!("s3://{}/{CONFIG_KEY}", farm.bucket);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellfarm"));
-    cmd.args(["--config", &url, "cell"]).env(
-        "CELLFARM_S3_ENDPOINT",
-        env("CELLFARM_TEST_S3", "http://127.0.0.1:8014"),
-    );
-    farm.start(cmd);
+    farm.start_cell_from_s3(CONFIG_KEY);
     wait_version(&farm, &first).await;
 
     let id1 = farm.submit_id("in/clip1.mp4", "thumbnails");

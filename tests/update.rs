@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cellfarm::update::sha256_file;
-use common::{env, Farm};
+use common::Farm;
 
 const CONFIG_KEY: &str = "config/cellfarm.toml";
 
@@ -32,20 +31,8 @@ async fn a_cell_picks_up_a_verified_binary_and_refuses_a_wrong_hash() {
     let sha = sha256_file(&new).expect("hash");
     farm.put_bytes("bin/cellfarm-new", bytes);
 
-    let text = std::fs::read_to_string(&farm.config_path)
-        .expect("the farm's config")
-        .replace(
-            "heartbeat_secs = 1",
-            "heartbeat_secs = 1\nconfig_check_secs = 1",
-        );
-    farm.put_bytes(CONFIG_KEY, text.clone().into_bytes());
-    let url = format!("s3://{}/{CONFIG_KEY}", farm.bucket);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellfarm"));
-    cmd.args(["--config", &url, "cell"]).env(
-        "CELLFARM_S3_ENDPOINT",
-        env("CELLFARM_TEST_S3", "http://127.0.0.1:8014"),
-    );
-    let cell = farm.start(cmd);
+    let text = farm.put_live_config(CONFIG_KEY);
+    let cell = farm.start_cell_from_s3(CONFIG_KEY);
     let pid = farm.pid(cell);
     let original = exe(pid);
 

@@ -216,6 +216,31 @@ impl Farm {
             .collect()
     }
 
+    /// Puts this farm's config, checked for changes every second, at `key` in its
+    /// bucket; returns the text put.
+    pub fn put_live_config(&self, key: &str) -> String {
+        let text = std::fs::read_to_string(&self.config_path)
+            .expect("the farm's config")
+            .replace(
+                "heartbeat_secs = 1",
+                "heartbeat_secs = 1\nconfig_check_secs = 1",
+            );
+        self.put_bytes(key, text.clone().into_bytes());
+        text
+    }
+
+    /// Starts a cell whose config is the object at `key` (see [`Farm::put_live_config`]);
+    /// returns its index.
+    pub fn start_cell_from_s3(&mut self, key: &str) -> usize {
+        let url = format!("s3://{}/{key}", self.bucket);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellfarm"));
+        cmd.args(["--config", &url, "cell"]).env(
+            "CELLFARM_S3_ENDPOINT",
+            env("CELLFARM_TEST_S3", "http://127.0.0.1:8014"),
+        );
+        self.start(cmd)
+    }
+
     /// The process id of the `index`th process started.
     pub fn pid(&self, index: usize) -> u32 {
         self.cells[index].id()
