@@ -209,6 +209,14 @@ async fn an_idle_cell_dies_after_its_grace_period() {
     let mut farm = Farm::new("idle", BURST).await;
     let started = Instant::now();
     farm.start_cell(&["--pool", "burst"]);
+    // Until it has exec'd, the child still shows the test's command line.
+    while farm.siblings().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no cell started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while !farm.siblings().is_empty() {
         assert!(

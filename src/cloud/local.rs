@@ -99,7 +99,16 @@ impl Cloud for LocalCloud {
                 s.rsplit_once(") ")
                     .is_some_and(|(_, rest)| rest.starts_with('Z'))
             });
-            if !zombie && argv[0].ends_with("cellfarm") {
+            // A cell runs a multi-threaded runtime. A single-threaded process with a
+            // cell's command line is a cell's child between fork and exec (FFmpeg being
+            // spawned), or a cell not yet started, which Redis counts as pending.
+            let threads = std::fs::read_to_string(path.join("status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:"))
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                    .is_some_and(|t| t > 1)
+            });
+            if !zombie && threads && argv[0].ends_with("cellfarm") {
                 n += 1;
             }
         }
