@@ -28,7 +28,8 @@ PROFILE="${CELLFARM_STATIC_PROFILE:-release}"
 
 log() { printf '[build-static] %s\n' "$*" >&2; }
 die() { printf '[build-static] ERROR: %s\n' "$*" >&2; exit 1; }
-have() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh  # the working directory is the repository root
 usage() { printf 'usage: %s [--release | --profile NAME]\n' "$0" >&2; exit 2; }
 
 while [ "$#" -gt 0 ]; do
@@ -41,15 +42,6 @@ while [ "$#" -gt 0 ]; do
     shift
 done
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif have sudo; then
-        sudo "$@"
-    else
-        die "need root for: $* (run as root or install sudo)"
-    fi
-}
 
 # shellcheck source-path=SCRIPTDIR source=env.sh
 . scripts/env.sh

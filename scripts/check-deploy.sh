@@ -20,17 +20,10 @@ ROOT="$PWD"
 
 log() { printf '[check-deploy] %s\n' "$*"; }
 fail() { printf '[check-deploy] FAILED: %s\n' "$*" >&2; exit 1; }
-have() { command -v "$1" >/dev/null 2>&1; }
+die() { fail "$*"; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh  # the working directory is the repository root
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif have sudo; then
-        sudo "$@"
-    else
-        fail "need root for: $* (run as root or install sudo)"
-    fi
-}
 
 pkgs=()
 have file || pkgs+=(file)

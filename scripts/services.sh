@@ -25,17 +25,9 @@ export PATH
 
 log() { printf '[services] %s\n' "$*"; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
-have() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$SCRIPT_DIR/lib.sh"
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif have sudo; then
-        sudo "$@"
-    else
-        die "need root for: $* (run as root or install sudo)"
-    fi
-}
 
 # bash's /dev/tcp needs no extra tool; a closed loopback port refuses at once.
 port_open() {
