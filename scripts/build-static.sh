@@ -26,9 +26,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TARGET=x86_64-unknown-linux-musl
 PROFILE="${CELLFARM_STATIC_PROFILE:-release}"
 
-log() { printf '[build-static] %s\n' "$*" >&2; }
-die() { printf '[build-static] ERROR: %s\n' "$*" >&2; exit 1; }
-# shellcheck source=scripts/lib.sh
+LOG_TAG=build-static
+LOG_FD=2  # stdout carries only the binary's path
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . scripts/lib.sh  # the working directory is the repository root
 usage() { printf 'usage: %s [--release | --profile NAME]\n' "$0" >&2; exit 2; }
 
@@ -57,10 +57,7 @@ fi
 # cc-rs looks for x86_64-linux-musl-gcc, then musl-gcc: Debian's musl-tools has both.
 if ! have x86_64-linux-musl-gcc && ! have musl-gcc; then
     have apt-get || die "no musl C compiler (musl-gcc); install musl's tools yourself"
-    log "apt-get install musl-tools"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends musl-tools >&2
+    apt_install musl-tools
 fi
 
 # Cargo's output directory per profile: dev builds land in "debug".

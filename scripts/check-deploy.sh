@@ -18,10 +18,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
 
-log() { printf '[check-deploy] %s\n' "$*"; }
-fail() { printf '[check-deploy] FAILED: %s\n' "$*" >&2; exit 1; }
-die() { fail "$*"; }
-# shellcheck source=scripts/lib.sh
+LOG_TAG=check-deploy
+DIE_WORD="FAILED: "
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . scripts/lib.sh  # the working directory is the repository root
 
 
@@ -33,11 +32,7 @@ have curl || pkgs+=(curl ca-certificates)
 have python3 || pkgs+=(python3)
 have systemd-analyze || pkgs+=(systemd)
 if [ "${#pkgs[@]}" -gt 0 ]; then
-    have apt-get || fail "apt-get not found; install these yourself: ${pkgs[*]}"
-    log "apt-get install ${pkgs[*]}"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+    apt_install "${pkgs[@]}"
 fi
 # Packer 1.6 phones HashiCorp's checkpoint service unless told not to.
 export CHECKPOINT_DISABLE=1
@@ -53,7 +48,7 @@ trap cleanup EXIT
 # --- 1. ami/: boot script and unit ------------------------------------------
 log "shellcheck ami/cellfarm-boot.sh scripts/build-static.sh scripts/check-deploy.sh"
 shellcheck -x ami/cellfarm-boot.sh scripts/build-static.sh scripts/check-deploy.sh ||
-    fail "shellcheck found problems (above)"
+    die "shellcheck found problems (above)"
 
 # verify needs ExecStart to exist: point it at the script in this tree.
 log "systemd-analyze verify ami/cellfarm.service"
@@ -61,7 +56,7 @@ sed "s#^ExecStart=.*#ExecStart=$ROOT/ami/cellfarm-boot.sh#" ami/cellfarm.service
     >"$WORK/cellfarm.service"
 # It exits 0 on unknown keys and bad values, only printing them: any output fails.
 verify="$(systemd-analyze verify "$WORK/cellfarm.service" 2>&1)" || true
-[ -z "$verify" ] || fail "ami/cellfarm.service: $verify"
+[ -z "$verify" ] || die "ami/cellfarm.service: $verify"
 
 # A fake IMDS that, like the real one, wants a PUT token (with a TTL header) before it
 # serves user-data, and answers 404 when the instance has none.
@@ -98,7 +93,7 @@ EOF
 python3 "$WORK/imds.py" "$WORK" &
 IMDS_PID=$!
 for _ in $(seq 50); do [ -s "$WORK/port" ] && break; sleep 0.1; done
-[ -s "$WORK/port" ] || fail "the fake IMDS did not start"
+[ -s "$WORK/port" ] || die "the fake IMDS did not start"
 printf '#!/bin/sh\necho "$*"\n' >"$WORK/cellfarm"
 chmod +x "$WORK/cellfarm"
 
@@ -110,9 +105,9 @@ boot_case() {
     out="$(CELLFARM_METADATA_URL="http://127.0.0.1:$(cat "$WORK/port")" \
         CELLFARM_BIN="$WORK/cellfarm" ami/cellfarm-boot.sh 2>"$WORK/boot.err")" || rc=$?
     [ "$rc" -eq "$3" ] ||
-        fail "cellfarm-boot.sh, $1: exit $rc, expected $3; stderr: $(cat "$WORK/boot.err")"
+        die "cellfarm-boot.sh, $1: exit $rc, expected $3; stderr: $(cat "$WORK/boot.err")"
     [ "$#" -lt 4 ] || [ "$out" = "$4" ] ||
-        fail "cellfarm-boot.sh, $1: ran cellfarm with '$out', expected '$4'"
+        die "cellfarm-boot.sh, $1: ran cellfarm with '$out', expected '$4'"
 }
 # The caller's own CELLFARM_CONFIG would skip the user data in every case.
 unset CELLFARM_CONFIG
@@ -128,27 +123,27 @@ CELLFARM_CONFIG=s3://ops/override.toml \
 
 # --- 2. Packer template syntax ----------------------------------------------
 log "packer validate -syntax-only ami/ ($(packer version | head -n 1))"
-packer validate -syntax-only ami/ || fail "packer validate -syntax-only ami/"
+packer validate -syntax-only ami/ || die "packer validate -syntax-only ami/"
 
 # --- 3. Static binary -------------------------------------------------------
 BIN="$(CELLFARM_STATIC_PROFILE="${CELLFARM_STATIC_PROFILE:-dev}" scripts/build-static.sh)" ||
-    fail "scripts/build-static.sh"
+    die "scripts/build-static.sh"
 # Rust's musl target links a static PIE: `file` says "static-pie linked" (and glibc's
 # ldd "statically linked"); either way there is no interpreter and no shared library.
 kind="$(file -b "$BIN")"
 log "file: $kind"
 case "$kind" in
     *"statically linked"* | *"static-pie linked"*) ;;
-    *) fail "$BIN is not statically linked: $kind" ;;
+    *) die "$BIN is not statically linked: $kind" ;;
 esac
-version="$("$BIN" --version)" || fail "$BIN --version exited $?"
+version="$("$BIN" --version)" || die "$BIN --version exited $?"
 case "$version" in
     "cellfarm "*) log "$BIN --version: $version" ;;
-    *) fail "$BIN --version printed '$version', expected 'cellfarm <version>'" ;;
+    *) die "$BIN --version printed '$version', expected 'cellfarm <version>'" ;;
 esac
 
 # --- 4. Packer template in full, with that binary ---------------------------
 log "packer validate -var binary=$BIN ami/"
-packer validate -var "binary=$BIN" ami/ || fail "packer validate -var binary=$BIN ami/"
+packer validate -var "binary=$BIN" ami/ || die "packer validate -var binary=$BIN ami/"
 
 log "all deployment checks passed"

@@ -23,8 +23,7 @@ CARGO_BIN="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin"
 PATH="${CARGO_BIN}:${PATH}:/usr/sbin:/sbin"
 export PATH
 
-log() { printf '[services] %s\n' "$*"; }
-die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=services
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$SCRIPT_DIR/lib.sh"
 
@@ -69,31 +68,17 @@ wait_started() {
     done
 }
 
-APT_UPDATED=0
-apt_install() {
-    have apt-get || die "apt-get not found; install these yourself: $*"
-    # One update per run, and only when something is really missing.
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        log "apt-get update"
-        as_root apt-get update -qq
-        APT_UPDATED=1
-    fi
-    log "apt-get install $*"
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "$@"
-}
-
 # --- Rust toolchain: cannot be installed from here, only explained ----------
 if ! have cargo; then
-    cat >&2 <<'EOF'
-[services] ERROR: cargo (the Rust toolchain) was not found, nor in ~/.cargo/bin.
+    die "$(cat <<'EOF'
+cargo (the Rust toolchain) was not found, nor in ~/.cargo/bin.
 Install it with rustup (https://rustup.rs), e.g.
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   or, where the distribution packages it (Debian 13, Ubuntu 24.04):
     apt-get install rustup && rustup default stable
 then open a new shell (or `. ~/.cargo/env`) and run this script again.
 EOF
-    exit 1
+)"
 fi
 
 S3S_BIN="$(command -v s3s-fs || true)"
