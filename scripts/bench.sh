@@ -10,6 +10,9 @@
 # Not a test: it asserts nothing, and its figures move with the machine's load.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+LOG_TAG=bench
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. scripts/lib.sh  # the working directory is the repository root
 
 CLIPS="${BENCH_CLIPS:-12}"
 SECS="${BENCH_SECS:-30}"
@@ -104,7 +107,7 @@ farm() { # prefix pipeline
     "$BIN" --config "$CONFIG" cell --until-idle 1 2>"$WORK/$RUN-$2.log"
     local failed
     failed=$(psql -qtA "$CELLFARM_TEST_PG" -c "SELECT count(*) FROM \"$RUN\".jobs WHERE pipeline = '$2' AND state <> 'succeeded'")
-    [ "$failed" = 0 ] || { echo "bench: $failed $2 job(s) did not succeed; see $WORK/$RUN-$2.log" >&2; exit 1; }
+    [ "$failed" = 0 ] || die "$failed $2 job(s) did not succeed; see $WORK/$RUN-$2.log"
     psql -qtA "$CELLFARM_TEST_PG" -c \
         "SELECT round((extract(epoch FROM max(finished_at)) - $start)::numeric, 2) FROM \"$RUN\".jobs WHERE pipeline = '$2'"
 }

@@ -18,35 +18,41 @@ MEDIA_DIR=/var/tmp/cellfarm-demo/media
 VENV=/var/tmp/cellfarm-venv
 IDLE_SECS=5
 
-echo "== [demo] local services"
+LOG_TAG=demo
+LOG_HEAD="== "  # its log lines are section headings
+DIE_WORD=""
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. scripts/lib.sh  # the working directory is the repository root
+
+log "local services"
 scripts/services.sh
 # shellcheck source-path=SCRIPTDIR source=env.sh
 . scripts/env.sh
 
-[ -f "$CONFIG" ] || { echo "[demo] config $CONFIG not found" >&2; exit 1; }
+[ -f "$CONFIG" ] || die "config $CONFIG not found"
 
 if [ -n "${CELLFARM_BIN:-}" ]; then
     BIN="$CELLFARM_BIN"
-    echo "== [demo] using $BIN (CELLFARM_BIN set: no build)"
+    log "using $BIN (CELLFARM_BIN set: no build)"
 else
     BIN="$CARGO_TARGET_DIR/debug/cellfarm"
     # Debug build: much quicker to compile than --release, fast enough here.
-    echo "== [demo] cargo build --locked"
+    log "cargo build --locked"
     cargo build --locked
 fi
-[ -x "$BIN" ] || { echo "[demo] $BIN is not an executable" >&2; exit 1; }
+[ -x "$BIN" ] || die "$BIN is not an executable"
 
-echo "== [demo] sample media in $MEDIA_DIR"
+log "sample media in $MEDIA_DIR"
 scripts/media.sh "$MEDIA_DIR"
 
 # No aws CLI is assumed: boto3 in a venv does the S3 side. services.sh makes
 # this venv when it installs moto; a moto from elsewhere leaves it to us.
 if [ ! -x "$VENV/bin/python" ]; then
-    echo "== [demo] creating python venv $VENV"
+    log "creating python venv $VENV"
     python3 -m venv "$VENV"
 fi
 if ! "$VENV/bin/python" -c 'import boto3' >/dev/null 2>&1; then
-    echo "== [demo] pip install boto3 into $VENV"
+    log "pip install boto3 into $VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check boto3
 fi
 PY="$VENV/bin/python"
@@ -65,7 +71,7 @@ s3 = boto3.client(
 )
 '
 
-echo "== [demo] uploading to s3://$BUCKET/ ($CELLFARM_TEST_S3)"
+log "uploading to s3://$BUCKET/ ($CELLFARM_TEST_S3)"
 # Quoted heredocs: python text is passed through untouched by the shell.
 { printf '%s\n' "$S3_CLIENT_PY"; cat <<'PYEOF'; } | "$PY" - "$BUCKET" "$MEDIA_DIR"
 import sys
@@ -97,21 +103,21 @@ for name, key in uploads:
     print(f"uploaded s3://{bucket}/{key} ({size} bytes)")
 PYEOF
 
-echo "== [demo] $BIN --config $CONFIG migrate"
+log "$BIN --config $CONFIG migrate"
 "$BIN" --config "$CONFIG" migrate
 
 # The trigger: one pass of `watch` turns every object under inbox/ into jobs by the
 # config's routes (once: a re-run takes nothing it already took).
-echo "== [demo] cellfarm watch s3://$BUCKET/inbox/ --reconcile"
+log "cellfarm watch s3://$BUCKET/inbox/ --reconcile"
 "$BIN" --config "$CONFIG" watch "s3://$BUCKET/inbox/" --reconcile
 
-echo "== [demo] running a cell until the queues are empty and it has idled ${IDLE_SECS} s"
+log "running a cell until the queues are empty and it has idled ${IDLE_SECS} s"
 "$BIN" --config "$CONFIG" cell --until-idle "$IDLE_SECS"
 
-echo "== [demo] status"
+log "status"
 "$BIN" --config "$CONFIG" status
 
-echo "== [demo] outputs in s3://$BUCKET/outputs/"
+log "outputs in s3://$BUCKET/outputs/"
 { printf '%s\n' "$S3_CLIENT_PY"; cat <<'PYEOF'; } | "$PY" - "$BUCKET"
 import sys
 

@@ -11,8 +11,14 @@ if [ "$#" -ne 1 ]; then
 fi
 DIR="$1"
 
-command -v ffmpeg >/dev/null 2>&1 || { echo "[media] ffmpeg not found; run scripts/services.sh" >&2; exit 1; }
-command -v ffprobe >/dev/null 2>&1 || { echo "[media] ffprobe not found; run scripts/services.sh" >&2; exit 1; }
+LOG_TAG=media
+DIE_WORD=""
+# DIR is relative to the caller's directory: find lib.sh without changing it.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+have ffmpeg || die "ffmpeg not found; run scripts/services.sh"
+have ffprobe || die "ffprobe not found; run scripts/services.sh"
 
 mkdir -p "$DIR"
 
@@ -20,7 +26,7 @@ mkdir -p "$DIR"
 generate() {
     local out="$DIR/$1" secs="$2" src="$3" tone="$4"
     if [ -s "$out" ]; then
-        echo "[media] kept $out"
+        log "kept $out"
         return 0
     fi
     # Encode to a temp name first: an interrupted run must not leave a
@@ -37,7 +43,7 @@ generate() {
         -movflags +faststart \
         "$tmp"
     mv -f "$tmp" "$out"
-    echo "[media] made $out"
+    log "made $out"
 }
 
 generate clip1.mp4 12 testsrc2 440
@@ -53,5 +59,5 @@ for f in clip1.mp4 clip2.mp4 clip3.mp4 intro.mp4 outro.mp4; do
     streams="$(ffprobe -v error -show_entries stream=codec_name -of csv=p=0 "$path" | paste -sd+ -)"
     size="$(wc -c <"$path")"
     # Text, not %f: printf's %f would follow the caller's decimal separator.
-    printf '[media] %-10s %8s s  %-9s %10s bytes\n' "$f" "${dur%????}" "$streams" "$size"
+    log "$(printf '%-10s %8s s  %-9s %10s bytes' "$f" "${dur%????}" "$streams" "$size")"
 done

@@ -6,16 +6,20 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+LOG_TAG="test"  # quoted: shellcheck reads a bare `test` as the command (SC2209)
+LOG_HEAD="== "  # its log lines are section headings
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. scripts/lib.sh  # the working directory is the repository root
 
-echo "== [test] starting local services (scripts/services.sh)"
+log "starting local services (scripts/services.sh)"
 scripts/services.sh
 
 # shellcheck source-path=SCRIPTDIR source=env.sh
 . scripts/env.sh
 
-echo "== [test] cargo build --locked --all-targets (CARGO_TARGET_DIR=${CARGO_TARGET_DIR})"
+log "cargo build --locked --all-targets (CARGO_TARGET_DIR=${CARGO_TARGET_DIR})"
 cargo build --locked --all-targets
 
-echo "== [test] cargo test --locked --all-targets ${*:+$* }-- --test-threads=${CELLFARM_TEST_THREADS:-4}"
+log "cargo test --locked --all-targets ${*:+$* }-- --test-threads=${CELLFARM_TEST_THREADS:-4}"
 cargo test --locked --all-targets "$@" -- --test-threads="${CELLFARM_TEST_THREADS:-4}"
 [ "$#" -gt 0 ] || scripts/check-deploy.sh # not with a name filter: that runs just those tests
