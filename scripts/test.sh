@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build and run every test against real local services (README command 2).
+# Shellcheck every script, then build and run every test against real local services
+# (README command 2), then the deployment checks (scripts/check-deploy.sh).
 # Extra arguments go to `cargo test`, before its `--`, e.g. a name filter:
 #   scripts/test.sh ledger
 # CELLFARM_TEST_THREADS sets the test harness's parallelism (default 4).
@@ -10,6 +11,9 @@ LOG_TAG="test"  # quoted: shellcheck reads a bare `test` as the command (SC2209)
 LOG_HEAD="== "  # its log lines are section headings
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . scripts/lib.sh  # the working directory is the repository root
+
+log "shellcheck of every script (scripts/check-shell.sh)"
+scripts/check-shell.sh
 
 log "starting local services (scripts/services.sh)"
 scripts/services.sh
