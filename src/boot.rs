@@ -1,10 +1,21 @@
 //! Start-up: find the config, check the host, connect to the farm's systems.
+//!
+//! [`ConfigSource`] reads the config (a file, or an object in S3) and tells its version;
+//! [`Systems`] connects to everything a command uses, once, with errors that say which
+//! address did not answer.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
+use aws_config::SdkConfig;
 
+use crate::cloud::Cloud;
 use crate::config::{Config, ConfigError, S3};
+use crate::ledger::Ledger;
+use crate::locks::Coordinator;
+use crate::mitosis::{LiveFarm, Ticker};
+use crate::queue::Broker;
 use crate::store::{ObjectStore, S3Store, S3Url};
 
 /// Why loading the config failed: the process exits 64 either way.
@@ -16,59 +27,86 @@ pub enum LoadError {
     Unreadable { location: String, reason: String },
 }
 
-/// Loads a config from a path or an `s3://bucket/key` URL. For S3, the endpoint of a
-/// non-AWS server comes from `CELLFARM_S3_ENDPOINT` (the config is not read yet).
-pub async fn load_config(location: &str) -> Result<Config, LoadError> {
-    Ok(load_versioned(location).await?.0)
+/// Where the config comes from: a path, or an `s3://bucket/key` URL read with the
+/// process's AWS config (and, for a non-AWS S3 server, its endpoint: the config's own
+/// `[s3]` table is not read yet).
+pub struct ConfigSource {
+    /// `--config`: a path or an `s3://` URL.
+    pub location: String,
+    /// The bucket and key and the store to read them from, for an `s3://` location.
+    object: Option<(S3Url, S3Store)>,
 }
 
-/// A config and its version: the object's ETag in S3, the SHA-256 of a file.
-pub async fn load_versioned(location: &str) -> Result<(Config, String), LoadError> {
-    let unreadable = |reason: String| LoadError::Unreadable {
-        location: location.into(),
-        reason,
-    };
-    let (bytes, version) = match S3Url::parse(location) {
-        Ok(url) if location.starts_with("s3://") => {
-            let store = config_store().await;
-            let meta = store
-                .head(&url.bucket, &url.key)
-                .await
-                .map_err(|e| unreadable(e.to_string()))?;
-            let bytes = store
-                .get_bytes(&url.bucket, &url.key)
-                .await
-                .map_err(|e| unreadable(e.to_string()))?;
-            (bytes, meta.etag)
-        }
-        Err(e) if location.starts_with("s3://") => return Err(unreadable(e)),
-        _ => {
-            let bytes = std::fs::read(location).map_err(|e| unreadable(e.to_string()))?;
-            let version = file_version(&bytes);
-            (bytes, version)
-        }
-    };
-    let text = String::from_utf8(bytes).map_err(|e| unreadable(e.to_string()))?;
-    Ok((Config::parse(&text, location)?, version))
-}
+impl ConfigSource {
+    pub fn new(
+        location: &str,
+        sdk: &SdkConfig,
+        s3_endpoint: Option<&str>,
+    ) -> Result<ConfigSource, LoadError> {
+        let object = if location.starts_with("s3://") {
+            let url = S3Url::parse(location).map_err(|reason| LoadError::Unreadable {
+                location: location.into(),
+                reason,
+            })?;
+            let s3 = S3 {
+                path_style: s3_endpoint.is_some(),
+                endpoint: s3_endpoint.map(str::to_string),
+                region: None,
+            };
+            Some((url, S3Store::new(sdk, &s3)))
+        } else {
+            None
+        };
+        Ok(ConfigSource {
+            location: location.into(),
+            object,
+        })
+    }
 
-/// The version of the config at `location` now, without reading it all from S3.
-pub async fn config_version(location: &str) -> Result<String, LoadError> {
-    let unreadable = |reason: String| LoadError::Unreadable {
-        location: location.into(),
-        reason,
-    };
-    if location.starts_with("s3://") {
-        let url = S3Url::parse(location).map_err(unreadable)?;
-        let meta = config_store()
-            .await
-            .head(&url.bucket, &url.key)
-            .await
-            .map_err(|e| unreadable(e.to_string()))?;
-        Ok(meta.etag)
-    } else {
-        let bytes = std::fs::read(location).map_err(|e| unreadable(e.to_string()))?;
-        Ok(file_version(&bytes))
+    fn unreadable(&self, reason: String) -> LoadError {
+        LoadError::Unreadable {
+            location: self.location.clone(),
+            reason,
+        }
+    }
+
+    /// The config and its version: the object's ETag in S3, the SHA-256 of a file.
+    pub async fn load(&self) -> Result<(Config, String), LoadError> {
+        let (bytes, version) = match &self.object {
+            Some((url, store)) => {
+                let meta = store.head(&url.bucket, &url.key).await;
+                let meta = meta.map_err(|e| self.unreadable(e.to_string()))?;
+                let bytes = store.get_bytes(&url.bucket, &url.key).await;
+                (
+                    bytes.map_err(|e| self.unreadable(e.to_string()))?,
+                    meta.etag,
+                )
+            }
+            None => {
+                let bytes = std::fs::read(&self.location);
+                let bytes = bytes.map_err(|e| self.unreadable(e.to_string()))?;
+                let version = file_version(&bytes);
+                (bytes, version)
+            }
+        };
+        let text = String::from_utf8(bytes).map_err(|e| self.unreadable(e.to_string()))?;
+        Ok((Config::parse(&text, &self.location)?, version))
+    }
+
+    /// The version of the config now, without reading it all from S3.
+    pub async fn version(&self) -> Result<String, LoadError> {
+        match &self.object {
+            Some((url, store)) => {
+                let meta = store.head(&url.bucket, &url.key).await;
+                Ok(meta.map_err(|e| self.unreadable(e.to_string()))?.etag)
+            }
+            None => {
+                let bytes = std::fs::read(&self.location);
+                Ok(file_version(
+                    &bytes.map_err(|e| self.unreadable(e.to_string()))?,
+                ))
+            }
+        }
     }
 }
 
@@ -77,15 +115,91 @@ fn file_version(bytes: &[u8]) -> String {
     hex::encode(&sha2::Sha256::digest(bytes)[..8])
 }
 
-/// The store a config is read from: AWS, or the server `CELLFARM_S3_ENDPOINT` names.
-async fn config_store() -> S3Store {
-    let endpoint = std::env::var("CELLFARM_S3_ENDPOINT").ok();
-    let s3 = S3 {
-        path_style: endpoint.is_some(),
-        endpoint,
-        region: None,
-    };
-    S3Store::connect(&s3).await
+/// The farm's systems, connected once per process: the ledger (migrated), Redis, the
+/// object store and, for commands that grow the farm, the cloud. The broker is connected
+/// per use ([`Systems::broker`]): lapin does not reconnect, so long-lived users own
+/// their connection's life.
+pub struct Systems {
+    pub ledger: Ledger,
+    pub locks: Coordinator,
+    pub store: Arc<dyn ObjectStore>,
+    /// Where siblings come from; `None` when mitosis is off (`cloud.kind = "none"`).
+    pub cloud: Option<Arc<dyn Cloud>>,
+    sdk: SdkConfig,
+}
+
+impl Systems {
+    /// Connects to the ledger (which must be migrated), Redis and the object store.
+    pub async fn connect(config: &Config, sdk: &SdkConfig) -> anyhow::Result<Systems> {
+        let ledger = ledger(config).await?;
+        ledger.check_migrated().await?;
+        let locks = Coordinator::connect(&config.redis.url, &config.farm.name)
+            .await
+            .with_context(|| format!("cannot reach Redis at {}", redact(&config.redis.url)))?;
+        Ok(Systems {
+            ledger,
+            locks,
+            store: Arc::new(S3Store::new(sdk, &config.s3)),
+            cloud: None,
+            sdk: sdk.clone(),
+        })
+    }
+
+    /// Adds the cloud the config describes. `location` is this process's `--config`,
+    /// which siblings are started with; `who` is this process (its cell id, or
+    /// `submit`), and `metadata` this machine's IMDS.
+    pub fn with_cloud(
+        mut self,
+        config: &Config,
+        location: &str,
+        who: &str,
+        metadata: Option<crate::metadata::Metadata>,
+    ) -> anyhow::Result<Systems> {
+        self.cloud = cloud(&self.sdk, config, location, who, metadata)?;
+        Ok(self)
+    }
+
+    /// One mitosis tick per pool in `pools`, so that work enqueued at a farm with no
+    /// cell starts one; nothing without a cloud.
+    pub async fn kick<'p>(
+        &self,
+        config: &Config,
+        broker: &Broker,
+        who: &str,
+        pools: impl IntoIterator<Item = &'p String>,
+    ) {
+        let Some(cloud) = &self.cloud else { return };
+        let farm = LiveFarm::new(
+            &self.ledger,
+            &self.locks,
+            broker.publisher(),
+            broker.names(),
+        );
+        let ticker = Ticker {
+            config,
+            farm: &farm,
+            cloud: cloud.as_ref(),
+            who,
+        };
+        ticker.kick(pools).await;
+    }
+}
+
+/// The ledger, connected but not checked (`migrate` runs before the check can pass).
+pub async fn ledger(config: &Config) -> anyhow::Result<Ledger> {
+    Ledger::connect(&config.postgres).await.with_context(|| {
+        format!(
+            "cannot reach PostgreSQL at {}",
+            redact(&config.postgres.url)
+        )
+    })
+}
+
+/// A broker connection with the farm's topology declared.
+pub async fn broker(config: &Config) -> anyhow::Result<Broker> {
+    Broker::connect(config)
+        .await
+        .with_context(|| format!("cannot reach RabbitMQ at {}", redact(&config.amqp.url)))
 }
 
 /// Checks what a cell needs before it takes work, each failure saying how to fix it.
@@ -134,14 +248,13 @@ pub fn redact(url: &str) -> String {
 }
 
 /// The cloud the config describes; `None` when mitosis is off (`kind = "none"`).
-/// `location` is this process's `--config`, which siblings are started with; `who` is
-/// this process (its cell id, or `submit`), and `metadata` this machine's IMDS.
-pub async fn cloud(
+fn cloud(
+    sdk: &SdkConfig,
     config: &Config,
     location: &str,
     who: &str,
     metadata: Option<crate::metadata::Metadata>,
-) -> anyhow::Result<Option<std::sync::Arc<dyn crate::cloud::Cloud>>> {
+) -> anyhow::Result<Option<Arc<dyn Cloud>>> {
     use crate::config::CloudKind;
     match config.cloud.kind {
         CloudKind::None => Ok(None),
@@ -166,7 +279,7 @@ pub async fn cloud(
                 Some(d) => d.into(),
                 None => Path::new(&config.cell.scratch_dir).join("cells"),
             };
-            Ok(Some(std::sync::Arc::new(crate::cloud::LocalCloud::new(
+            Ok(Some(Arc::new(crate::cloud::LocalCloud::new(
                 binary, location, logs,
             ))))
         }
@@ -184,22 +297,17 @@ pub async fn cloud(
                      this process with --config s3://bucket/key (it was {location})"
                 ),
             };
-            let cloud = crate::cloud::Ec2Cloud::connect(
+            let cloud = crate::cloud::Ec2Cloud::new(
+                sdk,
                 &config.farm.name,
                 ec2,
                 config_url,
                 who.to_string(),
                 metadata,
-            )
-            .await;
-            Ok(Some(std::sync::Arc::new(cloud)))
+            );
+            Ok(Some(Arc::new(cloud)))
         }
     }
-}
-
-/// The object store the config describes.
-pub async fn store(config: &Config) -> std::sync::Arc<dyn ObjectStore> {
-    std::sync::Arc::new(S3Store::connect(&config.s3).await)
 }
 
 #[cfg(test)]

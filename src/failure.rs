@@ -44,9 +44,55 @@ pub enum JobFailure {
     Cancelled,
 }
 
-/// Classifies a failure. `Cancelled` and `Superseded` are not failures of the job and
-/// are handled before this is asked; they class as retryable.
-pub fn classify(failure: &JobFailure) -> Class {
+/// What becomes of a job after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Another attempt holds the job: this one records nothing.
+    Superseded,
+    /// Cut short by the cell stopping (a signal, a spot notice): back to the queue
+    /// without spending an attempt.
+    HandBack,
+    /// The world hiccuped: back to the queue, the attempt counts.
+    Retry,
+    /// The media or the pipeline is at fault: `failed`, dead-lettered.
+    Fail,
+    /// Retryable, but every attempt is spent: `dead`, dead-lettered.
+    Dead,
+}
+
+/// Where the failed attempt stood.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempted {
+    /// This attempt's number, from 1.
+    pub number: u32,
+    pub max_attempts: u32,
+    /// The attempt's cancel token fired (the cell is stopping, or a spot notice cut this
+    /// job): whatever it failed with, the failure may be the cut's doing.
+    pub cut_short: bool,
+}
+
+/// Decides a failed attempt's fate: one pure function, so the cell and its tests agree.
+pub fn classify(failure: &JobFailure, at: Attempted) -> Fate {
+    match failure {
+        JobFailure::Superseded => Fate::Superseded,
+        JobFailure::Cancelled
+        | JobFailure::Probe(FfmpegError::Cancelled { .. })
+        | JobFailure::Step {
+            source: FfmpegError::Cancelled { .. },
+            ..
+        } => Fate::HandBack,
+        _ if at.cut_short => Fate::HandBack,
+        f => match (class(f), at.number >= at.max_attempts) {
+            (Class::Permanent, _) => Fate::Fail,
+            (Class::Retryable, false) => Fate::Retry,
+            (Class::Retryable, true) => Fate::Dead,
+        },
+    }
+}
+
+/// Whether trying again can help. `Cancelled` and `Superseded` are not failures of the
+/// job and [`classify`] settles them first; they class as retryable.
+pub fn class(failure: &JobFailure) -> Class {
     use Class::*;
     match failure {
         JobFailure::Store(StoreError::NotFound { .. } | StoreError::Changed { .. }) => Permanent,
@@ -139,8 +185,80 @@ mod tests {
                 Class::Permanent,
             ),
         ];
-        for (failure, class) in cases {
-            assert_eq!(classify(&failure), class, "{failure}");
+        for (failure, want) in cases {
+            assert_eq!(class(&failure), want, "{failure}");
+        }
+    }
+
+    #[test]
+    fn the_fate_table() {
+        use Fate::*;
+        let timed_out = || JobFailure::Step {
+            step: 0,
+            source: FfmpegError::TimedOut {
+                program: "ffmpeg".into(),
+                secs: 1,
+                tail: String::new(),
+            },
+        };
+        let cancelled = || JobFailure::Step {
+            step: 0,
+            source: FfmpegError::Cancelled {
+                program: "ffmpeg".into(),
+            },
+        };
+        let at = |number, cut_short| Attempted {
+            number,
+            max_attempts: 3,
+            cut_short,
+        };
+        let cases = [
+            ("a hiccup is retried", timed_out(), at(1, false), Retry),
+            (
+                "until the attempts run out",
+                timed_out(),
+                at(3, false),
+                Dead,
+            ),
+            (
+                "bad media fails at once",
+                JobFailure::Probe(failed()),
+                at(1, false),
+                Fail,
+            ),
+            (
+                "even on the last attempt",
+                JobFailure::Probe(failed()),
+                at(3, false),
+                Fail,
+            ),
+            (
+                "a cancelled step is handed back",
+                cancelled(),
+                at(1, false),
+                HandBack,
+            ),
+            (
+                "a stop is handed back",
+                JobFailure::Cancelled,
+                at(3, true),
+                HandBack,
+            ),
+            (
+                "a failure while stopping is the stop's doing",
+                JobFailure::Probe(failed()),
+                at(1, true),
+                HandBack,
+            ),
+            (
+                "a superseded attempt records nothing",
+                JobFailure::Superseded,
+                at(1, true),
+                Superseded,
+            ),
+        ];
+        for (why, failure, at, want) in cases {
+            assert_eq!(classify(&failure, at), want, "{why}: {failure}");
         }
     }
 

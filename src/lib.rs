@@ -4,30 +4,45 @@
 //!
 //! One module per external system, each behind a small interface of the calls we use:
 //!
-//! * [`queue`] — RabbitMQ (lapin): topology, confirmed publishing, consumers.
+//! * [`queue`] — RabbitMQ (lapin): the [`queue::Broker`] (a connection, a confirmed
+//!   publisher, the farm's topology declared), queue names, consumers.
 //! * [`store`] — S3 (aws-sdk-s3, any endpoint): the [`store::ObjectStore`] trait.
-//! * [`ledger`] — PostgreSQL (sqlx): the job ledger, claims, leases, migrations.
-//! * [`locks`] — Redis: heartbeats, the mitosis lock, pending launches.
+//! * [`ledger`] — PostgreSQL (sqlx): the job ledger, claims, leases, migrations, and its
+//!   vocabulary as enums ([`ledger::JobState`], [`ledger::AttemptOutcome`],
+//!   [`ledger::EventKind`]).
+//! * [`locks`] — Redis: heartbeats, the mitosis lock, pending launches, cooldowns.
 //! * [`cloud`] — where sibling cells come from: `local` processes or EC2 spot instances
-//!   (aws-sdk-ec2).
+//!   (aws-sdk-ec2), behind the [`cloud::Cloud`] trait.
 //! * [`metadata`] — EC2 instance metadata (IMDSv2): identity, spot notices.
 //! * [`ffmpeg`] — FFmpeg and ffprobe: argument templates, guarded inputs, probing.
+//! * [`aws`] — the one AWS SDK configuration (timeouts, retries) every client shares.
 //!
 //! And one per concern of our own:
 //!
-//! * [`config`] — the TOML config, validated as a whole.
+//! * [`config`] — the TOML config, parsed and validated as a whole.
 //! * [`job`] — the job and result messages (contract v1) and the job id.
-//! * [`failure`] — retryable or permanent: one pure classification.
-//! * [`cell`] — the worker: consume, run, commit, ack; heartbeats; shutdown; spot
-//!   notices.
-//! * [`mitosis`] — how many cells a pool needs (a pure calculator) and the tick.
-//! * [`submit`] — enqueue objects by hand or for reprocessing.
+//! * [`failure`] — a failed attempt's fate (hand back, retry, fail, dead): one pure
+//!   classification.
+//! * [`mitosis`] — how many cells a pool needs ([`mitosis::decide`], pure) and the tick
+//!   that observes the farm and acts, through the [`mitosis::Farm`] trait.
+//! * [`cell`] — the worker (`cellfarm cell`): `start` boots it; the cell's session
+//!   consumes and settles each delivery in one place; an `attempt` owns one delivery's
+//!   ledger transitions; `work` runs the pipeline; `tick`, `reload` and `spot` are its
+//!   heartbeat, live config and spot notices.
+//! * [`submit`] — `cellfarm submit`: enqueue objects by hand or for reprocessing.
 //! * [`trigger`] — new objects become jobs by the config's routes: a Lambda on S3
 //!   events, or `cellfarm watch`.
-//! * [`status`] — the farm at a glance.
+//! * [`status`] — `cellfarm status`: the farm at a glance.
+//! * [`args`] — `cellfarm args`: the FFmpeg command lines of a pipeline.
 //! * [`update`] — fetching, verifying and re-executing a newer binary.
-//! * [`boot`] — loading config (file or S3) and connecting to everything.
+//! * [`boot`] — reading the config (file or S3) and connecting to every system once
+//!   ([`boot::Systems`]).
+//!
+//! `main.rs` only parses the command line, loads the config and calls the subcommand's
+//! `run` in its module.
 
+pub mod args;
+pub mod aws;
 pub mod boot;
 pub mod cell;
 pub mod cloud;

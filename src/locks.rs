@@ -30,18 +30,21 @@ pub struct Beat {
     pub config_version: Option<String>,
 }
 
+/// The farm's shared, expiring state in Redis: what cells say of themselves
+/// (heartbeats), who decides for a pool now (locks), launches not alive yet (pending),
+/// and pools resting after a launch (cooldowns).
 #[derive(Clone)]
-pub struct Heartbeats {
+pub struct Coordinator {
     conn: ConnectionManager,
     farm: String,
 }
 
-impl Heartbeats {
+impl Coordinator {
     /// Connects; the manager reconnects by itself after a Redis restart.
-    pub async fn connect(url: &str, farm: &str) -> Result<Heartbeats, LocksError> {
+    pub async fn connect(url: &str, farm: &str) -> Result<Coordinator, LocksError> {
         let client = redis::Client::open(url)?;
         let conn = ConnectionManager::new(client).await?;
-        Ok(Heartbeats {
+        Ok(Coordinator {
             conn,
             farm: farm.into(),
         })
@@ -91,7 +94,7 @@ impl Heartbeats {
     }
 }
 
-/// A held lock: release it with [`Heartbeats::unlock`]; it also expires by itself.
+/// A held lock: release it with [`Coordinator::unlock`]; it also expires by itself.
 #[derive(Debug)]
 pub struct Lock {
     key: String,
@@ -107,7 +110,7 @@ end
 return 0
 "#;
 
-impl Heartbeats {
+impl Coordinator {
     /// Takes the lock `name` for at most `ttl_ms`, or returns None if another holds it.
     pub async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<Option<Lock>, LocksError> {
         let key = format!("{}:lock:{name}", self.farm);

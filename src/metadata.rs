@@ -28,7 +28,7 @@ pub struct MetadataError {
 
 /// Who this machine is.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Identity {
+pub struct Instance {
     pub instance_id: String,
     pub instance_type: String,
     pub availability_zone: String,
@@ -92,8 +92,8 @@ impl Metadata {
         })
     }
 
-    pub async fn identity(&self) -> Result<Identity, MetadataError> {
-        Ok(Identity {
+    pub async fn instance(&self) -> Result<Instance, MetadataError> {
+        Ok(Instance {
             instance_id: self.require("instance-id").await?,
             instance_type: self.require("instance-type").await?,
             availability_zone: self.require("placement/availability-zone").await?,
@@ -132,11 +132,11 @@ impl Metadata {
     }
 }
 
-/// The metadata base address a process uses: the environment, then the config, then
-/// (on `ec2`) the real IMDS.
-pub fn base_url(config: &crate::config::Config) -> Option<String> {
-    if let Ok(url) = std::env::var(METADATA_URL_ENV) {
-        return Some(url);
+/// The metadata base address a process uses: `--metadata-url` (`CELLFARM_METADATA_URL`),
+/// then the config, then (on `ec2`) the real IMDS.
+pub fn base_url(config: &crate::config::Config, overridden: Option<&str>) -> Option<String> {
+    if let Some(url) = overridden {
+        return Some(url.to_string());
     }
     if let Some(url) = &config.cloud.metadata_url {
         return Some(url.clone());

@@ -43,6 +43,10 @@ impl Names {
     pub fn new(farm: &str) -> Names {
         Names { farm: farm.into() }
     }
+    /// The farm's name, the prefix of every queue.
+    pub fn farm(&self) -> &str {
+        &self.farm
+    }
     pub fn work(&self, pool: &str) -> String {
         format!("{}.{pool}.work", self.farm)
     }
@@ -125,6 +129,72 @@ pub async fn declare(channel: &Channel, config: &Config) -> Result<(), QueueErro
     Ok(())
 }
 
+/// One connection to the farm's broker with a confirmed publisher, the farm's topology
+/// declared on it. Dropping it closes the connection; [`Broker::close`] waits for that.
+pub struct Broker {
+    conn: Option<Connection>,
+    publisher: Publisher,
+    names: Names,
+}
+
+impl Broker {
+    /// Connects, opens the confirmed publisher and declares every queue of the farm.
+    pub async fn connect(config: &Config) -> Result<Broker, QueueError> {
+        let conn = connect(&config.amqp.url).await?;
+        let publisher = Publisher::open(&conn).await?;
+        declare(publisher.channel(), config).await?;
+        Ok(Broker {
+            conn: Some(conn),
+            publisher,
+            names: Names::new(&config.farm.name),
+        })
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub fn connection(&self) -> &Connection {
+        self.conn.as_ref().expect("only taken by close and drop")
+    }
+
+    /// Ready messages in a queue and its consumers (see [`ready`]).
+    pub async fn ready(&self, queue: &str) -> Result<(u32, u32), QueueError> {
+        ready(self.publisher.channel(), queue).await
+    }
+
+    /// Ready messages in a pool's priority lane and work queue together.
+    pub async fn pool_ready(&self, pool: &str) -> Result<u64, QueueError> {
+        pool_ready(self.publisher.channel(), &self.names, pool).await
+    }
+
+    /// Closes the connection and waits for the broker to say so.
+    pub async fn close(mut self, why: &str) {
+        if let Some(conn) = self.conn.take() {
+            if let Err(e) = conn.close(200, why).await {
+                tracing::debug!(error = %e, "closing the broker connection");
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // lapin keeps a dropped connection open; close it in the background.
+        let (Some(conn), Ok(runtime)) = (self.conn.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _ = conn.close(200, "dropped").await;
+        });
+    }
+}
+
 /// Ready messages in a queue (the broker does not count unacked deliveries).
 pub async fn ready(channel: &Channel, queue: &str) -> Result<(u32, u32), QueueError> {
     let q = channel
@@ -138,6 +208,15 @@ pub async fn ready(channel: &Channel, queue: &str) -> Result<(u32, u32), QueueEr
         )
         .await?;
     Ok((q.message_count(), q.consumer_count()))
+}
+
+/// Ready messages in a pool's priority lane and work queue together.
+pub async fn pool_ready(channel: &Channel, names: &Names, pool: &str) -> Result<u64, QueueError> {
+    let mut total = 0;
+    for lane in [names.priority(pool), names.work(pool)] {
+        total += u64::from(ready(channel, &lane).await?.0);
+    }
+    Ok(total)
 }
 
 /// A channel in confirm mode.

@@ -2,10 +2,11 @@
 
 use serde::Serialize;
 
+use crate::boot::Systems;
 use crate::config::Config;
 use crate::ledger::{Failure, Ledger, StateCount};
-use crate::locks::{Beat, Heartbeats};
-use crate::queue::{self, Names, Publisher};
+use crate::locks::{Beat, Coordinator};
+use crate::queue::{Broker, Names};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -28,17 +29,31 @@ pub struct QueueDepth {
 /// How many recent failures the status shows.
 const FAILURES_SHOWN: i64 = 10;
 
+/// `cellfarm status`: prints the farm at a glance, or as JSON.
+pub async fn run(config: &Config, sdk: &aws_config::SdkConfig, json: bool) -> anyhow::Result<()> {
+    let systems = Systems::connect(config, sdk).await?;
+    let broker = crate::boot::broker(config).await?;
+    let status = gather(config, &systems.ledger, &systems.locks, &broker).await?;
+    broker.close("done").await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{status}");
+    }
+    Ok(())
+}
+
 pub async fn gather(
     config: &Config,
     ledger: &Ledger,
-    beats: &Heartbeats,
-    publisher: &Publisher,
+    beats: &Coordinator,
+    broker: &Broker,
 ) -> anyhow::Result<Status> {
     let names = Names::new(&config.farm.name);
     let mut queues = Vec::new();
     for pool in config.pools.keys() {
         for queue in [names.priority(pool), names.work(pool), names.dead(pool)] {
-            let (ready, consumers) = queue::ready(publisher.channel(), &queue).await?;
+            let (ready, consumers) = broker.ready(&queue).await?;
             queues.push(QueueDepth {
                 pool: pool.clone(),
                 queue,

@@ -116,28 +116,29 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// Builds the client once: region and credentials from the usual AWS chain (instance
-    /// profile in production), endpoint and path style from config for other S3 servers.
-    pub async fn connect(cfg: &S3) -> S3Store {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &cfg.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build();
-        let shared = loader.timeout_config(timeouts).load().await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+    /// Builds the client on the process's shared AWS config: region and credentials
+    /// from the usual AWS chain (instance profile in production), endpoint and path style
+    /// from config for other S3 servers.
+    pub fn new(sdk: &aws_config::SdkConfig, cfg: &S3) -> S3Store {
+        let mut builder = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(cfg.path_style)
             // Third-party S3 servers do not all speak the newer flexible checksums.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(region) = &cfg.region {
+            builder = builder.region(aws_config::Region::new(region.clone()));
+        }
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
         S3Store {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
         }
+    }
+
+    /// A client on a shared AWS config of its own (tests, tools).
+    pub async fn connect(cfg: &S3) -> S3Store {
+        S3Store::new(&crate::aws::sdk_config().await, cfg)
     }
 
     async fn get(

@@ -4,9 +4,10 @@
 //! (the same upload submitted twice is one job), unless `force` asks to reprocess a
 //! finished job.
 
+use crate::boot::Systems;
 use crate::config::Config;
 use crate::job::{JobMessage, SourceObject};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, SubmitOutcome};
 use crate::queue::{Names, Publisher};
 use crate::store::{ObjectMeta, ObjectStore, S3Url};
 
@@ -16,8 +17,79 @@ pub struct Submitted {
     pub job_id: String,
     pub source: String,
     pub pipeline: String,
-    /// `enqueued`, `requeued` (forced) or `known` (already a job; nothing published).
-    pub outcome: &'static str,
+    pub outcome: SubmitOutcome,
+}
+
+/// `cellfarm submit`: what to enqueue, and how to print it.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The object, s3://bucket/key.
+    #[arg(value_parser = S3Url::parse, required_unless_present = "prefix")]
+    pub url: Option<S3Url>,
+    /// Every object under s3://bucket/prefix/ (reprocessing on demand).
+    #[arg(long, value_parser = S3Url::parse, conflicts_with = "url")]
+    pub prefix: Option<S3Url>,
+    #[arg(long)]
+    pub pipeline: String,
+    /// Put the jobs on the priority lane.
+    #[arg(long)]
+    pub priority: bool,
+    /// Reprocess jobs that already finished.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Enqueues the objects `args` names, prints what became of each, and runs one mitosis
+/// tick for the pipeline's pool so that a farm with no cell starts itself.
+/// `location` is this process's `--config`, which launched cells are started with.
+pub async fn run(
+    config: &Config,
+    location: &str,
+    sdk: &aws_config::SdkConfig,
+    args: Args,
+) -> anyhow::Result<()> {
+    let pool = &config.pipeline(&args.pipeline)?.pool;
+    let systems = Systems::connect(config, sdk)
+        .await?
+        .with_cloud(config, location, "submit", None)?;
+    let broker = crate::boot::broker(config).await?;
+    let req = Request {
+        pipeline: &args.pipeline,
+        pool: None,
+        priority: args.priority,
+        force: args.force,
+    };
+    let (url, prefix) = match (&args.url, &args.prefix) {
+        (Some(url), None) => (url, false),
+        (None, Some(url)) => (url, true),
+        _ => anyhow::bail!("give an object URL or --prefix s3://bucket/prefix/"),
+    };
+    let objects = objects(systems.store.as_ref(), url, prefix).await?;
+    let bucket = &url.bucket;
+    let done = submit(
+        config,
+        &systems.ledger,
+        broker.publisher(),
+        bucket,
+        &objects,
+        &req,
+    )
+    .await?;
+    systems.kick(config, &broker, "submit", [pool]).await;
+    broker.close("done").await;
+    for s in &done {
+        if args.json {
+            println!("{}", serde_json::to_string(s)?);
+        } else {
+            println!("{:<9} {} {} {}", s.outcome, s.job_id, s.pipeline, s.source);
+        }
+    }
+    if !args.json {
+        println!("{} object(s) under {url}", done.len());
+    }
+    Ok(())
 }
 
 pub struct Request<'a> {
@@ -80,15 +152,15 @@ pub async fn submit(
         };
         let job = JobMessage::new(req.pipeline, source, &pipeline.output, req.priority);
         let outcome = if ledger.insert(&job, pool).await? {
-            "enqueued"
+            SubmitOutcome::Enqueued
         } else if req.force && ledger.reset(&job.job_id).await? {
-            "requeued"
+            SubmitOutcome::Requeued
         } else {
-            "known"
+            SubmitOutcome::Known
         };
-        if outcome != "known" {
+        if outcome != SubmitOutcome::Known {
             if let Err(e) = publisher.publish(&lane, &job.to_json(), &[]).await {
-                if outcome == "enqueued" {
+                if outcome == SubmitOutcome::Enqueued {
                     ledger.forget(&job.job_id).await?;
                 }
                 return Err(anyhow::anyhow!(

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cellfarm::config::Config;
-use cellfarm::locks::Heartbeats;
+use cellfarm::locks::Coordinator;
 use cellfarm::store::ObjectStore;
 use common::Farm;
 
@@ -23,7 +23,7 @@ async fn version(farm: &Farm) -> String {
 
 /// The config version the farm's one cell reports in its heartbeat.
 async fn beat_version(farm: &Farm) -> Option<String> {
-    let beats = Heartbeats::connect(&farm.config.redis.url, &farm.name)
+    let beats = Coordinator::connect(&farm.config.redis.url, &farm.name)
         .await
         .expect("Redis");
     let alive = beats.alive().await.expect("heartbeats");

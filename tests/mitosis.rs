@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cellfarm::cloud::{Cloud, LocalCloud};
-use cellfarm::locks::Heartbeats;
+use cellfarm::locks::Coordinator;
 use cellfarm::mitosis::{self, TickOutcome};
 use common::Farm;
 
@@ -158,7 +158,7 @@ async fn a_herd_of_ticks_launches_the_missing_cells_once() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let locks = Heartbeats::connect(&farm.config.redis.url, &farm.name)
+    let locks = Coordinator::connect(&farm.config.redis.url, &farm.name)
         .await
         .expect("redis");
     let cloud = LocalCloud::new(
@@ -169,15 +169,14 @@ async fn a_herd_of_ticks_launches_the_missing_cells_once() {
     let mut policy_step = farm.config.clone();
     policy_step.pools.get_mut("burst").expect("pool").step = 4;
     let ticks = (0..8).map(|_| async {
-        let f = mitosis::Farm {
+        let live = mitosis::LiveFarm::new(&farm.ledger, &locks, &farm.publisher, &farm.names);
+        let ticker = mitosis::Ticker {
             config: &policy_step,
-            ledger: &farm.ledger,
-            locks: &locks,
+            farm: &live,
             cloud: &cloud,
-            channel: farm.publisher.channel(),
             who: "herd-test",
         };
-        mitosis::tick_patiently(&f, "burst", None, Duration::from_secs(20)).await
+        ticker.tick_patiently("burst", None).await
     });
     let outcomes = futures_util::future::join_all(ticks).await;
     let launched: u32 = outcomes

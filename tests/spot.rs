@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cellfarm::locks::Heartbeats;
+use cellfarm::locks::Coordinator;
 use common::imds::MetadataServer;
 use common::Farm;
 
@@ -42,7 +42,7 @@ fn in_secs(secs: i64) -> String {
 /// Starts a cell of pool `spot` that reads `imds` and waits until it beats.
 async fn spot_cell(farm: &mut Farm, imds: &MetadataServer) {
     farm.start_cell_with_env(&["--pool", "spot"], &[("CELLFARM_METADATA_URL", &imds.url)]);
-    let beats = Heartbeats::connect(&farm.config.redis.url, &farm.name)
+    let beats = Coordinator::connect(&farm.config.redis.url, &farm.name)
         .await
         .expect("Redis");
     let deadline = Instant::now() + Duration::from_secs(30);

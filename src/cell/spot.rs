@@ -16,7 +16,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Cell, Shutdown};
+use super::{Cell, Exit, Shutdown};
+use crate::ledger::EventKind;
 use crate::metadata::{InstanceAction, Metadata, Rebalance};
 
 impl Cell {
@@ -58,9 +59,10 @@ impl Cell {
         let budget = left.saturating_sub(margin);
         tracing::warn!(%reason, left_secs = left.as_secs(), budget_secs = budget.as_secs(),
             "spot interruption notice: stopping");
-        self.leave(&reason, "interruption", shutdown).await;
+        self.leave_on_notice(&reason, EventKind::Interruption, shutdown)
+            .await;
         let mut kept = 0;
-        for (job_id, job) in self.jobs.lock().expect("never poisoned").iter() {
+        for (job_id, job) in self.work.state().jobs.iter() {
             let remaining = job
                 .estimate_secs
                 .map(|e| e - job.started.elapsed().as_secs_f64());
@@ -89,18 +91,20 @@ impl Cell {
     async fn rebalance(&self, r: Rebalance, shutdown: &Shutdown) {
         let reason = format!("rebalance recommendation at {}", r.notice_time.to_rfc3339());
         tracing::warn!(%reason, "elevated reclaim risk: finishing running jobs, taking no more");
-        self.leave(&reason, "rebalance", shutdown).await;
+        self.leave_on_notice(&reason, EventKind::Rebalance, shutdown)
+            .await;
     }
 
     /// Records why the cell leaves, deregisters it (so ticks stop counting it as alive
     /// and launch its replacement) and stops its consuming.
-    async fn leave(&self, reason: &str, kind: &str, shutdown: &Shutdown) {
-        *self.notice.lock().expect("never poisoned") = Some(reason.to_string());
-        if let Err(e) = self.beats.remove(&self.cell_id).await {
+    async fn leave_on_notice(&self, reason: &str, kind: EventKind, shutdown: &Shutdown) {
+        self.leave(Exit::Notice(reason.to_string()));
+        if let Err(e) = self.systems.locks.remove(&self.cell_id).await {
             tracing::warn!(error = %e, "cannot remove the heartbeat; it expires by itself");
         }
         for pool in &self.pools {
             if let Err(e) = self
+                .systems
                 .ledger
                 .record_event(pool, kind, &self.cell_id, 1, reason)
                 .await

@@ -1,15 +1,15 @@
 //! The cell's tick, every heartbeat: beat, renew leases, re-send unpublished results,
 //! re-publish jobs of dead cells, and run mitosis for each pool it serves.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{hostname, Cell, Shutdown};
+use super::{hostname, Cell, Exit, Shutdown};
 use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::locks::Beat;
-use crate::mitosis::{self, Me, TickOutcome};
+use crate::mitosis::{LiveFarm, Me, TickOutcome, Ticker};
+use crate::queue::Publisher;
 
 impl Cell {
     pub(super) async fn tick_loop(self: Arc<Self>, shutdown: Shutdown) {
@@ -24,7 +24,7 @@ impl Cell {
                 let launch_id = self.launch_id.lock().expect("never poisoned").take();
                 if let Some(id) = launch_id {
                     for pool in &self.pools {
-                        if let Err(e) = self.beats.remove_pending(pool, &id).await {
+                        if let Err(e) = self.systems.locks.remove_pending(pool, &id).await {
                             tracing::warn!(error = %e, "cannot clear the pending launch");
                         }
                     }
@@ -46,7 +46,7 @@ impl Cell {
     /// True when the beat went out. A dying or noticed cell no longer beats: it
     /// deregistered.
     async fn beat(&self, shutdown: &Shutdown) -> bool {
-        if self.dying() || self.noticed() {
+        if self.deregistered() {
             return false;
         }
         let beat = Beat {
@@ -54,14 +54,14 @@ impl Cell {
             host: hostname(),
             pid: std::process::id(),
             pools: self.pools.clone(),
-            slots: self.slots(),
-            config_version: Some(self.source.version()),
-            running: self.running.load(Ordering::SeqCst),
+            slots: self.slots.count(),
+            config_version: Some(self.reload.version()),
+            running: self.work.running(),
             started_at: self.started_at,
             draining: shutdown.drain.is_cancelled(),
         };
         let ttl = 3 * self.config().cell.heartbeat_secs;
-        match self.beats.beat(&beat, ttl).await {
+        match self.systems.locks.beat(&beat, ttl).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed");
@@ -72,21 +72,16 @@ impl Cell {
 
     async fn renew_leases(&self) {
         let lease = Duration::from_secs(self.config().cell.lease_secs);
-        let leases: Vec<String> = self
-            .jobs
-            .lock()
-            .expect("never poisoned")
-            .keys()
-            .cloned()
-            .collect();
-        if let Err(e) = self.ledger.renew(&self.cell_id, &leases, lease).await {
+        let leases: Vec<String> = self.work.state().jobs.keys().cloned().collect();
+        let ledger = &self.systems.ledger;
+        if let Err(e) = ledger.renew(&self.cell_id, &leases, lease).await {
             tracing::warn!(error = %e, "cannot renew job leases");
         }
     }
 
     async fn resend_results(&self) {
         let lease = Duration::from_secs(self.config().cell.lease_secs);
-        match self.ledger.unsent_results(lease).await {
+        match self.systems.ledger.unsent_results(lease).await {
             Ok(results) => {
                 for result in results {
                     tracing::info!(job = %result.job_id, "re-sending an unpublished result");
@@ -100,7 +95,8 @@ impl Cell {
     }
 
     async fn republish_expired(&self) {
-        let jobs = match self.ledger.expired().await {
+        let ledger = &self.systems.ledger;
+        let jobs = match ledger.expired().await {
             Ok(jobs) => jobs,
             Err(e) => return tracing::warn!(error = %e, "cannot read expired jobs"),
         };
@@ -113,7 +109,7 @@ impl Cell {
                 tracing::warn!(job = %job.job_id, error = %e, "cannot re-publish an expired job; next tick");
                 continue;
             }
-            match self.ledger.requeue_expired(&job.job_id).await {
+            match ledger.requeue_expired(&job.job_id).await {
                 Ok(true) => {
                     tracing::warn!(job = %job.job_id, "lease expired (its cell died); re-published")
                 }
@@ -125,40 +121,27 @@ impl Cell {
         }
     }
 
-    fn farm<'a>(
-        &'a self,
-        config: &'a Config,
-        cloud: &'a dyn Cloud,
-        channel: &'a lapin::Channel,
-    ) -> mitosis::Farm<'a> {
-        mitosis::Farm {
-            config,
-            ledger: &self.ledger,
-            locks: &self.beats,
-            cloud,
-            channel,
-            who: &self.cell_id,
-        }
-    }
-
-    /// After a spot notice: one tick per pool for a cell that is leaving (it no longer
-    /// counts as alive, nor its machine as pending), so the jobs it gave back get a
-    /// replacement cell.
-    pub(super) async fn replace(&self, publisher: &crate::queue::Publisher) {
-        let Some(cloud) = &self.cloud else { return };
+    /// One patient tick per pool for a cell that is leaving after a spot notice (it no
+    /// longer counts as alive, nor its machine as pending), so the jobs it gave back get
+    /// a replacement cell.
+    pub(super) async fn replace(&self, broker: &crate::queue::Broker) {
+        let Some(cloud) = &self.systems.cloud else {
+            return;
+        };
         // Again: a beat in flight when the notice came may have re-registered the cell.
-        if let Err(e) = self.beats.remove(&self.cell_id).await {
+        if let Err(e) = self.systems.locks.remove(&self.cell_id).await {
             tracing::warn!(error = %e, "cannot remove the heartbeat; it expires by itself");
         }
         let config = self.config();
-        let farm = self.farm(&config, cloud.as_ref(), publisher.channel());
+        let farm = self.live_farm(broker.publisher());
+        let ticker = self.ticker(&config, &farm, cloud.as_ref());
+        let me = Me {
+            cell_id: &self.cell_id,
+            idle_secs: None,
+            leaving: true,
+        };
         for pool in &self.pools {
-            let me = Me {
-                cell_id: &self.cell_id,
-                idle_secs: None,
-                leaving: true,
-            };
-            match mitosis::tick_patiently(&farm, pool, Some(me), Duration::from_secs(10)).await {
+            match ticker.tick_patiently(pool, Some(me)).await {
                 Ok(outcome) => tracing::info!(pool, ?outcome, "mitosis tick for a replacement"),
                 Err(e) => tracing::warn!(
                     pool,
@@ -171,31 +154,53 @@ impl Cell {
 
     /// One mitosis tick per pool; a decision to die drains the cell.
     async fn mitosis(&self, shutdown: &Shutdown) {
-        let Some(cloud) = &self.cloud else { return };
+        let Some(cloud) = &self.systems.cloud else {
+            return;
+        };
         let Some(publisher) = self.publisher.read().await.clone() else {
             return;
         };
-        let idle_secs = (self.running.load(Ordering::SeqCst) == 0).then(|| {
-            let since: Instant = *self.last_busy.lock().expect("never poisoned");
-            since.elapsed().as_secs()
-        });
         let config = self.config();
-        let farm = self.farm(&config, cloud.as_ref(), publisher.channel());
+        let farm = self.live_farm(&publisher);
+        let ticker = self.ticker(&config, &farm, cloud.as_ref());
+        let me = Me {
+            cell_id: &self.cell_id,
+            idle_secs: self.work.idle_for().map(|d| d.as_secs()),
+            leaving: false,
+        };
         for pool in &self.pools {
-            let me = Me {
-                cell_id: &self.cell_id,
-                idle_secs,
-                leaving: false,
-            };
-            match mitosis::tick(&farm, pool, Some(me)).await {
+            match ticker.tick(pool, Some(me)).await {
                 Ok((TickOutcome::Die, _)) => {
-                    self.dying.store(true, Ordering::SeqCst);
+                    self.leave(Exit::Die);
                     shutdown.drain.cancel();
                     return;
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(pool, error = format!("{e:#}"), "mitosis tick failed"),
             }
+        }
+    }
+
+    fn live_farm<'a>(&'a self, publisher: &'a Publisher) -> LiveFarm<'a> {
+        LiveFarm::new(
+            &self.systems.ledger,
+            &self.systems.locks,
+            publisher,
+            &self.names,
+        )
+    }
+
+    fn ticker<'a>(
+        &'a self,
+        config: &'a Config,
+        farm: &'a LiveFarm<'a>,
+        cloud: &'a dyn Cloud,
+    ) -> Ticker<'a> {
+        Ticker {
+            config,
+            farm,
+            cloud,
+            who: &self.cell_id,
         }
     }
 }

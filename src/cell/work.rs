@@ -12,18 +12,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, OutputSpec, Pipeline};
 use crate::failure::JobFailure;
 use crate::ffmpeg::{self, probe, Limits};
-use crate::job::{JobMessage, OutputObject};
-use crate::ledger::Ledger;
+use crate::job::OutputObject;
 use crate::store::{ObjectStore, S3Url};
+
+use super::attempt::Attempt;
 
 /// What an attempt needs from its cell.
 pub struct Context<'a> {
     pub config: &'a Config,
     pub store: &'a dyn ObjectStore,
-    pub ledger: &'a Ledger,
-    pub cell_id: &'a str,
     pub threads: usize,
-    pub cancel: &'a CancellationToken,
     /// Told the attempt's estimated wall seconds once the source is probed.
     pub estimate: &'a (dyn Fn(f64) + Sync),
 }
@@ -56,9 +54,10 @@ impl Drop for Scratch {
 /// Runs the job's pipeline and uploads its outputs; the caller commits to the ledger.
 pub async fn execute(
     ctx: &Context<'_>,
-    job: &JobMessage,
-    attempt: i32,
+    attempt: &Attempt<'_>,
 ) -> Result<Vec<OutputObject>, JobFailure> {
+    let job = &attempt.job;
+    let cancel = &attempt.cancel;
     let pipeline = ctx
         .config
         .pipelines
@@ -68,15 +67,17 @@ pub async fn execute(
             reason: "no such pipeline in the cell's config".into(),
         })?;
     let limits = limits(ctx.config, pipeline);
-    let root = Path::new(&ctx.config.cell.scratch_dir)
-        .join(format!("{}-{attempt}-{}", job.job_id, ctx.cell_id));
+    let root = Path::new(&ctx.config.cell.scratch_dir).join(format!(
+        "{}-{}-{}",
+        job.job_id, attempt.id.attempt, attempt.id.cell_id
+    ));
     let scratch = Scratch::create(root)?;
     let input = scratch.0.join("in/source");
     let src = &job.source;
     ctx.store
         .download(&src.bucket, &src.key, Some(&src.etag), &input)
         .await?;
-    let source_probe = probe::probe(&input, &limits, ctx.cancel)
+    let source_probe = probe::probe(&input, &limits, cancel)
         .await
         .map_err(JobFailure::Probe)?;
     if source_probe.video().is_none() && source_probe.audio().is_none() {
@@ -89,7 +90,7 @@ pub async fn execute(
         (ctx.estimate)(duration * pipeline.cost_factor);
     }
     let probe_json = serde_json::to_value(&source_probe).expect("a probe always serializes");
-    ctx.ledger.record_probe(&job.job_id, &probe_json).await?;
+    attempt.record_probe(&probe_json).await?;
 
     let mut vars: BTreeMap<&str, String> = BTreeMap::new();
     vars.insert("input", path_arg(&input));
@@ -115,7 +116,7 @@ pub async fn execute(
             }
         })?;
     for (i, args) in commands.iter().enumerate() {
-        ffmpeg::run("ffmpeg", args, &limits, ctx.cancel)
+        ffmpeg::run("ffmpeg", args, &limits, cancel)
             .await
             .map_err(|source| JobFailure::Step { step: i, source })?;
     }
@@ -128,12 +129,12 @@ pub async fn execute(
         &scratch.0.join("out"),
         &source_probe,
         &output_limits,
-        ctx.cancel,
+        cancel,
     )
     .await?;
 
     // Last look before anything becomes visible: a superseded attempt uploads nothing.
-    if !ctx.ledger.holds(&job.job_id, attempt, ctx.cell_id).await? {
+    if !attempt.holds().await? {
         return Err(JobFailure::Superseded);
     }
     let dest = S3Url::parse(&job.output).map_err(|reason| JobFailure::Pipeline {

@@ -64,19 +64,20 @@ enum Market {
 }
 
 impl Ec2Cloud {
-    pub async fn connect(
+    /// The EC2 cloud on the process's shared AWS config, with `cfg`'s region and
+    /// endpoint on top.
+    pub fn new(
+        sdk: &aws_config::SdkConfig,
         farm: &str,
         cfg: Ec2,
         config_url: String,
         launched_by: String,
         metadata: Option<Metadata>,
     ) -> Ec2Cloud {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut builder = aws_sdk_ec2::config::Builder::from(sdk);
         if let Some(region) = &cfg.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
+            builder = builder.region(aws_config::Region::new(region.clone()));
         }
-        let shared = loader.load().await;
-        let mut builder = aws_sdk_ec2::config::Builder::from(&shared);
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
@@ -88,6 +89,18 @@ impl Ec2Cloud {
             launched_by,
             metadata,
         }
+    }
+
+    /// The EC2 cloud on a shared AWS config of its own (tests, tools).
+    pub async fn connect(
+        farm: &str,
+        cfg: Ec2,
+        config_url: String,
+        launched_by: String,
+        metadata: Option<Metadata>,
+    ) -> Ec2Cloud {
+        let sdk = crate::aws::sdk_config().await;
+        Ec2Cloud::new(&sdk, farm, cfg, config_url, launched_by, metadata)
     }
 
     fn tags(&self, pool: &str) -> TagSpecification {
@@ -398,7 +411,7 @@ impl Cloud for Ec2Cloud {
             fail("no instance metadata address to learn this instance's id".into())
         })?;
         let id = metadata
-            .identity()
+            .instance()
             .await
             .map_err(|e| fail(e.to_string()))?
             .instance_id;

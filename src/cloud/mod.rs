@@ -39,27 +39,5 @@ pub trait Cloud: Send + Sync {
     async fn terminate_self(&self) -> Result<(), CloudError>;
 }
 
-/// No cloud: the farm is sized by hand; mitosis never launches and cells never die.
-pub struct NoCloud;
-
-#[async_trait]
-impl Cloud for NoCloud {
-    async fn launch(&self, pool: &str, n: u32, _token: &str) -> Result<Vec<String>, CloudError> {
-        Err(CloudError::Launch {
-            pool: pool.into(),
-            n,
-            reason: "no cloud is configured ([cloud] kind = \"none\")".into(),
-        })
-    }
-
-    async fn count(&self, _pool: &str) -> Result<Option<u32>, CloudError> {
-        Ok(None)
-    }
-
-    async fn terminate_self(&self) -> Result<(), CloudError> {
-        Ok(())
-    }
-}
-
 /// The launch id environment variable a launched cell reads.
 pub const LAUNCH_ID_ENV: &str = "CELLFARM_LAUNCH_ID";

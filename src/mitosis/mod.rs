@@ -6,7 +6,7 @@
 
 mod tick;
 
-pub use tick::{tick, tick_patiently, Farm, Me, TickOutcome};
+pub use tick::{Farm, LiveFarm, Me, TickOutcome, Ticker};
 
 /// What a pool looks like now.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -212,11 +212,12 @@ mod tests {
         assert_eq!(decide(&short, &p), Decision::Launch(3));
     }
 
-    /// The herd: eight cells tick on the same backlog. Each tick runs under the pool's
-    /// lock and records its launches as pending before the next observes, so together
-    /// they launch exactly the missing cells.
+    /// Eight decisions in a row on the same backlog, each seeing the launches of the ones
+    /// before as pending, launch exactly the missing cells. This is the decision's part
+    /// only: that concurrent ticks do decide one after another is the pool lock's, tested
+    /// in `tick`'s tests and end to end in `tests/mitosis.rs`.
     #[test]
-    fn a_herd_of_ticks_launches_the_missing_cells_once() {
+    fn decisions_that_see_pending_launches_launch_the_missing_cells_once() {
         let p = policy();
         let mut pending = 0;
         let mut launched = 0;

@@ -1,28 +1,76 @@
-//! One mitosis tick for one pool: observe, decide, act, under the pool's Redis lock so
-//! that ten cells seeing the same backlog launch the missing cells once, not ten times.
+//! One mitosis tick for one pool: observe, decide, act, under the pool's lock so that ten
+//! cells seeing the same backlog launch the missing cells once, not ten times.
+//!
+//! The tick reads and changes the farm only through [`Farm`] (queues, ledger, heartbeats,
+//! pending launches, cooldowns, events) and [`Cloud`], so its rules (cooldown, zero to
+//! one, the last look before death) are tested here without a server; [`LiveFarm`] is the
+//! farm on RabbitMQ, PostgreSQL and Redis.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use super::{decide, Decision, Observation};
 use crate::cloud::Cloud;
 use crate::config::Config;
-use crate::ledger::Ledger;
-use crate::locks::Heartbeats;
-use crate::queue::{self, Names};
+use crate::ledger::{EventKind, Ledger, PipelineLoad};
+use crate::locks::{Coordinator, Lock};
+use crate::queue::{self, Names, Publisher};
 
 /// Seconds of source assumed for a job nothing is known about yet (no estimate, no
 /// probe): a few minutes of video.
 const UNKNOWN_JOB_SECS: f64 = 180.0;
 /// The lock outlives any tick by far; it only matters if its holder dies mid-tick.
 const LOCK_TTL_MS: u64 = 15_000;
+/// How long a caller that must tick (submit, the trigger, a leaving cell) waits out a
+/// lock held by another decider.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The farm as one pool's tick sees it: what it reads, and what it records.
+#[async_trait]
+pub trait Farm: Send + Sync {
+    /// Takes the pool's mitosis lock; false while another decider holds it.
+    async fn lock(&self, pool: &str) -> anyhow::Result<bool>;
+    async fn unlock(&self, pool: &str) -> anyhow::Result<()>;
+    /// Ready messages in the pool's queues (the broker's count: deliveries excluded).
+    async fn ready(&self, pool: &str) -> anyhow::Result<u64>;
+    /// The pool's queued and running jobs, per pipeline.
+    async fn load(&self, pool: &str) -> anyhow::Result<Vec<PipelineLoad>>;
+    /// Cells with a fresh heartbeat that serve the pool and are not draining.
+    async fn alive(&self, pool: &str) -> anyhow::Result<u32>;
+    /// Launches recorded and not alive yet, within their launch timeout.
+    async fn pending(&self, pool: &str) -> anyhow::Result<u32>;
+    /// True while the pool is in its post-launch cooldown.
+    async fn cooling(&self, pool: &str) -> anyhow::Result<bool>;
+    /// A token unique to one launch decision (the cloud's idempotency token).
+    async fn launch_token(&self, pool: &str) -> anyhow::Result<String>;
+    /// Records launched cells as pending for `timeout_secs` and starts the cooldown.
+    async fn launched(
+        &self,
+        pool: &str,
+        ids: &[String],
+        timeout_secs: u64,
+        cooldown_secs: u64,
+    ) -> anyhow::Result<()>;
+    /// Takes a cell out of the live set.
+    async fn deregister(&self, cell_id: &str) -> anyhow::Result<()>;
+    async fn record(
+        &self,
+        pool: &str,
+        kind: EventKind,
+        who: &str,
+        cells: u32,
+        reason: &str,
+    ) -> anyhow::Result<()>;
+}
 
 /// What a tick needs.
-pub struct Farm<'a> {
+pub struct Ticker<'a> {
     pub config: &'a Config,
-    pub ledger: &'a Ledger,
-    pub locks: &'a Heartbeats,
+    pub farm: &'a dyn Farm,
     pub cloud: &'a dyn Cloud,
-    pub channel: &'a lapin::Channel,
     /// Who ticks, for the ledger's launch events: a cell id, `submit`, `trigger`…
     pub who: &'a str,
 }
@@ -40,7 +88,7 @@ pub struct Me<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TickOutcome {
-    /// Another cell holds the pool's lock: it is deciding.
+    /// Another decider holds the pool's lock.
     Busy,
     Launched(u32),
     Stayed,
@@ -48,38 +96,170 @@ pub enum TickOutcome {
     Die,
 }
 
-pub async fn tick(
-    farm: &Farm<'_>,
-    pool: &str,
-    me: Option<Me<'_>>,
-) -> anyhow::Result<(TickOutcome, Observation)> {
-    let Some(lock) = farm
-        .locks
-        .try_lock(&format!("mitosis:{pool}"), LOCK_TTL_MS)
-        .await?
-    else {
-        return Ok((TickOutcome::Busy, Observation::default()));
-    };
-    let result = tick_locked(farm, pool, me).await;
-    if let Err(e) = farm.locks.unlock(lock).await {
-        tracing::warn!(pool, error = %e, "cannot release the mitosis lock; it expires by itself");
+impl Ticker<'_> {
+    /// One tick of `pool` under its lock; `Busy` if another decider holds it.
+    pub async fn tick(
+        &self,
+        pool: &str,
+        me: Option<Me<'_>>,
+    ) -> anyhow::Result<(TickOutcome, Observation)> {
+        if !self.farm.lock(pool).await? {
+            return Ok((TickOutcome::Busy, Observation::default()));
+        }
+        let result = self.tick_locked(pool, me).await;
+        if let Err(e) = self.farm.unlock(pool).await {
+            tracing::warn!(
+                pool,
+                error = format!("{e:#}"),
+                "cannot release the mitosis lock; it expires by itself"
+            );
+        }
+        result
     }
-    result
+
+    /// Ticks, waiting out a lock held by another decider, for callers that must tick
+    /// (submit, the trigger, a leaving cell).
+    pub async fn tick_patiently(
+        &self,
+        pool: &str,
+        me: Option<Me<'_>>,
+    ) -> anyhow::Result<TickOutcome> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (outcome, _) = self.tick(pool, me).await?;
+            if outcome != TickOutcome::Busy || tokio::time::Instant::now() >= deadline {
+                return Ok(outcome);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One patient tick per pool that got work: a farm with no cell starts itself.
+    /// Failures are logged: the jobs are queued whatever the tick does.
+    pub async fn kick<'p>(&self, pools: impl IntoIterator<Item = &'p String>) {
+        for pool in pools {
+            match self.tick_patiently(pool, None).await {
+                Ok(outcome) => tracing::info!(pool, ?outcome, who = self.who, "mitosis tick"),
+                Err(e) => tracing::warn!(pool, error = format!("{e:#}"), "mitosis tick failed"),
+            }
+        }
+    }
+
+    async fn observe(&self, pool: &str, me: Option<Me<'_>>) -> anyhow::Result<Observation> {
+        let ready = self.farm.ready(pool).await?;
+        let (in_flight, work_secs) = weigh(self.config, &self.farm.load(pool).await?);
+        let alive = self.farm.alive(pool).await?;
+        let mut pending = self.farm.pending(pool).await?;
+        // The cloud's own count is the backstop when Redis lost the pending launches.
+        if let Some(existing) = self.cloud.count(pool).await? {
+            let existing = existing.saturating_sub(u32::from(me.is_some_and(|m| m.leaving)));
+            tracing::debug!(
+                pool,
+                recorded = pending,
+                existing,
+                alive,
+                "pending launches"
+            );
+            pending = pending.max(existing.saturating_sub(alive));
+        }
+        Ok(Observation {
+            ready,
+            in_flight,
+            work_secs,
+            alive,
+            pending,
+            idle_secs: me.and_then(|m| m.idle_secs),
+        })
+    }
+
+    async fn tick_locked(
+        &self,
+        pool: &str,
+        me: Option<Me<'_>>,
+    ) -> anyhow::Result<(TickOutcome, Observation)> {
+        let p = self
+            .config
+            .pools
+            .get(pool)
+            .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
+        let obs = self.observe(pool, me).await?;
+        let decision = decide(&obs, &p.policy());
+        tracing::debug!(pool, ?obs, ?decision, "mitosis tick");
+        let outcome = match decision {
+            Decision::Stay => TickOutcome::Stayed,
+            Decision::Launch(n) => self.launch(pool, n, &obs, me).await?,
+            Decision::Die => match me.filter(|m| !m.leaving) {
+                Some(me) => return self.die(pool, me, obs).await,
+                None => TickOutcome::Stayed,
+            },
+        };
+        Ok((outcome, obs))
+    }
+
+    /// Launches `n` cells unless the pool is cooling down after a launch; zero to one
+    /// ignores the cooldown.
+    async fn launch(
+        &self,
+        pool: &str,
+        n: u32,
+        obs: &Observation,
+        me: Option<Me<'_>>,
+    ) -> anyhow::Result<TickOutcome> {
+        let p = &self.config.pools[pool];
+        let from_zero = obs.alive + obs.pending == 0;
+        if !from_zero && self.farm.cooling(pool).await? {
+            return Ok(TickOutcome::Stayed);
+        }
+        let token = self.farm.launch_token(pool).await?;
+        let ids = self.cloud.launch(pool, n, &token).await?;
+        self.farm
+            .launched(pool, &ids, p.launch_timeout_secs, p.cooldown_secs)
+            .await?;
+        let reason = format!(
+            "{} ready, {} running, {:.0} s of work; {} alive, {} pending",
+            obs.ready, obs.in_flight, obs.work_secs, obs.alive, obs.pending
+        );
+        tracing::info!(pool, cells = n, %reason, "mitosis: launching");
+        let decider = me.map_or(self.who, |m| m.cell_id);
+        self.farm
+            .record(pool, EventKind::Launch, decider, n, &reason)
+            .await?;
+        Ok(TickOutcome::Launched(n))
+    }
+
+    /// Deregisters the deciding cell, then looks once more: a job published after this
+    /// look sees no live cell here, and its publisher's tick launches one.
+    async fn die(
+        &self,
+        pool: &str,
+        me: Me<'_>,
+        obs: Observation,
+    ) -> anyhow::Result<(TickOutcome, Observation)> {
+        self.farm.deregister(me.cell_id).await?;
+        let last_look = self.observe(pool, None).await?;
+        if last_look.ready > 0 {
+            return Ok((TickOutcome::Stayed, last_look));
+        }
+        let reason = format!(
+            "idle {} s, queues empty, {} cells alive",
+            me.idle_secs.unwrap_or(0),
+            obs.alive
+        );
+        tracing::info!(pool, %reason, "death: this cell is no longer needed");
+        self.farm
+            .record(pool, EventKind::Death, me.cell_id, 1, &reason)
+            .await?;
+        Ok((TickOutcome::Die, obs))
+    }
 }
 
-async fn observe(farm: &Farm<'_>, pool: &str, me: Option<Me<'_>>) -> anyhow::Result<Observation> {
-    let idle_secs = me.and_then(|m| m.idle_secs);
-    let names = Names::new(&farm.config.farm.name);
-    let mut ready = 0;
-    for lane in [names.priority(pool), names.work(pool)] {
-        ready += u64::from(queue::ready(farm.channel, &lane).await?.0);
-    }
+/// Jobs running and seconds of work waiting, from a pool's load per pipeline. A
+/// pipeline gone from the config still has work: it weighs as plain seconds.
+fn weigh(config: &Config, loads: &[PipelineLoad]) -> (u64, f64) {
     let mut in_flight = 0;
     let mut work_secs = 0.0;
-    for load in farm.ledger.pool_load(pool).await? {
-        // A pipeline gone from the config still has work: weigh it as plain seconds.
-        let cost = farm
-            .config
+    for load in loads {
+        let cost = config
             .pipelines
             .get(&load.pipeline)
             .map_or(1.0, |p| p.cost_factor);
@@ -87,116 +267,121 @@ async fn observe(farm: &Farm<'_>, pool: &str, me: Option<Me<'_>>) -> anyhow::Res
         work_secs += load.estimated_secs
             + cost * (load.probed_secs + load.unknown as f64 * UNKNOWN_JOB_SECS);
     }
-    let alive = farm
-        .locks
-        .alive()
-        .await?
-        .iter()
-        .filter(|b| b.pools.iter().any(|p| p == pool) && !b.draining)
-        .count() as u32;
-    let mut pending = farm.locks.pending(pool).await?;
-    // The cloud's own count is the backstop when Redis lost the pending launches.
-    if let Some(existing) = farm.cloud.count(pool).await? {
-        let existing = existing.saturating_sub(u32::from(me.is_some_and(|m| m.leaving)));
-        tracing::debug!(
-            pool,
-            recorded = pending,
-            existing,
-            alive,
-            "pending launches"
-        );
-        pending = pending.max(existing.saturating_sub(alive));
-    }
-    Ok(Observation {
-        ready,
-        in_flight,
-        work_secs,
-        alive,
-        pending,
-        idle_secs,
-    })
+    (in_flight, work_secs)
 }
 
-async fn tick_locked(
-    farm: &Farm<'_>,
-    pool: &str,
-    me: Option<Me<'_>>,
-) -> anyhow::Result<(TickOutcome, Observation)> {
-    let p = farm
-        .config
-        .pools
-        .get(pool)
-        .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
-    let obs = observe(farm, pool, me).await?;
-    let decider = me.as_ref().map_or(farm.who, |m| m.cell_id);
-    let decision = decide(&obs, &p.policy());
-    tracing::debug!(pool, ?obs, ?decision, "mitosis tick");
-    match decision {
-        Decision::Stay => Ok((TickOutcome::Stayed, obs)),
-        Decision::Launch(n) => {
-            let from_zero = obs.alive + obs.pending == 0;
-            if !from_zero && farm.locks.cooling(pool).await? {
-                return Ok((TickOutcome::Stayed, obs));
-            }
-            let token = format!(
-                "{}-{pool}-{}",
-                farm.config.farm.name,
-                farm.locks.next_launch(pool).await?
-            );
-            let ids = farm.cloud.launch(pool, n, &token).await?;
-            farm.locks
-                .add_pending(pool, &ids, p.launch_timeout_secs)
-                .await?;
-            farm.locks.start_cooldown(pool, p.cooldown_secs).await?;
-            let reason = format!(
-                "{} ready, {} running, {:.0} s of work; {} alive, {} pending",
-                obs.ready, obs.in_flight, obs.work_secs, obs.alive, obs.pending
-            );
-            tracing::info!(pool, cells = n, %reason, "mitosis: launching");
-            farm.ledger
-                .record_event(pool, "launch", decider, n, &reason)
-                .await?;
-            Ok((TickOutcome::Launched(n), obs))
-        }
-        Decision::Die => {
-            let Some(me) = me.filter(|m| !m.leaving) else {
-                return Ok((TickOutcome::Stayed, obs));
-            };
-            // Deregister first, then look once more: a job published after this look
-            // sees no live cell here, and its publisher's tick launches one.
-            farm.locks.remove(me.cell_id).await?;
-            let last_look = observe(farm, pool, None).await?;
-            if last_look.ready > 0 {
-                return Ok((TickOutcome::Stayed, last_look));
-            }
-            let reason = format!(
-                "idle {} s, queues empty, {} cells alive",
-                me.idle_secs.unwrap_or(0),
-                obs.alive
-            );
-            tracing::info!(pool, %reason, "death: this cell is no longer needed");
-            farm.ledger
-                .record_event(pool, "death", me.cell_id, 1, &reason)
-                .await?;
-            Ok((TickOutcome::Die, obs))
+/// The farm on its real systems: ready counts from RabbitMQ (through `publisher`'s
+/// channel), load from the ledger, heartbeats, locks and launches from Redis.
+pub struct LiveFarm<'a> {
+    pub ledger: &'a Ledger,
+    pub locks: &'a Coordinator,
+    pub publisher: &'a Publisher,
+    pub names: &'a Names,
+    /// Locks this farm holds, by pool.
+    held: Mutex<BTreeMap<String, Lock>>,
+}
+
+impl<'a> LiveFarm<'a> {
+    pub fn new(
+        ledger: &'a Ledger,
+        locks: &'a Coordinator,
+        publisher: &'a Publisher,
+        names: &'a Names,
+    ) -> LiveFarm<'a> {
+        LiveFarm {
+            ledger,
+            locks,
+            publisher,
+            names,
+            held: Mutex::default(),
         }
     }
 }
 
-/// Waits out a lock held by another decider, for callers that must tick (submit, a
-/// leaving cell).
-pub async fn tick_patiently(
-    farm: &Farm<'_>,
-    pool: &str,
-    me: Option<Me<'_>>,
-    patience: Duration,
-) -> anyhow::Result<TickOutcome> {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        let (outcome, _) = tick(farm, pool, me).await?;
-        if outcome != TickOutcome::Busy || tokio::time::Instant::now() >= deadline {
-            return Ok(outcome);
+#[async_trait]
+impl Farm for LiveFarm<'_> {
+    async fn lock(&self, pool: &str) -> anyhow::Result<bool> {
+        let lock = self
+            .locks
+            .try_lock(&format!("mitosis:{pool}"), LOCK_TTL_MS)
+            .await?;
+        let taken = lock.is_some();
+        if let Some(lock) = lock {
+            self.held
+                .lock()
+                .expect("never poisoned")
+                .insert(pool.into(), lock);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(taken)
+    }
+
+    async fn unlock(&self, pool: &str) -> anyhow::Result<()> {
+        let lock = self.held.lock().expect("never poisoned").remove(pool);
+        if let Some(lock) = lock {
+            self.locks.unlock(lock).await?;
+        }
+        Ok(())
+    }
+
+    async fn ready(&self, pool: &str) -> anyhow::Result<u64> {
+        Ok(queue::pool_ready(self.publisher.channel(), self.names, pool).await?)
+    }
+
+    async fn load(&self, pool: &str) -> anyhow::Result<Vec<PipelineLoad>> {
+        Ok(self.ledger.pool_load(pool).await?)
+    }
+
+    async fn alive(&self, pool: &str) -> anyhow::Result<u32> {
+        let beats = self.locks.alive().await?;
+        let serving = beats
+            .iter()
+            .filter(|b| b.pools.iter().any(|p| p == pool) && !b.draining);
+        Ok(serving.count() as u32)
+    }
+
+    async fn pending(&self, pool: &str) -> anyhow::Result<u32> {
+        Ok(self.locks.pending(pool).await?)
+    }
+
+    async fn cooling(&self, pool: &str) -> anyhow::Result<bool> {
+        Ok(self.locks.cooling(pool).await?)
+    }
+
+    async fn launch_token(&self, pool: &str) -> anyhow::Result<String> {
+        let n = self.locks.next_launch(pool).await?;
+        Ok(format!("{}-{pool}-{n}", self.names.farm()))
+    }
+
+    async fn launched(
+        &self,
+        pool: &str,
+        ids: &[String],
+        timeout_secs: u64,
+        cooldown_secs: u64,
+    ) -> anyhow::Result<()> {
+        self.locks.add_pending(pool, ids, timeout_secs).await?;
+        self.locks.start_cooldown(pool, cooldown_secs).await?;
+        Ok(())
+    }
+
+    async fn deregister(&self, cell_id: &str) -> anyhow::Result<()> {
+        Ok(self.locks.remove(cell_id).await?)
+    }
+
+    async fn record(
+        &self,
+        pool: &str,
+        kind: EventKind,
+        who: &str,
+        cells: u32,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        Ok(self
+            .ledger
+            .record_event(pool, kind, who, cells, reason)
+            .await?)
     }
 }
+
+#[cfg(test)]
+mod tests;

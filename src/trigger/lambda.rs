@@ -13,20 +13,27 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::{json, Value};
 
 use super::{Trigger, Upload};
-use crate::cloud::Cloud;
+use crate::boot::Systems;
 use crate::config::Config;
-use crate::ledger::Ledger;
-use crate::locks::Heartbeats;
-use crate::queue::{self, Publisher};
-use crate::store::ObjectStore;
+use crate::queue::Broker;
 
 /// What stays warm between invocations.
 pub struct Function {
     pub config: Config,
-    pub store: Arc<dyn ObjectStore>,
-    pub ledger: Ledger,
-    pub beats: Heartbeats,
-    pub cloud: Option<Arc<dyn Cloud>>,
+    pub systems: Systems,
+}
+
+/// `cellfarm lambda`: connects once, then serves invocations until the runtime API goes
+/// away. `location` is this process's `--config`, which launched cells are started with.
+pub async fn run(
+    config: Config,
+    location: &str,
+    sdk: &aws_config::SdkConfig,
+) -> anyhow::Result<()> {
+    let systems = Systems::connect(&config, sdk)
+        .await?
+        .with_cloud(&config, location, "trigger", None)?;
+    Function { config, systems }.serve().await
 }
 
 /// One record of an event, read.
@@ -102,9 +109,9 @@ impl Function {
             tracing::info!("s3:TestEvent; ignored");
             return Ok(json!({ "records": [], "ignored": "s3:TestEvent" }));
         };
-        let conn = queue::connect(&self.config.amqp.url).await?;
-        let answer = self.records(&conn, records).await;
-        let _ = conn.close(200, "invocation over").await;
+        let broker = Broker::connect(&self.config).await?;
+        let answer = self.records(&broker, records).await;
+        broker.close("invocation over").await;
         let (answers, failure) = answer?;
         if let Some(e) = failure {
             return Err(format!(
@@ -117,16 +124,14 @@ impl Function {
 
     async fn records(
         &self,
-        conn: &lapin::Connection,
+        broker: &Broker,
         records: Vec<Record>,
     ) -> anyhow::Result<(Vec<Value>, Option<anyhow::Error>)> {
-        let publisher = Publisher::open(conn).await?;
-        queue::declare(publisher.channel(), &self.config).await?;
         let trigger = Trigger {
             config: &self.config,
-            store: self.store.as_ref(),
-            ledger: &self.ledger,
-            publisher: &publisher,
+            store: self.systems.store.as_ref(),
+            ledger: &self.systems.ledger,
+            publisher: broker.publisher(),
         };
         let mut answers = Vec::new();
         let mut outcomes = Vec::new();
@@ -156,19 +161,10 @@ impl Function {
             };
             answers.push(answer);
         }
-        if let Some(cloud) = &self.cloud {
-            let pools = super::pools(&outcomes);
-            super::tick(
-                &self.config,
-                &self.ledger,
-                &self.beats,
-                cloud.as_ref(),
-                publisher.channel(),
-                "trigger",
-                &pools,
-            )
+        let pools = super::pools(&outcomes);
+        self.systems
+            .kick(&self.config, broker, "trigger", &pools)
             .await;
-        }
         Ok((answers, failure))
     }
 }

@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Route};
 use crate::ffmpeg::{probe, Limits};
-use crate::ledger::Ledger;
-use crate::locks::Heartbeats;
+use crate::ledger::{Ledger, SubmitOutcome};
 use crate::queue::Publisher;
 use crate::store::{ObjectMeta, ObjectStore};
 use crate::submit::{self, Submitted};
@@ -120,7 +119,7 @@ impl Trigger<'_> {
                 &req,
             )
             .await?;
-            if done.iter().any(|j| j.outcome != "known") {
+            if done.iter().any(|j| j.outcome != SubmitOutcome::Known) {
                 let pool = route
                     .pool
                     .as_ref()
@@ -224,32 +223,6 @@ pub fn pools(outcomes: &[Outcome]) -> BTreeSet<String> {
             _ => BTreeSet::new(),
         })
         .collect()
-}
-
-/// One mitosis tick per pool that got work: a farm with no cell starts itself.
-pub async fn tick(
-    config: &Config,
-    ledger: &Ledger,
-    beats: &Heartbeats,
-    cloud: &dyn crate::cloud::Cloud,
-    channel: &lapin::Channel,
-    who: &str,
-    pools: &BTreeSet<String>,
-) {
-    let farm = crate::mitosis::Farm {
-        config,
-        ledger,
-        locks: beats,
-        cloud,
-        channel,
-        who,
-    };
-    for pool in pools {
-        match crate::mitosis::tick_patiently(&farm, pool, None, Duration::from_secs(10)).await {
-            Ok(outcome) => tracing::info!(pool, ?outcome, "mitosis tick after the trigger"),
-            Err(e) => tracing::warn!(pool, error = format!("{e:#}"), "mitosis tick failed"),
-        }
-    }
 }
 
 /// Whether the route takes `bucket/key` by name (bucket, prefix, glob).

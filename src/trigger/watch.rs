@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use super::{Outcome, Trigger, Upload};
+use crate::boot::Systems;
 use crate::config::Config;
-use crate::ledger::Ledger;
-use crate::locks::Heartbeats;
-use crate::queue::{self, Publisher};
-use crate::store::{ObjectStore, S3Url};
+use crate::ledger::SubmitOutcome;
+use crate::queue::Broker;
+use crate::store::S3Url;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
@@ -24,12 +24,60 @@ pub struct Pass {
     pub enqueued: usize,
 }
 
+/// `cellfarm watch`: what to watch, and how.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The prefix to watch, s3://bucket/prefix/.
+    #[arg(value_parser = S3Url::parse)]
+    pub url: S3Url,
+    /// Seconds between passes.
+    #[arg(long = "interval", default_value_t = 10)]
+    pub interval_secs: u64,
+    /// One pass, then exit: find objects that never became jobs (lost events).
+    #[arg(long)]
+    pub reconcile: bool,
+}
+
+/// Watches until Ctrl-C (or one pass with `reconcile`). `location` is this process's
+/// `--config`, which launched cells are started with.
+pub async fn run(
+    config: &Config,
+    location: &str,
+    sdk: &aws_config::SdkConfig,
+    args: Args,
+) -> anyhow::Result<()> {
+    let url = &args.url;
+    anyhow::ensure!(
+        !config.routes.is_empty(),
+        "watch {url}: the config has no [[routes]], so no object would become a job"
+    );
+    let systems = Systems::connect(config, sdk)
+        .await?
+        .with_cloud(config, location, "watch", None)?;
+    let watcher = Watcher {
+        config,
+        systems: &systems,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    let interval = (!args.reconcile).then(|| Duration::from_secs(args.interval_secs.max(1)));
+    let pass = watcher.run(url, interval, stop).await?;
+    if args.reconcile {
+        println!(
+            "{} object(s) under {url}; {} taken, {} job(s) enqueued",
+            pass.objects, pass.taken, pass.enqueued
+        );
+    }
+    Ok(())
+}
+
 pub struct Watcher<'a> {
     pub config: &'a Config,
-    pub store: &'a dyn ObjectStore,
-    pub ledger: &'a Ledger,
-    pub beats: &'a Heartbeats,
-    pub cloud: Option<&'a dyn crate::cloud::Cloud>,
+    pub systems: &'a Systems,
 }
 
 impl Watcher<'_> {
@@ -67,35 +115,34 @@ impl Watcher<'_> {
     }
 
     async fn pass(&self, url: &S3Url) -> anyhow::Result<Pass> {
-        let conn = queue::connect(&self.config.amqp.url).await?;
-        let result = self.pass_on(&conn, url).await;
-        let _ = conn.close(200, "pass over").await;
+        let broker = Broker::connect(self.config).await?;
+        let result = self.pass_on(&broker, url).await;
+        broker.close("pass over").await;
         result
     }
 
-    async fn pass_on(&self, conn: &lapin::Connection, url: &S3Url) -> anyhow::Result<Pass> {
-        let publisher = Publisher::open(conn).await?;
-        queue::declare(publisher.channel(), self.config).await?;
+    async fn pass_on(&self, broker: &Broker, url: &S3Url) -> anyhow::Result<Pass> {
+        let (store, ledger) = (self.systems.store.as_ref(), &self.systems.ledger);
         let trigger = Trigger {
             config: self.config,
-            store: self.store,
-            ledger: self.ledger,
-            publisher: &publisher,
+            store,
+            ledger,
+            publisher: broker.publisher(),
         };
         let mut pass = Pass::default();
         let mut outcomes = Vec::new();
-        for o in self.store.list(&url.bucket, &url.key).await? {
+        for o in store.list(&url.bucket, &url.key).await? {
             if o.key.ends_with('/') {
                 continue;
             }
             pass.objects += 1;
             // Some S3 servers (s3s-fs) list objects without their ETag.
             let o = if o.etag.is_empty() {
-                self.store.head(&url.bucket, &o.key).await?
+                store.head(&url.bucket, &o.key).await?
             } else {
                 o
             };
-            let seen = self.ledger.seen(&url.bucket, &o.key).await?;
+            let seen = ledger.seen(&url.bucket, &o.key).await?;
             if seen.is_some_and(|(etag, _)| etag == o.etag) {
                 continue;
             }
@@ -109,23 +156,15 @@ impl Watcher<'_> {
             let outcome = trigger.object(&upload).await?;
             pass.taken += 1;
             if let Outcome::Routed { jobs, .. } = &outcome {
-                pass.enqueued += jobs.iter().filter(|j| j.outcome != "known").count();
+                let new = jobs.iter().filter(|j| j.outcome != SubmitOutcome::Known);
+                pass.enqueued += new.count();
             }
             outcomes.push(outcome);
         }
-        if let Some(cloud) = self.cloud {
-            let pools = super::pools(&outcomes);
-            super::tick(
-                self.config,
-                self.ledger,
-                self.beats,
-                cloud,
-                publisher.channel(),
-                "watch",
-                &pools,
-            )
+        let pools = super::pools(&outcomes);
+        self.systems
+            .kick(self.config, broker, "watch", &pools)
             .await;
-        }
         Ok(pass)
     }
 }

@@ -14,6 +14,10 @@ use sqlx::{Executor, Row};
 use crate::config::Postgres;
 use crate::job::{JobMessage, ResultMessage};
 
+mod words;
+
+pub use words::{AttemptOutcome, EventKind, JobState, SubmitOutcome, UnknownWord};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,17 @@ pub enum LedgerError {
         "the ledger in schema {schema} is not migrated to version {want}: run `cellfarm migrate`"
     )]
     NotMigrated { schema: String, want: i64 },
+    #[error(transparent)]
+    Word(#[from] UnknownWord),
+}
+
+/// One attempt of one job by one cell: whose claim a transition checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptId {
+    pub job_id: String,
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    pub cell_id: String,
 }
 
 /// What a delivery may do with its job.
@@ -34,14 +49,13 @@ pub enum Claim {
     /// Run it: this is attempt `attempt`.
     Run { attempt: i32 },
     /// Already done or already failed: the delivery is a duplicate.
-    Finished { state: String },
+    Finished { state: JobState },
     /// Another cell holds a live lease; the delivery is a duplicate.
     HeldElsewhere { cell_id: String },
     /// Every attempt is spent: dead-letter it with the last error.
     Exhausted { attempts: i32, error: String },
 }
 
-/// Jobs per (pool, state), for `cellfarm status`.
 /// One pipeline's share of a pool's unfinished jobs (see [`Ledger::pool_load`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineLoad {
@@ -55,10 +69,11 @@ pub struct PipelineLoad {
     pub unknown: u64,
 }
 
+/// Jobs per (pool, state), for `cellfarm status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StateCount {
     pub pool: String,
-    pub state: String,
+    pub state: JobState,
     pub jobs: i64,
 }
 
@@ -67,7 +82,7 @@ pub struct Failure {
     pub job_id: String,
     pub pipeline: String,
     pub source: String,
-    pub state: String,
+    pub state: JobState,
     pub attempts: i32,
     pub error: String,
     pub at: chrono::DateTime<chrono::Utc>,
@@ -184,13 +199,13 @@ impl Ledger {
         .bind(&job.job_id)
         .fetch_one(&mut *tx)
         .await?;
-        let state: String = row.get("state");
+        let state: JobState = row.get::<String, _>("state").parse()?;
         let attempts: i32 = row.get("attempts");
         let holder: Option<String> = row.get("cell_id");
         let expired: Option<bool> = row.get("expired");
-        let claim = match state.as_str() {
-            "succeeded" | "failed" | "dead" => Claim::Finished { state },
-            "running" if expired == Some(false) => Claim::HeldElsewhere {
+        let claim = match state {
+            s if s.is_final() => Claim::Finished { state },
+            JobState::Running if expired == Some(false) => Claim::HeldElsewhere {
                 cell_id: holder.unwrap_or_default(),
             },
             _ if attempts >= max_attempts as i32 => Claim::Exhausted {
@@ -200,9 +215,10 @@ impl Ledger {
                     .unwrap_or_else(|| "the cell running it was lost every time".into()),
             },
             _ => {
-                if state == "running" {
+                if state == JobState::Running {
                     // The previous holder's lease ran out: that attempt is lost.
-                    close_attempt(&mut tx, &job.job_id, attempts, "lost", None).await?;
+                    let lost = AttemptOutcome::Lost;
+                    close_attempt(&mut tx, &job.job_id, attempts, lost, None).await?;
                 }
                 let attempt = attempts + 1;
                 sqlx::query(
@@ -256,19 +272,14 @@ impl Ledger {
     }
 
     /// True while `cell_id`'s attempt still holds the job (checked before uploading).
-    pub async fn holds(
-        &self,
-        job_id: &str,
-        attempt: i32,
-        cell_id: &str,
-    ) -> Result<bool, LedgerError> {
+    pub async fn holds(&self, a: &AttemptId) -> Result<bool, LedgerError> {
         let held: Option<bool> = sqlx::query_scalar(
             "SELECT lease_expires > now() FROM jobs
              WHERE id = $1 AND attempts = $2 AND cell_id = $3 AND state = 'running'",
         )
-        .bind(job_id)
-        .bind(attempt)
-        .bind(cell_id)
+        .bind(&a.job_id)
+        .bind(a.attempt)
+        .bind(&a.cell_id)
         .fetch_optional(&self.pool)
         .await?
         .flatten();
@@ -279,9 +290,7 @@ impl Ledger {
     /// if this attempt no longer holds the job.
     pub async fn succeed(
         &self,
-        job_id: &str,
-        attempt: i32,
-        cell_id: &str,
+        a: &AttemptId,
         result: &ResultMessage,
     ) -> Result<bool, LedgerError> {
         let mut tx = self.pool.begin().await?;
@@ -291,16 +300,20 @@ impl Ledger {
                     finished_at = now()
              WHERE id = $1 AND attempts = $2 AND cell_id = $3 AND state = 'running'",
         )
-        .bind(job_id)
-        .bind(attempt)
-        .bind(cell_id)
+        .bind(&a.job_id)
+        .bind(a.attempt)
+        .bind(&a.cell_id)
         .bind(sqlx::types::Json(&result.outputs))
         .bind(sqlx::types::Json(result))
         .execute(&mut *tx)
         .await?;
         let held = done.rows_affected() == 1;
-        let outcome = if held { "succeeded" } else { "superseded" };
-        close_attempt(&mut tx, job_id, attempt, outcome, None).await?;
+        let outcome = if held {
+            AttemptOutcome::Succeeded
+        } else {
+            AttemptOutcome::Superseded
+        };
+        close_attempt(&mut tx, &a.job_id, a.attempt, outcome, None).await?;
         tx.commit().await?;
         Ok(held)
     }
@@ -330,25 +343,18 @@ impl Ledger {
     /// Ends the job as `failed` (permanent) or `dead` (attempts spent).
     pub async fn fail(
         &self,
-        job_id: &str,
-        attempt: i32,
-        cell_id: &str,
-        state: &str,
+        a: &AttemptId,
+        state: JobState,
         error: &str,
     ) -> Result<bool, LedgerError> {
-        self.end_failed(job_id, attempt, cell_id, state, "failed", error)
+        debug_assert!(state.is_final(), "a failure ends the job");
+        self.end_failed(a, state, AttemptOutcome::Failed, error)
             .await
     }
 
     /// Puts the job back to `queued` after a retryable failure; the attempt counts.
-    pub async fn retry(
-        &self,
-        job_id: &str,
-        attempt: i32,
-        cell_id: &str,
-        error: &str,
-    ) -> Result<bool, LedgerError> {
-        self.end_failed(job_id, attempt, cell_id, "queued", "retry", error)
+    pub async fn retry(&self, a: &AttemptId, error: &str) -> Result<bool, LedgerError> {
+        self.end_failed(a, JobState::Queued, AttemptOutcome::Retry, error)
             .await
     }
 
@@ -356,12 +362,11 @@ impl Ledger {
     /// (`handed_back` on a stop, `interrupted` on a spot notice).
     pub async fn hand_back(
         &self,
-        job_id: &str,
-        attempt: i32,
-        cell_id: &str,
-        outcome: &str,
+        a: &AttemptId,
+        outcome: AttemptOutcome,
         reason: &str,
     ) -> Result<bool, LedgerError> {
+        let (job_id, attempt, cell_id) = (&a.job_id, a.attempt, &a.cell_id);
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', attempts = attempts - 1, cell_id = NULL,
@@ -383,13 +388,12 @@ impl Ledger {
     /// Ends a failed attempt in `state` (`queued` to retry, `failed`, `dead`).
     async fn end_failed(
         &self,
-        job_id: &str,
-        attempt: i32,
-        cell_id: &str,
-        state: &str,
-        outcome: &str,
+        a: &AttemptId,
+        state: JobState,
+        outcome: AttemptOutcome,
         error: &str,
     ) -> Result<bool, LedgerError> {
+        let (job_id, attempt, cell_id) = (&a.job_id, a.attempt, &a.cell_id);
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = $4, error = $5,
@@ -401,12 +405,16 @@ impl Ledger {
         .bind(job_id)
         .bind(attempt)
         .bind(cell_id)
-        .bind(state)
+        .bind(state.as_str())
         .bind(error)
         .execute(&mut *tx)
         .await?;
         let held = done.rows_affected() == 1;
-        let outcome = if held { outcome } else { "superseded" };
+        let outcome = if held {
+            outcome
+        } else {
+            AttemptOutcome::Superseded
+        };
         close_attempt(&mut tx, job_id, attempt, outcome, Some(error)).await?;
         tx.commit().await?;
         Ok(held)
@@ -468,7 +476,8 @@ impl Ledger {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(attempts) = attempts {
-            close_attempt(&mut tx, job_id, attempts, "lost", Some("lease expired")).await?;
+            let lost = AttemptOutcome::Lost;
+            close_attempt(&mut tx, job_id, attempts, lost, Some("lease expired")).await?;
         }
         tx.commit().await?;
         Ok(attempts.is_some())
@@ -549,7 +558,7 @@ impl Ledger {
     pub async fn record_event(
         &self,
         pool: &str,
-        kind: &str,
+        kind: EventKind,
         cell_id: &str,
         cells: u32,
         reason: &str,
@@ -558,7 +567,7 @@ impl Ledger {
             "INSERT INTO cell_events (pool, kind, cell_id, cells, reason) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(pool)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(cell_id)
         .bind(cells as i32)
         .bind(reason)
@@ -583,14 +592,15 @@ impl Ledger {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StateCount {
-                pool: r.get("pool"),
-                state: r.get("state"),
-                jobs: r.get("jobs"),
+        rows.into_iter()
+            .map(|r| {
+                Ok(StateCount {
+                    pool: r.get("pool"),
+                    state: r.get::<String, _>("state").parse()?,
+                    jobs: r.get("jobs"),
+                })
             })
-            .collect())
+            .collect()
     }
 
     pub async fn recent_failures(&self, limit: i64) -> Result<Vec<Failure>, LedgerError> {
@@ -601,22 +611,23 @@ impl Ledger {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Failure {
-                job_id: r.get("id"),
-                pipeline: r.get("pipeline"),
-                source: format!(
-                    "s3://{}/{}",
-                    r.get::<String, _>("source_bucket"),
-                    r.get::<String, _>("source_key")
-                ),
-                state: r.get("state"),
-                attempts: r.get("attempts"),
-                error: r.get("error"),
-                at: r.get("updated_at"),
+        rows.into_iter()
+            .map(|r| {
+                Ok(Failure {
+                    job_id: r.get("id"),
+                    pipeline: r.get("pipeline"),
+                    source: format!(
+                        "s3://{}/{}",
+                        r.get::<String, _>("source_bucket"),
+                        r.get::<String, _>("source_key")
+                    ),
+                    state: r.get::<String, _>("state").parse()?,
+                    attempts: r.get("attempts"),
+                    error: r.get("error"),
+                    at: r.get("updated_at"),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// The connection pool, for tests and `status` queries beyond these.
@@ -629,7 +640,7 @@ async fn close_attempt(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     job_id: &str,
     attempt: i32,
-    outcome: &str,
+    outcome: AttemptOutcome,
     error: Option<&str>,
 ) -> Result<(), LedgerError> {
     sqlx::query(
@@ -639,7 +650,7 @@ async fn close_attempt(
     )
     .bind(job_id)
     .bind(attempt)
-    .bind(outcome)
+    .bind(outcome.as_str())
     .bind(error)
     .execute(&mut **tx)
     .await?;

@@ -1,0 +1,212 @@
+//! One delivery's life: an [`Attempt`] owns one claim on one job and every ledger
+//! transition of it (claim → probe → holds → succeed | retry | fail | hand back | bury),
+//! and ends in one [`Settle`]: what becomes of the delivery, applied in one place by the
+//! cell ([`super::Cell::settle`]).
+//!
+//! The ledger decides before the broker hears: a transition is committed first, then the
+//! settle publishes (a retry, a hand-back, a dead letter, a result) and acks. A transition
+//! that cannot be recorded returns the delivery to its queue instead.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::failure::{classify, Attempted, Fate, JobFailure};
+use crate::job::{JobMessage, OutputObject, ResultMessage, VERSION};
+use crate::ledger::{AttemptId, AttemptOutcome, Claim, JobState, Ledger, LedgerError};
+
+/// What becomes of a delivery.
+#[derive(Debug)]
+pub enum Settle {
+    /// Acknowledge: the ledger has the outcome, or the delivery was a duplicate.
+    Ack,
+    /// Return the delivery to its queue: its outcome could not be recorded (the ledger
+    /// or the broker is unreachable), so the job is tried again rather than left queued
+    /// in the ledger with no message.
+    Requeue,
+    /// Publish the delivery's body to the pool's dead-letter queue with the reason, then
+    /// acknowledge.
+    DeadLetter { reason: String, job_id: String },
+    /// Publish this job to its lane (a retry, a hand-back), then acknowledge; return the
+    /// delivery if the publish fails.
+    Republish(JobMessage),
+    /// The job committed: publish its result (the ledger's outbox re-sends it if this
+    /// fails), then acknowledge.
+    Commit(ResultMessage),
+}
+
+/// Why a cut-short job goes back: a spot notice (`interrupted`) or a plain stop.
+pub struct Stop<'a> {
+    pub notice: Option<&'a str>,
+}
+
+/// One claim on one job by this cell.
+pub struct Attempt<'a> {
+    pub job: JobMessage,
+    pub id: AttemptId,
+    ledger: &'a Ledger,
+    /// Cuts this attempt alone short (a child of the cell's abort token).
+    pub cancel: CancellationToken,
+}
+
+impl<'a> Attempt<'a> {
+    /// Claims `job` for a new attempt, or says what to do with a delivery that may not
+    /// run: a duplicate is acked, a job with every attempt spent is buried and
+    /// dead-lettered.
+    pub async fn claim(
+        ledger: &'a Ledger,
+        job: JobMessage,
+        pool: &str,
+        cell_id: &str,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Attempt<'a>, Settle> {
+        let claim = match ledger.claim(&job, pool, cell_id, lease, max_attempts).await {
+            Ok(claim) => claim,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim; returning the delivery");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return Err(Settle::Requeue);
+            }
+        };
+        match claim {
+            Claim::Run { attempt } => Ok(Attempt {
+                id: AttemptId {
+                    job_id: job.job_id.clone(),
+                    attempt,
+                    cell_id: cell_id.into(),
+                },
+                job,
+                ledger,
+                cancel: CancellationToken::new(),
+            }),
+            Claim::Finished { state } => {
+                tracing::info!(%state, "duplicate delivery of a finished job; dropping");
+                Err(Settle::Ack)
+            }
+            Claim::HeldElsewhere { cell_id } => {
+                tracing::info!(holder = %cell_id, "another cell holds the job; dropping the duplicate");
+                Err(Settle::Ack)
+            }
+            Claim::Exhausted { attempts, error } => {
+                let reason = format!("gave up after {attempts} attempts: {error}");
+                tracing::warn!(%reason, "dead-lettering");
+                if let Err(e) = ledger.bury(&job.job_id, &reason).await {
+                    tracing::warn!(error = %e, "cannot mark the job dead");
+                    return Err(Settle::Requeue);
+                }
+                Err(Settle::DeadLetter {
+                    reason,
+                    job_id: job.job_id,
+                })
+            }
+        }
+    }
+
+    /// Records what the source is (its probe), for status and the work estimate.
+    pub async fn record_probe(&self, probe: &serde_json::Value) -> Result<(), LedgerError> {
+        self.ledger.record_probe(&self.id.job_id, probe).await
+    }
+
+    /// True while this attempt still holds the job: checked before anything is uploaded.
+    pub async fn holds(&self) -> Result<bool, LedgerError> {
+        self.ledger.holds(&self.id).await
+    }
+
+    /// Ends the attempt with what it produced: commits a success, or records the
+    /// failure's fate.
+    pub async fn end(
+        self,
+        produced: Result<Vec<OutputObject>, JobFailure>,
+        max_attempts: u32,
+        stop: Stop<'_>,
+    ) -> Settle {
+        let settle = match produced {
+            Ok(outputs) => self.succeed(outputs).await,
+            Err(failure) => {
+                let at = Attempted {
+                    number: self.id.attempt as u32,
+                    max_attempts,
+                    cut_short: self.cancel.is_cancelled(),
+                };
+                let fate = classify(&failure, at);
+                self.fail(fate, failure, stop).await
+            }
+        };
+        settle.unwrap_or_else(|e| {
+            // If the ledger still shows this attempt running, its lease (no longer
+            // renewed) runs out before the returned delivery is claimed again.
+            tracing::warn!(error = %e, "cannot record the outcome; returning the delivery");
+            Settle::Requeue
+        })
+    }
+
+    async fn succeed(&self, outputs: Vec<OutputObject>) -> Result<Settle, LedgerError> {
+        let result = ResultMessage {
+            v: VERSION,
+            job_id: self.job.job_id.clone(),
+            pipeline: self.job.pipeline.clone(),
+            source: self.job.source.clone(),
+            outputs,
+            attempt: self.id.attempt as u32,
+            cell_id: self.id.cell_id.clone(),
+        };
+        if !self.ledger.succeed(&self.id, &result).await? {
+            tracing::warn!("the job was taken over before commit; nothing committed");
+            return Ok(Settle::Ack);
+        }
+        tracing::info!(
+            attempt = self.id.attempt,
+            outputs = result.outputs.len(),
+            "job succeeded"
+        );
+        Ok(Settle::Commit(result))
+    }
+
+    async fn fail(
+        &self,
+        fate: Fate,
+        failure: JobFailure,
+        stop: Stop<'_>,
+    ) -> Result<Settle, LedgerError> {
+        let attempt = self.id.attempt;
+        let error = failure.to_string();
+        let (held, settle) = match fate {
+            Fate::Superseded => {
+                tracing::warn!("another attempt took the job over; this one commits nothing");
+                return Ok(Settle::Ack);
+            }
+            Fate::HandBack => {
+                let (outcome, reason) = match stop.notice {
+                    Some(reason) => (AttemptOutcome::Interrupted, reason),
+                    None => (AttemptOutcome::HandedBack, "the cell is stopping"),
+                };
+                tracing::info!(%outcome, reason, %error, "handing the job back");
+                let held = self.ledger.hand_back(&self.id, outcome, reason).await?;
+                (held, Settle::Republish(self.job.clone()))
+            }
+            Fate::Retry => {
+                tracing::warn!(attempt, %error, "retryable failure; re-queueing");
+                let held = self.ledger.retry(&self.id, &error).await?;
+                let mut next = self.job.clone();
+                next.attempt = attempt as u32 + 1;
+                (held, Settle::Republish(next))
+            }
+            Fate::Fail | Fate::Dead => {
+                let (state, reason) = match fate {
+                    Fate::Fail => (JobState::Failed, error),
+                    _ => (
+                        JobState::Dead,
+                        format!("gave up after {attempt} attempts: {error}"),
+                    ),
+                };
+                tracing::warn!(attempt, %state, %reason, "job failed; dead-lettering");
+                let held = self.ledger.fail(&self.id, state, &reason).await?;
+                let job_id = self.id.job_id.clone();
+                (held, Settle::DeadLetter { reason, job_id })
+            }
+        };
+        // An attempt that no longer holds the job leaves it to the one that does.
+        Ok(if held { settle } else { Settle::Ack })
+    }
+}

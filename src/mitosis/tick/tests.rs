@@ -1,0 +1,276 @@
+//! The tick's rules on a farm and a cloud in memory: cooldown, zero to one, the cloud's
+//! count as a backstop, and the last look before death.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::cloud::CloudError;
+
+const CONFIG: &str = r#"
+    [farm]
+    name = "t"
+    [amqp]
+    url = "amqp://127.0.0.1"
+    [postgres]
+    url = "postgres://127.0.0.1/test"
+    [redis]
+    url = "redis://127.0.0.1"
+    [pools.p]
+    jobs_per_cell = 10
+    ceiling = 4
+    step = 4
+    idle_grace_secs = 30
+    cooldown_secs = 30
+    [pipelines.x]
+    pool = "p"
+    output = "s3://out/x/"
+    steps = [{ args = ["-i", "{input}", "{out}/a.mp4"] }]
+    outputs = [{ path = "a.mp4" }]
+"#;
+
+/// The farm's state, and what the tick did to it.
+#[derive(Default)]
+struct State {
+    locked: bool,
+    ready: u64,
+    /// Ready messages seen after a deregistration (a job published meanwhile).
+    ready_after_deregister: Option<u64>,
+    running: u64,
+    alive: u32,
+    pending: u32,
+    cooling: bool,
+    deregistered: Vec<String>,
+    events: Vec<(EventKind, String, u32)>,
+}
+
+#[derive(Default)]
+struct MemFarm(Mutex<State>);
+
+impl MemFarm {
+    fn with(f: impl FnOnce(&mut State)) -> MemFarm {
+        let mut s = State::default();
+        f(&mut s);
+        MemFarm(Mutex::new(s))
+    }
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+}
+
+#[async_trait]
+impl Farm for MemFarm {
+    async fn lock(&self, _: &str) -> anyhow::Result<bool> {
+        let mut s = self.state();
+        Ok(!std::mem::replace(&mut s.locked, true))
+    }
+    async fn unlock(&self, _: &str) -> anyhow::Result<()> {
+        self.state().locked = false;
+        Ok(())
+    }
+    async fn ready(&self, _: &str) -> anyhow::Result<u64> {
+        let s = self.state();
+        Ok(
+            match (s.deregistered.is_empty(), s.ready_after_deregister) {
+                (false, Some(n)) => n,
+                _ => s.ready,
+            },
+        )
+    }
+    async fn load(&self, _: &str) -> anyhow::Result<Vec<PipelineLoad>> {
+        let s = self.state();
+        Ok(vec![PipelineLoad {
+            pipeline: "x".into(),
+            running: s.running,
+            estimated_secs: 0.0,
+            probed_secs: 0.0,
+            unknown: s.ready + s.running,
+        }])
+    }
+    async fn alive(&self, _: &str) -> anyhow::Result<u32> {
+        Ok(self.state().alive)
+    }
+    async fn pending(&self, _: &str) -> anyhow::Result<u32> {
+        Ok(self.state().pending)
+    }
+    async fn cooling(&self, _: &str) -> anyhow::Result<bool> {
+        Ok(self.state().cooling)
+    }
+    async fn launch_token(&self, _: &str) -> anyhow::Result<String> {
+        Ok("token".into())
+    }
+    async fn launched(&self, _: &str, ids: &[String], _: u64, _: u64) -> anyhow::Result<()> {
+        let mut s = self.state();
+        s.pending += ids.len() as u32;
+        s.cooling = true;
+        Ok(())
+    }
+    async fn deregister(&self, cell_id: &str) -> anyhow::Result<()> {
+        self.state().deregistered.push(cell_id.into());
+        Ok(())
+    }
+    async fn record(
+        &self,
+        _: &str,
+        kind: EventKind,
+        who: &str,
+        cells: u32,
+        _: &str,
+    ) -> anyhow::Result<()> {
+        self.state().events.push((kind, who.into(), cells));
+        Ok(())
+    }
+}
+
+/// A cloud that launches instantly and counts what the test says it has.
+struct MemCloud {
+    count: Option<u32>,
+    launched: Mutex<u32>,
+}
+
+impl MemCloud {
+    fn counting(count: Option<u32>) -> MemCloud {
+        MemCloud {
+            count,
+            launched: Mutex::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl Cloud for MemCloud {
+    async fn launch(&self, _: &str, n: u32, _: &str) -> Result<Vec<String>, CloudError> {
+        *self.launched.lock().unwrap() += n;
+        Ok((0..n).map(|i| format!("i-{i}")).collect())
+    }
+    async fn count(&self, _: &str) -> Result<Option<u32>, CloudError> {
+        Ok(self.count)
+    }
+    async fn terminate_self(&self) -> Result<(), CloudError> {
+        Ok(())
+    }
+}
+
+fn config() -> Config {
+    Config::parse(CONFIG, "tick test").unwrap()
+}
+
+async fn tick(farm: &MemFarm, cloud: &MemCloud, me: Option<Me<'_>>) -> TickOutcome {
+    let config = config();
+    let ticker = Ticker {
+        config: &config,
+        farm,
+        cloud,
+        who: "test",
+    };
+    ticker.tick("p", me).await.unwrap().0
+}
+
+fn idle(secs: u64) -> Option<Me<'static>> {
+    Some(Me {
+        cell_id: "me",
+        idle_secs: Some(secs),
+        leaving: false,
+    })
+}
+
+#[tokio::test]
+async fn cooldown_holds_growth_but_not_zero_to_one() {
+    use TickOutcome::*;
+    let cases = [
+        ("zero to one ignores the cooldown", 1, 0, true, Launched(1)),
+        ("a cooling pool does not grow", 40, 1, true, Stayed),
+        ("a pool past its cooldown grows", 40, 1, false, Launched(3)),
+    ];
+    for (why, ready, alive, cooling, want) in cases {
+        let farm = MemFarm::with(|s| {
+            s.ready = ready;
+            s.alive = alive;
+            s.cooling = cooling;
+        });
+        let cloud = MemCloud::counting(None);
+        assert_eq!(tick(&farm, &cloud, None).await, want, "{why}");
+        let launched = match want {
+            Launched(n) => n,
+            _ => 0,
+        };
+        assert_eq!(*cloud.launched.lock().unwrap(), launched, "{why}");
+        let s = farm.state();
+        assert_eq!(
+            s.pending, launched,
+            "{why}: launches are recorded as pending"
+        );
+        assert!(!s.locked, "{why}: the lock is released");
+        if launched > 0 {
+            assert_eq!(s.events, [(EventKind::Launch, "test".into(), launched)]);
+            assert!(s.cooling, "{why}: a launch starts the cooldown");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_held_lock_means_someone_else_decides() {
+    let farm = MemFarm::with(|s| {
+        s.ready = 40;
+        s.locked = true;
+    });
+    let cloud = MemCloud::counting(None);
+    assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Busy);
+    assert_eq!(*cloud.launched.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_clouds_count_is_the_backstop_for_forgotten_launches() {
+    // Redis lost the pending launches; four instances exist, none alive yet: at the
+    // ceiling already.
+    let farm = MemFarm::with(|s| s.ready = 40);
+    let cloud = MemCloud::counting(Some(4));
+    assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Stayed);
+    assert_eq!(*cloud.launched.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_leaving_cells_machine_is_not_pending_and_it_does_not_die() {
+    // The cell had a spot notice: it deregistered, and its own instance still exists.
+    let farm = MemFarm::with(|s| s.ready = 3);
+    let cloud = MemCloud::counting(Some(1));
+    let me = Some(Me {
+        cell_id: "me",
+        idle_secs: Some(999),
+        leaving: true,
+    });
+    assert_eq!(tick(&farm, &cloud, me).await, TickOutcome::Launched(1));
+    let quiet = MemFarm::with(|s| s.alive = 2);
+    assert_eq!(tick(&quiet, &cloud, me).await, TickOutcome::Stayed);
+    assert!(quiet.state().deregistered.is_empty());
+}
+
+#[tokio::test]
+async fn death_looks_once_more_after_deregistering() {
+    // Idle past grace, queues empty, a spare cell: this one dies, and says so.
+    let farm = MemFarm::with(|s| s.alive = 2);
+    let cloud = MemCloud::counting(None);
+    assert_eq!(tick(&farm, &cloud, idle(60)).await, TickOutcome::Die);
+    assert_eq!(farm.state().deregistered, ["me"]);
+    assert_eq!(farm.state().events, [(EventKind::Death, "me".into(), 1)]);
+
+    // A job published between the decision and the last look keeps the cell.
+    let farm = MemFarm::with(|s| {
+        s.alive = 2;
+        s.ready_after_deregister = Some(1);
+    });
+    assert_eq!(tick(&farm, &cloud, idle(60)).await, TickOutcome::Stayed);
+    assert!(farm.state().events.is_empty(), "no death recorded");
+
+    // Not before the grace period, and never the busy cell.
+    let farm = MemFarm::with(|s| s.alive = 2);
+    assert_eq!(tick(&farm, &cloud, idle(10)).await, TickOutcome::Stayed);
+    let busy = Some(Me {
+        cell_id: "me",
+        idle_secs: None,
+        leaving: false,
+    });
+    assert_eq!(tick(&farm, &cloud, busy).await, TickOutcome::Stayed);
+    assert!(farm.state().deregistered.is_empty());
+}
