@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use cellfarm::cloud::{Cloud, LocalCloud};
 use cellfarm::locks::Heartbeats;
 use cellfarm::mitosis::{self, TickOutcome};
-use common::{edit, wait_until, Farm, Lazy};
+use common::{edit, Farm, Lazy};
 
 /// A pool that scales: 10 jobs a cell, at most 4 cells, 2 launched a tick, quick deaths.
 /// Its pipeline encodes in real time (`-re`), so 40 one-second jobs keep a farm busy.
@@ -83,7 +83,7 @@ async fn a_burst_grows_the_farm_to_its_ceiling_and_it_dies_when_done() {
     })
     .await;
     let last_job = Instant::now();
-    wait_until(
+    farm.wait_until(
         Duration::from_secs(3 + 10),
         "every cell to die within the idle grace (3 s) + 10 s of the last job",
         || async {

@@ -307,7 +307,7 @@ impl Farm {
         timeout: Duration,
     ) -> std::process::ExitStatus {
         self.start_cell_with_env(args, envs);
-        let cell = &mut self.cells.last_mut().expect("the cell just started");
+        let cell = self.cells.last_mut().expect("the cell just started");
         let dir = self.dir.path();
         wait_until_sync(
             timeout,
