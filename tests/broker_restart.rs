@@ -5,12 +5,13 @@
 
 mod common;
 
+use std::cell::RefCell;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Farm, REALTIME};
+use common::{wait_until_sync, Farm, Lazy, REALTIME};
 
 /// The Debian package's server script, run directly (not through the wrapper that
 /// switches to the rabbitmq user) so the node can use a private directory.
@@ -79,22 +80,26 @@ impl PrivateBroker {
             .spawn()
             .expect("start a private RabbitMQ node (is rabbitmq-server installed?)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "private RabbitMQ did not start");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_until_sync(
+            Duration::from_secs(90),
+            "the private RabbitMQ to listen",
+            || self.listening(),
+        );
+    }
+
+    fn listening(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
     }
 
     /// A clean stop: SIGTERM to the node's process group, as a service manager
     /// restarting the broker would send; waits until the port is closed.
     fn stop(&mut self) {
         self.signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(Instant::now() < deadline, "private RabbitMQ did not stop");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until_sync(
+            Duration::from_secs(30),
+            "the private RabbitMQ to close its port",
+            || !self.listening(),
+        );
     }
 
     fn signal(&mut self, sig: &str) {
@@ -106,6 +111,18 @@ impl PrivateBroker {
     }
 }
 
+/// The job ids of the result messages waiting in the farm's results queue, taken.
+async fn result_ids(farm: &Farm) -> Vec<String> {
+    let results = farm.drain(&farm.names.results()).await;
+    results
+        .iter()
+        .map(|(body, _)| {
+            let r: cellfarm::job::ResultMessage = serde_json::from_slice(body).expect("result");
+            r.job_id
+        })
+        .collect()
+}
+
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.signal("-KILL");
@@ -114,8 +131,8 @@ impl Drop for PrivateBroker {
 
 /// Property: when RabbitMQ restarts in the middle of a batch, the cell reconnects by
 /// itself and every job succeeds exactly once (one succeeded attempt, one output), and
-/// every job's result message reaches the results queue (the ledger's outbox re-sends a
-/// result whose publish the outage interrupted).
+/// every job's result message reaches the results queue exactly once (the ledger's
+/// outbox re-sends a result whose publish the outage interrupted, and only that one).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_mid_batch_loses_nothing_and_doubles_nothing() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -148,21 +165,33 @@ async fn a_broker_restart_mid_batch_loses_nothing_and_doubles_nothing() {
     }
     let outputs = farm.output_keys("realtime").await;
     assert_eq!(outputs.len(), ids.len(), "{outputs:?}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut results = std::collections::BTreeSet::new();
-    while results.len() < ids.len() {
-        assert!(
-            Instant::now() < deadline,
-            "results {results:?}\n{}",
-            farm.logs()
-        );
-        for (body, _) in farm.drain(&farm.names.results()).await {
-            let r: cellfarm::job::ResultMessage = serde_json::from_slice(&body).expect("result");
-            results.insert(r.job_id);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert_eq!(results, ids.iter().cloned().collect());
+    // Every result, duplicates included, until every job has one and the outbox has
+    // nothing left to send (a re-send comes from there, so none can follow)...
+    let results = RefCell::new(Vec::new());
+    let what = Lazy(|| {
+        format!(
+            "a result for every job, all sent (got {:?})",
+            results.borrow()
+        )
+    });
+    farm.wait_until(Duration::from_secs(60), what, || async {
+        let taken = result_ids(&farm).await;
+        results.borrow_mut().extend(taken);
+        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE NOT result_sent")
+            .fetch_one(farm.ledger.pool())
+            .await
+            .expect("query the outbox");
+        ids.iter().all(|id| results.borrow().contains(id)) && unsent == 0
+    })
+    .await;
+    // ...and a last look for a re-send that read the outbox just before it emptied.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut results = results.into_inner();
+    results.extend(result_ids(&farm).await);
+    results.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(results, want, "one result message per job");
     assert!(
         farm.logs().contains("reconnecting"),
         "the cell saw the broker go:\n{}",

@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{probe, seconds, video_stream, Farm, REALTIME};
+use common::{probe, seconds, video_stream, wait_until, Farm, REALTIME};
 
 /// FFmpeg processes working in this farm's scratch directory.
 fn ffmpegs_in(dir: &std::path::Path) -> Vec<u32> {
@@ -35,15 +35,10 @@ async fn a_killed_cells_job_is_completed_by_another_cell() {
     let id = farm.submit_id("inbox/clip.mp4", "realtime");
     let first = farm.start_cell(&[]);
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ffmpegs_in(farm.dir.path()).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "FFmpeg never started\n{}",
-            farm.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    farm.wait_until(Duration::from_secs(60), "FFmpeg to start", || async {
+        !ffmpegs_in(farm.dir.path()).is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed = std::process::Command::new("kill")
         .args(["-9", &first.to_string()])
@@ -51,11 +46,12 @@ async fn a_killed_cells_job_is_completed_by_another_cell() {
         .expect("kill");
     assert!(killed.success());
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ffmpegs_in(farm.dir.path()).is_empty() {
-        assert!(Instant::now() < deadline, "FFmpeg outlived its killed cell");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        Duration::from_secs(5),
+        "FFmpeg to die with its killed cell",
+        || async { ffmpegs_in(farm.dir.path()).is_empty() },
+    )
+    .await;
     assert!(
         farm.output_keys("realtime").await.is_empty(),
         "no partial output is visible"

@@ -8,8 +8,9 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{
-    Filter, InstanceAttributeName, InstanceStateName, LaunchTemplateInstanceMarketOptionsRequest,
-    MarketType, RequestLaunchTemplateData,
+    DefaultTargetCapacityType, Filter, FleetData, FleetType, InstanceAttributeName,
+    InstanceStateName, LaunchTemplateInstanceMarketOptionsRequest, MarketType,
+    RequestLaunchTemplateData,
 };
 use cellfarm::cloud::{Cloud, Ec2Cloud, FARM_TAG, LAUNCHED_BY_TAG};
 use cellfarm::config::Ec2;
@@ -184,7 +185,9 @@ async fn run_instances_launches_carry_what_the_config_says() {
         .await
         .expect("launch");
     assert_eq!(ids.len(), 3, "{ids:?}");
-    for i in instances(&ec2, &ids).await {
+    let described = instances(&ec2, &ids).await;
+    assert_eq!(described.len(), 3, "EC2 knows every instance launched");
+    for i in described {
         let id = i.instance_id().unwrap();
         assert_eq!(tag(&i, FARM_TAG).as_deref(), Some(farm.as_str()));
         assert_eq!(tag(&i, POOL_TAG).as_deref(), Some("default"));
@@ -247,8 +250,14 @@ async fn run_instances_launches_carry_what_the_config_says() {
     assert_eq!(cloud.count("other").await.unwrap(), Some(0));
 }
 
-/// Property: with a launch template, one CreateFleet `instant` request launches spot
-/// instances of the configured types only, tagged for the farm and pool.
+/// Property: with a launch template, a launch is one CreateFleet `instant` request for
+/// the cells as spot capacity, offering the allocation strategy every configured
+/// instance type in every configured subnet; the instances are spot instances of the
+/// configured types only, tagged for the farm and pool.
+///
+/// Which types the instances get is the allocation strategy's choice, and moto fills a
+/// fleet from one override only: so the spread is checked on the request moto recorded
+/// (DescribeFleets), the instances on what they are.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_launch_spreads_spot_cells_over_the_configured_types() {
     let ec2 = client().await;
@@ -290,7 +299,47 @@ async fn a_fleet_launch_spreads_spot_cells_over_the_configured_types() {
         .await
         .expect("launch");
     assert_eq!(ids.len(), 4, "{ids:?}");
-    for i in instances(&ec2, &ids).await {
+
+    let fleet = fleet_of(&ec2, &ids).await;
+    assert_eq!(fleet.r#type(), Some(&FleetType::Instant));
+    let capacity = fleet
+        .target_capacity_specification()
+        .expect("a target capacity");
+    assert_eq!(capacity.total_target_capacity(), Some(4));
+    assert_eq!(
+        capacity.default_target_capacity_type(),
+        Some(&DefaultTargetCapacityType::Spot)
+    );
+    let strategy = fleet.spot_options().and_then(|o| o.allocation_strategy());
+    assert_eq!(
+        strategy.map(|s| s.as_str()),
+        Some(cfg.allocation_strategy.as_str())
+    );
+    let configs = fleet.launch_template_configs();
+    assert_eq!(configs.len(), 1, "{configs:?}");
+    let mut offered: Vec<(String, String)> = configs[0]
+        .overrides()
+        .iter()
+        .map(|o| {
+            let t = o.instance_type().map(|t| t.as_str()).unwrap_or_default();
+            (t.to_string(), o.subnet_id().unwrap_or_default().to_string())
+        })
+        .collect();
+    offered.sort();
+    let mut configured: Vec<(String, String)> = cfg
+        .instance_types
+        .iter()
+        .flat_map(|t| subnets.iter().map(move |s| (t.clone(), s.clone())))
+        .collect();
+    configured.sort();
+    assert_eq!(
+        offered, configured,
+        "every configured type in every configured subnet"
+    );
+
+    let described = instances(&ec2, &ids).await;
+    assert_eq!(described.len(), 4, "EC2 knows every instance launched");
+    for i in described {
         assert_eq!(tag(&i, FARM_TAG).as_deref(), Some(farm.as_str()));
         assert_eq!(tag(&i, POOL_TAG).as_deref(), Some("long"));
         let t = i
@@ -301,6 +350,33 @@ async fn a_fleet_launch_spreads_spot_cells_over_the_configured_types() {
         assert_eq!(i.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
     }
     assert_eq!(cloud.count("long").await.unwrap(), Some(4));
+}
+
+/// The one fleet that holds `ids`, as DescribeFleets reports it.
+async fn fleet_of(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> FleetData {
+    let out = ec2.describe_fleets().send().await.expect("DescribeFleets");
+    let holds = |f: &FleetData| {
+        f.instances()
+            .iter()
+            .flat_map(|i| i.instance_ids())
+            .any(|id| ids.contains(id))
+    };
+    let fleets: Vec<FleetData> = out.fleets().iter().filter(|f| holds(f)).cloned().collect();
+    assert_eq!(fleets.len(), 1, "one fleet launched {ids:?}: {fleets:?}");
+    let fleet = fleets.into_iter().next().expect("one fleet");
+    let mut launched: Vec<&String> = fleet
+        .instances()
+        .iter()
+        .flat_map(|i| i.instance_ids())
+        .collect();
+    launched.sort();
+    let mut want: Vec<&String> = ids.iter().collect();
+    want.sort();
+    assert_eq!(
+        launched, want,
+        "the fleet launched these instances and no other"
+    );
+    fleet
 }
 
 fn ec2_toml(subnets: &[String], sg: &str, extra: &str) -> String {
@@ -381,12 +457,7 @@ async fn the_ceiling_counts_the_tagged_instances_that_exist() {
         Some(3),
         "nothing past the ceiling"
     );
-    let launched: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(cells), 0) FROM cell_events WHERE kind = 'launch'")
-            .fetch_one(farm.ledger.pool())
-            .await
-            .unwrap();
-    assert_eq!(launched, 1);
+    assert_eq!(farm.cells_launched().await, 1);
 }
 
 /// Property: a cell on an EC2 instance learns its id and pool from instance metadata
@@ -440,11 +511,12 @@ async fn an_idle_cell_terminates_its_own_instance() {
         farm.logs()
     );
     assert_eq!(cloud.count("scaled").await.unwrap(), Some(0));
-    let deaths: Vec<(String, String)> =
-        sqlx::query_as("SELECT cell_id, pool FROM cell_events WHERE kind = 'death'")
-            .fetch_all(farm.ledger.pool())
-            .await
-            .unwrap();
+    let deaths: Vec<(String, String)> = farm
+        .cell_events("death")
+        .await
+        .into_iter()
+        .map(|e| (e.cell_id, e.pool))
+        .collect();
     assert_eq!(
         deaths,
         vec![(me.clone(), "scaled".to_string())],

@@ -34,6 +34,7 @@ async fn every_example_pipeline_produces_verified_outputs() {
         let mut stored = farm.output_keys(pipeline).await;
         stored.sort();
         assert_eq!(recorded, stored, "{pipeline}: ledger outputs = S3 objects");
+        assert!(!stored.is_empty(), "{pipeline}: no outputs");
         assert!(stored.iter().all(|k| k.contains(id.as_str())), "{stored:?}");
     }
 

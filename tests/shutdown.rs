@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Farm, REALTIME};
+use common::{wait_until, Farm, REALTIME};
 
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
@@ -16,16 +16,12 @@ fn signal(pid: u32, sig: &str) {
 
 /// Waits for a process that is not our child to go (the Farm owns the Child).
 async fn wait_gone(pid: u32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "cell {pid} still running after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(timeout, format!("cell {pid} to exit"), || async {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    })
+    .await
 }
 
 /// Property: one SIGTERM lets the running job finish and commit, then the cell exits.

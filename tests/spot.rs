@@ -45,47 +45,32 @@ async fn spot_cell(farm: &mut Farm, imds: &MetadataServer) {
     let beats = Coordinator::connect(&farm.config.redis.url, &farm.name)
         .await
         .expect("Redis");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while beats.alive().await.expect("heartbeats").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the cell never beat:\n{}",
-            farm.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    farm.wait_until(
+        Duration::from_secs(30),
+        "the cell's first heartbeat",
+        || async { !beats.alive().await.expect("heartbeats").is_empty() },
+    )
+    .await;
 }
 
 /// Waits until the job runs and its cell has probed it (the estimate a notice needs).
 async fn wait_probed(farm: &Farm, id: &str) {
     farm.wait_state(id, "running", Duration::from_secs(60))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let probed: bool = sqlx::query_scalar("SELECT probe IS NOT NULL FROM jobs WHERE id = $1")
+    let what = format!("job {id} to be probed");
+    farm.wait_until(Duration::from_secs(30), what, || async {
+        sqlx::query_scalar::<_, bool>("SELECT probe IS NOT NULL FROM jobs WHERE id = $1")
             .bind(id)
             .fetch_one(farm.ledger.pool())
             .await
-            .expect("query the probe");
-        if probed {
-            return;
-        }
-        assert!(Instant::now() < deadline, "job {id} never probed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .expect("query the probe")
+    })
+    .await
 }
 
 async fn attempt_cells(farm: &Farm, id: &str) -> Vec<(String, String, Option<String>)> {
     sqlx::query_as("SELECT coalesce(outcome, 'open'), cell_id, error FROM job_attempts WHERE job_id = $1 ORDER BY id")
         .bind(id)
-        .fetch_all(farm.ledger.pool())
-        .await
-        .expect("query the ledger")
-}
-
-async fn events(farm: &Farm, kind: &str) -> Vec<(String, String)> {
-    sqlx::query_as("SELECT cell_id, reason FROM cell_events WHERE kind = $1 ORDER BY id")
-        .bind(kind)
         .fetch_all(farm.ledger.pool())
         .await
         .expect("query the ledger")
@@ -110,17 +95,13 @@ async fn a_spot_notice_hands_back_a_job_that_cannot_finish_and_another_cell_comp
         &format!(r#"{{"action": "terminate", "time": "{}"}}"#, in_secs(15)),
     );
     let noticed = Instant::now();
-    let exited = loop {
-        if let Some(status) = farm.cell_exited(0) {
-            break status;
-        }
-        assert!(
-            noticed.elapsed() < Duration::from_secs(15),
-            "the cell outlived the reclaim:\n{}",
-            farm.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exited = farm
+        .wait_exit(
+            0,
+            Duration::from_secs(15),
+            "the cell to leave before the reclaim",
+        )
+        .await;
     let left_after = noticed.elapsed();
     assert!(exited.success(), "{}", farm.logs());
     assert!(
@@ -151,10 +132,10 @@ async fn a_spot_notice_hands_back_a_job_that_cannot_finish_and_another_cell_comp
         vec![format!("outputs/spot/{id}/out.mp4")]
     );
 
-    let interruptions = events(&farm, "interruption").await;
+    let interruptions = farm.cell_events("interruption").await;
     assert_eq!(interruptions.len(), 1, "{interruptions:?}");
-    assert_eq!(interruptions[0].0, first.1);
-    let launches = events(&farm, "launch").await;
+    assert_eq!(interruptions[0].cell_id, first.1);
+    let launches = farm.cell_events("launch").await;
     assert_eq!(launches.len(), 1, "one replacement: {launches:?}");
     eprintln!("notice -> cell gone: {left_after:?} (reclaim at 15 s, margin 5 s)");
 }
@@ -179,16 +160,9 @@ async fn a_job_that_can_finish_before_the_reclaim_finishes_there() {
     let attempts = attempt_cells(&farm, &id).await;
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(attempts[0].0, "succeeded");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while farm.cell_exited(0).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the noticed cell did not leave:\n{}",
-            farm.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(events(&farm, "interruption").await.len(), 1);
+    farm.wait_exit(0, Duration::from_secs(30), "the noticed cell to leave")
+        .await;
+    assert_eq!(farm.cell_events("interruption").await.len(), 1);
 }
 
 /// Property: on a rebalance recommendation the cell finishes the job it runs, takes no
@@ -209,15 +183,10 @@ async fn a_rebalance_recommendation_finishes_running_work_and_hands_over_the_res
         "events/recommendations/rebalance",
         &format!(r#"{{"noticeTime": "{}"}}"#, in_secs(0)),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while events(&farm, "rebalance").await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no rebalance event:\n{}",
-            farm.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    farm.wait_until(Duration::from_secs(10), "a rebalance event", || async {
+        !farm.cell_events("rebalance").await.is_empty()
+    })
+    .await;
     let second = farm.submit_id("in/second.mp4", "spot");
     farm.wait_state(&first, "succeeded", Duration::from_secs(60))
         .await;
@@ -229,14 +198,7 @@ async fn a_rebalance_recommendation_finishes_running_work_and_hands_over_the_res
     assert_eq!(a.len(), 1, "the running job was not cut: {a:?}");
     assert_eq!(b.len(), 1, "{b:?}");
     assert_ne!(a[0].1, b[0].1, "the recommended cell took no new job");
-    assert_eq!(events(&farm, "rebalance").await[0].0, a[0].1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while farm.cell_exited(0).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the cell did not leave:\n{}",
-            farm.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_eq!(farm.cell_events("rebalance").await[0].cell_id, a[0].1);
+    farm.wait_exit(0, Duration::from_secs(30), "the recommended cell to leave")
+        .await;
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::lambda_api::RuntimeApi;
 use common::Farm;
@@ -72,15 +72,9 @@ fn big_clip(path: &Path) {
 }
 
 async fn wait_jobs(farm: &Farm, n: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while jobs(farm).await.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} jobs:\n{}",
-            farm.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("{n} jobs in the ledger");
+    farm.wait_until(timeout, what, || async { jobs(farm).await.len() >= n })
+        .await
 }
 
 /// Property: routing is by prefix, glob and duration (a ranged probe of both ends of the
@@ -282,10 +276,11 @@ async fn the_lambda_turns_s3_events_into_jobs_once_and_starts_the_farm() {
         farm.wait_state(id, "succeeded", Duration::from_secs(120))
             .await;
     }
-    let launchers: Vec<String> =
-        sqlx::query_scalar("SELECT cell_id FROM cell_events WHERE kind = 'launch'")
-            .fetch_all(farm.ledger.pool())
-            .await
-            .expect("query");
-    assert_eq!(launchers, vec!["trigger".to_string()]);
+    let launchers: Vec<String> = farm
+        .cell_events("launch")
+        .await
+        .into_iter()
+        .map(|e| e.cell_id)
+        .collect();
+    assert_eq!(launchers, ["trigger"]);
 }

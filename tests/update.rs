@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cellfarm::update::sha256_file;
-use common::Farm;
+use common::{logs_in, wait_until, Farm, Lazy};
 
 const CONFIG_KEY: &str = "config/cellfarm.toml";
 
@@ -42,36 +42,40 @@ async fn a_cell_picks_up_a_verified_binary_and_refuses_a_wrong_hash() {
             farm.bucket
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !farm.logs().contains("consuming") {
-        assert!(
-            Instant::now() < deadline,
-            "the cell never started:\n{}",
-            farm.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    farm.wait_until(Duration::from_secs(30), "the cell to consume", || async {
+        farm.logs().contains("consuming")
+    })
+    .await;
     let wrong = format!("{}0", &sha[..63]);
     farm.put_bytes(CONFIG_KEY, update(&wrong).into_bytes());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !farm.logs().contains("new config refused") {
-        assert!(Instant::now() < deadline, "no refusal:\n{}", farm.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    farm.wait_until(
+        Duration::from_secs(30),
+        "the wrong hash refused",
+        || async { farm.logs().contains("new config refused") },
+    )
+    .await;
     assert!(farm.logs().contains("SHA-256"), "{}", farm.logs());
     assert_eq!(exe(pid), original, "the cell kept its binary");
 
     farm.put_bytes(CONFIG_KEY, update(&sha).into_bytes());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !exe(pid).contains(&format!("cellfarm-{}", &sha[..16])) {
-        assert!(
-            farm.cell_exited(cell).is_none(),
-            "the cell exited:\n{}",
-            farm.logs()
-        );
-        assert!(Instant::now() < deadline, "no re-exec:\n{}", farm.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let updated = format!("cellfarm-{}", &sha[..16]);
+    let what = format!("the cell to re-execute itself as {updated}");
+    let dir = farm.dir.path().to_path_buf();
+    wait_until(
+        Duration::from_secs(60),
+        Lazy(|| format!("{what}\n{}", logs_in(&dir))),
+        || {
+            // A cell that exits instead fails now, not at the timeout.
+            let exited = farm.cell_exited(cell);
+            assert!(
+                exited.is_none(),
+                "the cell exited: {exited:?}\n{}",
+                logs_in(&dir)
+            );
+            std::future::ready(exe(pid).contains(&updated))
+        },
+    )
+    .await;
     farm.put_file("in/clip.mp4", &farm.clip("clip", 1.0, "testsrc"));
     let id = farm.submit_id("in/clip.mp4", "thumbnails");
     farm.wait_state(&id, "succeeded", Duration::from_secs(60))

@@ -5,9 +5,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::http::{serve, Response};
+use super::wait::poll_sync;
 
 /// What the function answered to one invocation.
 #[derive(Debug, Clone)]
@@ -83,22 +84,15 @@ impl RuntimeApi {
             .push_back((request_id.to_string(), event));
     }
 
-    /// Waits for the answer to `request_id`.
+    /// Waits for the answer to `request_id`; `None` if none came within `timeout`.
     pub fn answer(&self, request_id: &str, timeout: Duration) -> Option<Answer> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            let found = self
-                .answers
+        poll_sync(timeout, || {
+            self.answers
                 .lock()
                 .expect("never poisoned")
                 .iter()
                 .find(|a| a.request_id == request_id)
-                .cloned();
-            if found.is_some() {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+                .cloned()
+        })
     }
 }

@@ -4,19 +4,24 @@
 
 #![allow(dead_code)]
 
+pub mod edit;
 pub mod http;
 pub mod imds;
 pub mod lambda_api;
+pub mod wait;
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cellfarm::config::{Config, S3};
 use cellfarm::ledger::Ledger;
 use cellfarm::queue::{self, Names, Publisher};
 use cellfarm::store::{ObjectStore, S3Store};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
+pub use wait::{wait_until, wait_until_sync, Lazy, Reached};
 
 /// A pipeline whose encode takes as long as the clip plays (`-re`): long enough to
 /// kill, stop or cut off a cell in the middle of it.
@@ -33,6 +38,59 @@ const EXAMPLE: &str = include_str!("../../examples/local.toml");
 
 pub fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// The text of a test farm's config: `example` (the example config with a test's TOML
+/// appended) on this machine's servers, with the farm's own names, bucket and scratch
+/// dir, and leases and heartbeats quick enough for tests that kill cells.
+fn test_config(example: &str, name: &str, bucket: &str, amqp: &str, scratch: &Path) -> String {
+    let mut doc = edit::parse(example);
+    edit::set(&mut doc, "farm.name", name);
+    edit::set(&mut doc, "amqp.url", amqp);
+    let pg = env(
+        "CELLFARM_TEST_PG",
+        "postgres://postgres@127.0.0.1:5432/test",
+    );
+    edit::set(&mut doc, "postgres.url", pg);
+    edit::set(&mut doc, "postgres.schema", name.replace('-', "_"));
+    edit::set(
+        &mut doc,
+        "redis.url",
+        env("CELLFARM_TEST_REDIS", "redis://127.0.0.1:6379"),
+    );
+    edit::set(
+        &mut doc,
+        "s3.endpoint",
+        env("CELLFARM_TEST_S3", "http://127.0.0.1:8014"),
+    );
+    edit::set(&mut doc, "cell.scratch_dir", scratch.display().to_string());
+    edit::add(&mut doc, "cell.lease_secs", 4);
+    edit::add(&mut doc, "cell.heartbeat_secs", 1);
+    edit::add(&mut doc, "cell.shutdown_grace_secs", 20);
+    let renamed = edit::rename_bucket(&mut doc, "cellfarm-demo", bucket);
+    assert!(
+        renamed > 0,
+        "the example config names no s3://cellfarm-demo/ URL"
+    );
+    let text = edit::to_text(&doc);
+    // Anything left of the demo's names would be shared by every test farm.
+    assert!(
+        !text.contains("cellfarm-demo") && !text.contains("cellfarm_demo"),
+        "the test config still names the demo's bucket or schema:\n{text}"
+    );
+    text
+}
+
+/// One row of the ledger's `cell_events`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CellEvent {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub pool: String,
+    /// The launching or dying cell (`trigger`, `submit` for launches made there).
+    pub cell_id: String,
+    /// Cells launched, for a launch; else 1.
+    pub cells: i32,
+    pub reason: String,
 }
 
 pub struct Farm {
@@ -66,33 +124,15 @@ impl Farm {
         let name = format!("t{}-{}", test.replace('_', "-"), rand::random::<u32>());
         let name: String = name.chars().take(40).collect();
         let bucket = format!("cf-{}", name.replace('_', "-"));
-        let schema = name.replace('-', "_");
         let dir = tempfile::tempdir().expect("a temp dir");
         let scratch = dir.path().join("scratch");
-        let text = format!("{EXAMPLE}\n{extra}\n")
-            .replace(
-                "scratch_dir = \"/var/tmp/cellfarm-demo/scratch\"",
-                &format!(
-                    "scratch_dir = {:?}\nlease_secs = 4\nheartbeat_secs = 1\nshutdown_grace_secs = 20",
-                    scratch.display().to_string()
-                ),
-            )
-            .replace("name = \"demo\"", &format!("name = \"{name}\""))
-            .replace("schema = \"cellfarm_demo\"", &format!("schema = \"{schema}\""))
-            .replace("cellfarm-demo/", &format!("{bucket}/"))
-            .replace("amqp://guest:guest@127.0.0.1:5672/%2f", amqp)
-            .replace(
-                "postgres://postgres@127.0.0.1:5432/test",
-                &env("CELLFARM_TEST_PG", "postgres://postgres@127.0.0.1:5432/test"),
-            )
-            .replace(
-                "redis://127.0.0.1:6379",
-                &env("CELLFARM_TEST_REDIS", "redis://127.0.0.1:6379"),
-            )
-            .replace(
-                "http://127.0.0.1:8014",
-                &env("CELLFARM_TEST_S3", "http://127.0.0.1:8014"),
-            );
+        let text = test_config(
+            &format!("{EXAMPLE}\n{extra}\n"),
+            &name,
+            &bucket,
+            amqp,
+            &scratch,
+        );
         let config = Config::parse(&text, "test config").expect("the test config is valid");
         let config_path = dir.path().join("cellfarm.toml");
         std::fs::write(&config_path, &text).expect("write config");
@@ -216,15 +256,17 @@ impl Farm {
             .collect()
     }
 
+    /// This farm's config file, parsed for editing (see [`edit`]).
+    pub fn config_doc(&self) -> toml::Table {
+        edit::parse(&std::fs::read_to_string(&self.config_path).expect("the farm's config"))
+    }
+
     /// Puts this farm's config, checked for changes every second, at `key` in its
     /// bucket; returns the text put.
     pub fn put_live_config(&self, key: &str) -> String {
-        let text = std::fs::read_to_string(&self.config_path)
-            .expect("the farm's config")
-            .replace(
-                "heartbeat_secs = 1",
-                "heartbeat_secs = 1\nconfig_check_secs = 1",
-            );
+        let mut doc = self.config_doc();
+        edit::add(&mut doc, "cell.config_check_secs", 1);
+        let text = edit::to_text(&doc);
         self.put_bytes(key, text.clone().into_bytes());
         text
     }
@@ -265,19 +307,47 @@ impl Farm {
         timeout: Duration,
     ) -> std::process::ExitStatus {
         self.start_cell_with_env(args, envs);
-        let index = self.cells.len() - 1;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.cells[index].try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cell did not finish in {timeout:?}:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let cell = self.cells.last_mut().expect("the cell just started");
+        let dir = self.dir.path();
+        wait_until_sync(
+            timeout,
+            Lazy(|| format!("the cell to finish\n{}", logs_in(dir))),
+            || cell.try_wait().expect("wait"),
+        )
+    }
+
+    /// Waits until the `index`th process started exits; returns its exit status.
+    pub async fn wait_exit(
+        &mut self,
+        index: usize,
+        timeout: Duration,
+        what: &str,
+    ) -> std::process::ExitStatus {
+        let cell = &mut self.cells[index];
+        let dir = self.dir.path();
+        wait_until(
+            timeout,
+            Lazy(|| format!("{what}\n{}", logs_in(dir))),
+            || {
+                let exited = cell.try_wait().expect("wait");
+                std::future::ready(exited)
+            },
+        )
+        .await
+    }
+
+    /// [`wait_until`] with this farm's logs in the timeout message.
+    pub async fn wait_until<R, Fut>(
+        &self,
+        timeout: Duration,
+        what: impl std::fmt::Display,
+        cond: impl FnMut() -> Fut,
+    ) -> R::Value
+    where
+        R: Reached,
+        Fut: std::future::Future<Output = R>,
+    {
+        wait_until(timeout, Lazy(|| format!("{what}\n{}", self.logs())), cond).await
     }
 
     /// The exit status of the `index`th cell started, if it has exited.
@@ -285,14 +355,9 @@ impl Farm {
         self.cells[index].try_wait().expect("wait")
     }
 
+    /// The logs of the processes this farm started.
     pub fn logs(&self) -> String {
-        let mut all = String::new();
-        for i in 0..8 {
-            if let Ok(s) = std::fs::read_to_string(self.dir.path().join(format!("cell{i}.log"))) {
-                all.push_str(&format!("--- cell{i}.log\n{s}"));
-            }
-        }
-        all
+        logs_in(self.dir.path())
     }
 
     /// Makes a test clip with audio; `pattern` is a lavfi video source.
@@ -342,6 +407,45 @@ impl Farm {
         .expect("query attempts")
     }
 
+    /// Outcomes of every attempt of every job, by job id; a job without attempts has an
+    /// empty list.
+    pub async fn attempts_by_job(&self) -> BTreeMap<String, Vec<String>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs")
+            .fetch_all(self.ledger.pool())
+            .await
+            .expect("query jobs");
+        let mut by_job: BTreeMap<String, Vec<String>> =
+            ids.into_iter().map(|id| (id, Vec::new())).collect();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT job_id, coalesce(outcome, 'open') FROM job_attempts ORDER BY id",
+        )
+        .fetch_all(self.ledger.pool())
+        .await
+        .expect("query attempts");
+        for (id, outcome) in rows {
+            by_job.entry(id).or_default().push(outcome);
+        }
+        by_job
+    }
+
+    /// This farm's cell events of `kind` (`launch`, `death`, `interruption`,
+    /// `rebalance`), oldest first.
+    pub async fn cell_events(&self, kind: &str) -> Vec<CellEvent> {
+        sqlx::query_as(
+            "SELECT at, pool, cell_id, cells, reason FROM cell_events WHERE kind = $1 ORDER BY id",
+        )
+        .bind(kind)
+        .fetch_all(self.ledger.pool())
+        .await
+        .expect("query cell_events")
+    }
+
+    /// Cells launched, summed over every launch event.
+    pub async fn cells_launched(&self) -> i64 {
+        let launches = self.cell_events("launch").await;
+        launches.iter().map(|e| i64::from(e.cells)).sum()
+    }
+
     pub async fn outputs(&self, id: &str) -> Vec<String> {
         let json: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT outputs FROM jobs WHERE id = $1")
@@ -356,21 +460,18 @@ impl Farm {
             .collect()
     }
 
-    /// Waits until a job reaches `state`, or panics with the cells' logs.
+    /// Waits until a job reaches `state`, or panics with the state it is in and the
+    /// cells' logs.
     pub async fn wait_state(&self, id: &str, state: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let seen = RefCell::new(None);
+        let what = Lazy(|| format!("job {id} to be {state} (it is {:?})", seen.borrow()));
+        self.wait_until(timeout, what, || async {
             let now = self.job(id).await.map(|j| j.0);
-            if now.as_deref() == Some(state) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} is {now:?}, not {state}, after {timeout:?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            let reached = now.as_deref() == Some(state);
+            *seen.borrow_mut() = now;
+            reached
+        })
+        .await
     }
 
     /// Takes every message from a queue: (body, dead-letter reason).
@@ -457,6 +558,18 @@ impl Drop for Farm {
             let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
         });
     }
+}
+
+/// The logs of the processes a farm started, in its dir: for a wait that holds the farm
+/// mutably (see [`Farm::wait_exit`]).
+pub fn logs_in(dir: &Path) -> String {
+    let mut all = String::new();
+    for i in 0..8 {
+        if let Ok(s) = std::fs::read_to_string(dir.join(format!("cell{i}.log"))) {
+            all.push_str(&format!("--- cell{i}.log\n{s}"));
+        }
+    }
+    all
 }
 
 /// Runs a future to completion from sync code inside a test's runtime.
