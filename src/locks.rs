@@ -28,6 +28,10 @@ pub struct Beat {
     /// The version of the config the cell runs (ETag in S3, hash of a file).
     #[serde(default)]
     pub config_version: Option<String>,
+    /// The machine the cell runs on, as its cloud names it (the instance id on EC2, the
+    /// launch id on `local`); `None` for a cell started by hand.
+    #[serde(default)]
+    pub machine: Option<String>,
 }
 
 /// The farm's shared, expiring state in Redis: what cells say of themselves

@@ -137,6 +137,17 @@ async fn watch_takes_each_new_object_once_across_a_restart() {
     farm.put_file("in/a.mp4", &clip);
     farm.put_file("in/b.mp4", &clip);
     wait_jobs(&farm, 2, Duration::from_secs(60)).await;
+    // Kill it once it has taken both objects (remembered after their publishes): a kill
+    // between a job's row and its publish is another property (a job with no message).
+    let taken = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM trigger_objects")
+            .fetch_one(farm.ledger.pool())
+            .await
+            .expect("count taken objects");
+        n >= 2
+    };
+    farm.wait_until(Duration::from_secs(30), "both objects taken", taken)
+        .await;
     farm.kill(first);
 
     farm.put_file("in/c.mp4", &clip);

@@ -35,9 +35,15 @@ pub enum Settle {
     Commit(ResultMessage),
 }
 
-/// Why a cut-short job goes back: a spot notice (`interrupted`) or a plain stop.
-pub struct Stop<'a> {
+/// What an attempt's end needs from its cell.
+pub struct Ending<'a> {
+    pub max_attempts: u32,
+    /// Why a cut-short job goes back: a spot notice (`interrupted`), or else a plain
+    /// stop.
     pub notice: Option<&'a str>,
+    /// How long this cell alone may publish a committed result: longer than it waits
+    /// for the broker, so that the outbox never re-sends a result still being sent.
+    pub result_claim: Duration,
 }
 
 /// One claim on one job by this cell.
@@ -118,19 +124,18 @@ impl<'a> Attempt<'a> {
     pub async fn end(
         self,
         produced: Result<Vec<OutputObject>, JobFailure>,
-        max_attempts: u32,
-        stop: Stop<'_>,
+        ending: Ending<'_>,
     ) -> Settle {
         let settle = match produced {
-            Ok(outputs) => self.succeed(outputs).await,
+            Ok(outputs) => self.succeed(outputs, ending.result_claim).await,
             Err(failure) => {
                 let at = Attempted {
                     number: self.id.attempt as u32,
-                    max_attempts,
+                    max_attempts: ending.max_attempts,
                     cut_short: self.cancel.is_cancelled(),
                 };
                 let fate = classify(&failure, at);
-                self.fail(fate, failure, stop).await
+                self.fail(fate, failure, ending.notice).await
             }
         };
         settle.unwrap_or_else(|e| {
@@ -141,7 +146,11 @@ impl<'a> Attempt<'a> {
         })
     }
 
-    async fn succeed(&self, outputs: Vec<OutputObject>) -> Result<Settle, LedgerError> {
+    async fn succeed(
+        &self,
+        outputs: Vec<OutputObject>,
+        claim: Duration,
+    ) -> Result<Settle, LedgerError> {
         let result = ResultMessage {
             v: VERSION,
             job_id: self.job.job_id.clone(),
@@ -151,7 +160,7 @@ impl<'a> Attempt<'a> {
             attempt: self.id.attempt as u32,
             cell_id: self.id.cell_id.clone(),
         };
-        if !self.ledger.succeed(&self.id, &result).await? {
+        if !self.ledger.succeed(&self.id, &result, claim).await? {
             tracing::warn!("the job was taken over before commit; nothing committed");
             return Ok(Settle::Ack);
         }
@@ -167,7 +176,7 @@ impl<'a> Attempt<'a> {
         &self,
         fate: Fate,
         failure: JobFailure,
-        stop: Stop<'_>,
+        notice: Option<&str>,
     ) -> Result<Settle, LedgerError> {
         let attempt = self.id.attempt;
         let error = failure.to_string();
@@ -177,7 +186,7 @@ impl<'a> Attempt<'a> {
                 return Ok(Settle::Ack);
             }
             Fate::HandBack => {
-                let (outcome, reason) = match stop.notice {
+                let (outcome, reason) = match notice {
                     Some(reason) => (AttemptOutcome::Interrupted, reason),
                     None => (AttemptOutcome::HandedBack, "the cell is stopping"),
                 };

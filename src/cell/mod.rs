@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::job::{JobMessage, ResultMessage};
 use crate::queue::{Names, Publisher, QueueError, REASON_HEADER};
 
-use attempt::{Attempt, Settle, Stop};
+use attempt::{Attempt, Ending, Settle};
 use reload::Reload;
 use running::Work;
 use slots::Slots;
@@ -51,6 +51,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a publish waits for the broker to come back before the job is left to its
 /// lease.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(120);
+/// How much longer than its publish patience a cell keeps the claim on a result it
+/// committed: the outbox must not re-send a result whose publish is still waiting.
+const RESULT_CLAIM_MARGIN: Duration = Duration::from_secs(10);
 
 /// How the cell is told to stop.
 #[derive(Clone, Default)]
@@ -84,6 +87,14 @@ struct Identity {
     pub metadata: Option<crate::metadata::Metadata>,
 }
 
+impl Identity {
+    /// The machine this cell runs on, as its cloud names it: the instance id on EC2, the
+    /// launch id of a `local` sibling; none for a cell started by hand.
+    fn machine(&self) -> Option<String> {
+        self.launch_id.clone()
+    }
+}
+
 struct Cell {
     /// The config in force; a newer version replaces it between jobs ([`reload`]).
     config: std::sync::RwLock<Arc<Config>>,
@@ -100,6 +111,8 @@ struct Cell {
     /// Seconds since the Unix epoch.
     started_at: i64,
     metadata: Option<crate::metadata::Metadata>,
+    /// The machine this cell runs on (see [`Identity::machine`]).
+    machine: Option<String>,
     exit: Mutex<Option<Exit>>,
     launch_id: Mutex<Option<String>>,
 }
@@ -112,6 +125,7 @@ impl Cell {
         pools: Vec<String>,
         identity: Identity,
     ) -> Cell {
+        let machine = identity.machine();
         Cell {
             names: Names::new(&config.farm.name),
             slots: Slots::new(&config),
@@ -123,6 +137,7 @@ impl Cell {
             work: Work::new(),
             publisher: RwLock::new(None),
             started_at: chrono::Utc::now().timestamp(),
+            machine,
             metadata: identity.metadata,
             exit: Mutex::new(None),
             launch_id: Mutex::new(identity.launch_id),
@@ -235,10 +250,12 @@ impl Cell {
         let produced = work::execute(&ctx, &attempt).await;
         self.untrack(&job_id);
         let notice = self.notice();
-        let stop = Stop {
+        let ending = Ending {
+            max_attempts: max,
             notice: notice.as_deref(),
+            result_claim: PUBLISH_PATIENCE + RESULT_CLAIM_MARGIN,
         };
-        let settle = attempt.end(produced, max, stop).await;
+        let settle = attempt.end(produced, ending).await;
         tracing::info!(
             secs = started.elapsed().as_secs_f64(),
             ?settle,

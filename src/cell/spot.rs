@@ -95,13 +95,12 @@ impl Cell {
             .await;
     }
 
-    /// Records why the cell leaves, deregisters it (so ticks stop counting it as alive
-    /// and launch its replacement) and stops its consuming.
+    /// Records why the cell leaves, stops its consuming, and beats as draining at once
+    /// (so ticks stop counting it as alive and launch its replacement).
     async fn leave_on_notice(&self, reason: &str, kind: EventKind, shutdown: &Shutdown) {
         self.leave(Exit::Notice(reason.to_string()));
-        if let Err(e) = self.systems.locks.remove(&self.cell_id).await {
-            tracing::warn!(error = %e, "cannot remove the heartbeat; it expires by itself");
-        }
+        shutdown.drain.cancel();
+        self.beat(shutdown).await;
         for pool in &self.pools {
             if let Err(e) = self
                 .systems
@@ -112,6 +111,5 @@ impl Cell {
                 tracing::warn!(error = %e, "cannot record the {kind}");
             }
         }
-        shutdown.drain.cancel();
     }
 }

@@ -43,12 +43,10 @@ impl Cell {
         }
     }
 
-    /// True when the beat went out. A dying or noticed cell no longer beats: it
-    /// deregistered.
-    async fn beat(&self, shutdown: &Shutdown) -> bool {
-        if self.deregistered() {
-            return false;
-        }
+    /// True when the beat went out. A cell that is dying or leaving on a notice beats as
+    /// draining: it no longer counts as alive, but its machine is still worked on (and so
+    /// not silent).
+    pub(super) async fn beat(&self, shutdown: &Shutdown) -> bool {
         let beat = Beat {
             cell_id: self.cell_id.clone(),
             host: hostname(),
@@ -58,7 +56,8 @@ impl Cell {
             config_version: Some(self.reload.version()),
             running: self.work.running(),
             started_at: self.started_at,
-            draining: shutdown.drain.is_cancelled(),
+            draining: shutdown.drain.is_cancelled() || self.deregistered(),
+            machine: self.machine.clone(),
         };
         let ttl = 3 * self.config().cell.heartbeat_secs;
         match self.systems.locks.beat(&beat, ttl).await {
@@ -79,9 +78,11 @@ impl Cell {
         }
     }
 
+    /// Publishes results whose publish did not go out (the outbox), one sender at a
+    /// time: each is claimed for a lease while this tick sends it.
     async fn resend_results(&self) {
         let lease = Duration::from_secs(self.config().cell.lease_secs);
-        match self.systems.ledger.unsent_results(lease).await {
+        match self.systems.ledger.claim_unsent_results(lease).await {
             Ok(results) => {
                 for result in results {
                     tracing::info!(job = %result.job_id, "re-sending an unpublished result");
@@ -128,15 +129,12 @@ impl Cell {
         let Some(cloud) = &self.systems.cloud else {
             return;
         };
-        // Again: a beat in flight when the notice came may have re-registered the cell.
-        if let Err(e) = self.systems.locks.remove(&self.cell_id).await {
-            tracing::warn!(error = %e, "cannot remove the heartbeat; it expires by itself");
-        }
         let config = self.config();
         let farm = self.live_farm(broker.publisher());
         let ticker = self.ticker(&config, &farm, cloud.as_ref());
         let me = Me {
             cell_id: &self.cell_id,
+            machine: self.machine.as_deref(),
             idle_secs: None,
             leaving: true,
         };
@@ -165,6 +163,7 @@ impl Cell {
         let ticker = self.ticker(&config, &farm, cloud.as_ref());
         let me = Me {
             cell_id: &self.cell_id,
+            machine: self.machine.as_deref(),
             idle_secs: self.work.idle_for().map(|d| d.as_secs()),
             leaving: false,
         };

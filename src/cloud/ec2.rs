@@ -25,7 +25,7 @@ use aws_sdk_ec2::types::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{Cloud, CloudError};
+use super::{Cloud, CloudError, Machine};
 use crate::config::Ec2;
 use crate::metadata::{Metadata, POOL_TAG};
 
@@ -369,7 +369,7 @@ impl Cloud for Ec2Cloud {
         Ok(ids)
     }
 
-    async fn count(&self, pool: &str) -> Result<Option<u32>, CloudError> {
+    async fn machines(&self, pool: &str) -> Result<Option<Vec<Machine>>, CloudError> {
         let fail = |reason: String| CloudError::Count {
             pool: pool.into(),
             reason,
@@ -380,7 +380,7 @@ impl Cloud for Ec2Cloud {
                 .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
                 .build()
         };
-        let mut n = 0u32;
+        let mut machines = Vec::new();
         let mut next: Option<String> = None;
         loop {
             let out = self
@@ -393,16 +393,34 @@ impl Cloud for Ec2Cloud {
                 .send()
                 .await
                 .map_err(|e| fail(format!("DescribeInstances: {}", describe(e))))?;
-            n += out
-                .reservations()
-                .iter()
-                .map(|r| r.instances().len() as u32)
-                .sum::<u32>();
+            let instances = out.reservations().iter().flat_map(|r| r.instances());
+            machines.extend(instances.filter_map(|i| {
+                Some(Machine {
+                    id: i.instance_id()?.to_string(),
+                    launched_at: i.launch_time().map_or(0, |t| t.secs()),
+                })
+            }));
             match out.next_token() {
                 Some(t) if !t.is_empty() => next = Some(t.to_string()),
-                _ => return Ok(Some(n)),
+                _ => return Ok(Some(machines)),
             }
         }
+    }
+
+    async fn terminate(&self, ids: &[String]) -> Result<(), CloudError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .terminate_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| CloudError::TerminateOthers {
+                ids: ids.to_vec(),
+                reason: format!("TerminateInstances: {}", describe(e)),
+            })?;
+        Ok(())
     }
 
     async fn terminate_self(&self) -> Result<(), CloudError> {

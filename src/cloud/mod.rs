@@ -23,6 +23,18 @@ pub enum CloudError {
     Count { pool: String, reason: String },
     #[error("terminating this cell's machine: {reason}")]
     Terminate { reason: String },
+    #[error("terminating machines {ids:?}: {reason}")]
+    TerminateOthers { ids: Vec<String>, reason: String },
+}
+
+/// One machine a cloud launched for a pool, as the cloud sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    /// The cloud's name for it: the instance id on EC2, `pid-<pid>` on `local`. A cell
+    /// says in its heartbeat which machine it runs on.
+    pub id: String,
+    /// Seconds since the Unix epoch.
+    pub launched_at: i64,
 }
 
 /// The cloud calls mitosis and death make.
@@ -32,9 +44,16 @@ pub trait Cloud: Send + Sync {
     /// launch is recognisable (EC2 `ClientToken`). Returns one launch id per cell, which
     /// the new cell reports on its first heartbeat (`CELLFARM_LAUNCH_ID`).
     async fn launch(&self, pool: &str, n: u32, token: &str) -> Result<Vec<String>, CloudError>;
-    /// Cells of `pool` this cloud launched that still exist, if it can tell: the ceiling
-    /// holds even when Redis forgot the pending launches.
-    async fn count(&self, pool: &str) -> Result<Option<u32>, CloudError>;
+    /// The machines of `pool` that still exist (booting or running), if the cloud can
+    /// tell: the ceiling holds even when Redis forgot the pending launches, and a machine
+    /// whose cell never beats is found and ended.
+    async fn machines(&self, pool: &str) -> Result<Option<Vec<Machine>>, CloudError>;
+    /// How many machines of `pool` exist, if the cloud can tell.
+    async fn count(&self, pool: &str) -> Result<Option<u32>, CloudError> {
+        Ok(self.machines(pool).await?.map(|m| m.len() as u32))
+    }
+    /// Ends machines of this farm by id (silent ones: a failed boot, a hung cell).
+    async fn terminate(&self, ids: &[String]) -> Result<(), CloudError>;
     /// Ends this cell's machine, after it has drained. For `local`, the process exits.
     async fn terminate_self(&self) -> Result<(), CloudError>;
 }

@@ -286,18 +286,21 @@ impl Ledger {
         Ok(held == Some(true))
     }
 
-    /// Commits a success with its result message (the outbox); false (nothing written)
-    /// if this attempt no longer holds the job.
+    /// Commits a success with its result message (the outbox), which this cell alone
+    /// may publish for `claim`; false (nothing written) if this attempt no longer holds
+    /// the job.
     pub async fn succeed(
         &self,
         a: &AttemptId,
         result: &ResultMessage,
+        claim: Duration,
     ) -> Result<bool, LedgerError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', error = NULL, outputs = $4, result = $5,
                     result_sent = false, lease_expires = NULL, updated_at = now(),
-                    finished_at = now()
+                    finished_at = now(),
+                    result_claimed_until = now() + make_interval(secs => $6)
              WHERE id = $1 AND attempts = $2 AND cell_id = $3 AND state = 'running'",
         )
         .bind(&a.job_id)
@@ -305,6 +308,7 @@ impl Ledger {
         .bind(&a.cell_id)
         .bind(sqlx::types::Json(&result.outputs))
         .bind(sqlx::types::Json(result))
+        .bind(claim.as_secs_f64())
         .execute(&mut *tx)
         .await?;
         let held = done.rows_affected() == 1;
@@ -326,15 +330,23 @@ impl Ledger {
         Ok(())
     }
 
-    /// Result messages committed more than `age` ago and not yet published.
-    pub async fn unsent_results(&self, age: Duration) -> Result<Vec<ResultMessage>, LedgerError> {
+    /// Claims, for `claim`, up to 100 committed results not yet published whose last
+    /// claim ran out (their cell died, or gave up publishing through an outage), and
+    /// returns them to be published by the caller.
+    pub async fn claim_unsent_results(
+        &self,
+        claim: Duration,
+    ) -> Result<Vec<ResultMessage>, LedgerError> {
         let rows: Vec<sqlx::types::Json<ResultMessage>> = sqlx::query_scalar(
-            "SELECT result FROM jobs
-             WHERE state = 'succeeded' AND NOT result_sent AND result IS NOT NULL
-               AND finished_at < now() - make_interval(secs => $1)
-             LIMIT 100",
+            "UPDATE jobs SET result_claimed_until = now() + make_interval(secs => $1)
+             WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE state = 'succeeded' AND NOT result_sent AND result IS NOT NULL
+                   AND coalesce(result_claimed_until, finished_at) < now()
+                 LIMIT 100 FOR UPDATE SKIP LOCKED)
+             RETURNING result",
         )
-        .bind(age.as_secs_f64())
+        .bind(claim.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())

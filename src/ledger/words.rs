@@ -112,6 +112,9 @@ words! {
         Death = "death",
         Interruption = "interruption",
         Rebalance = "rebalance",
+        /// A machine ended by the farm because no cell beat on it: its boot failed,
+        /// or its cell hung or died without ending it.
+        Reap = "reap",
     }
 }
 

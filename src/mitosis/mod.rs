@@ -4,9 +4,10 @@
 //! It has no I/O, so the cell, `submit` (zero to one) and tests run the very same code;
 //! [`tick`] gathers the observation and carries the decision out.
 
+pub mod reap;
 mod tick;
 
-pub use tick::{Farm, LiveFarm, Me, TickOutcome, Ticker};
+pub use tick::{Cells, Farm, LiveFarm, Me, TickOutcome, Ticker};
 
 /// What a pool looks like now.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -6,7 +6,7 @@
 //! one, the last look before death) are tested here without a server; [`LiveFarm`] is the
 //! farm on RabbitMQ, PostgreSQL and Redis.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -38,8 +38,9 @@ pub trait Farm: Send + Sync {
     async fn ready(&self, pool: &str) -> anyhow::Result<u64>;
     /// The pool's queued and running jobs, per pipeline.
     async fn load(&self, pool: &str) -> anyhow::Result<Vec<PipelineLoad>>;
-    /// Cells with a fresh heartbeat that serve the pool and are not draining.
-    async fn alive(&self, pool: &str) -> anyhow::Result<u32>;
+    /// The cells with a fresh heartbeat: those serving the pool, and every machine a
+    /// cell beats on.
+    async fn cells(&self, pool: &str) -> anyhow::Result<Cells>;
     /// Launches recorded and not alive yet, within their launch timeout.
     async fn pending(&self, pool: &str) -> anyhow::Result<u32>;
     /// True while the pool is in its post-launch cooldown.
@@ -66,6 +67,15 @@ pub trait Farm: Send + Sync {
     ) -> anyhow::Result<()>;
 }
 
+/// What the heartbeats say.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cells {
+    /// Cells that serve the pool and are not draining.
+    pub alive: u32,
+    /// The machines cells beat on, draining or not, whatever pool they serve.
+    pub machines: BTreeSet<String>,
+}
+
 /// What a tick needs.
 pub struct Ticker<'a> {
     pub config: &'a Config,
@@ -79,10 +89,13 @@ pub struct Ticker<'a> {
 #[derive(Clone, Copy)]
 pub struct Me<'a> {
     pub cell_id: &'a str,
+    /// The machine the cell runs on (see [`crate::locks::Beat::machine`]): never reaped
+    /// by its own tick.
+    pub machine: Option<&'a str>,
     /// Seconds idle, or None while busy.
     pub idle_secs: Option<u64>,
-    /// The cell is leaving after a spot notice: its machine still exists in the cloud's
-    /// count but no longer works for the pool, and it is not the one to die.
+    /// The cell is leaving after a spot notice: it no longer works for the pool, and it
+    /// is not the one to die.
     pub leaving: bool,
 }
 
@@ -145,31 +158,66 @@ impl Ticker<'_> {
         }
     }
 
-    async fn observe(&self, pool: &str, me: Option<Me<'_>>) -> anyhow::Result<Observation> {
+    /// Observes the pool. With `reap`, machines no cell beats on past their launch
+    /// timeout are ended first, and no longer count.
+    async fn observe(
+        &self,
+        pool: &str,
+        me: Option<Me<'_>>,
+        reap: bool,
+    ) -> anyhow::Result<Observation> {
         let ready = self.farm.ready(pool).await?;
         let (in_flight, work_secs) = weigh(self.config, &self.farm.load(pool).await?);
-        let alive = self.farm.alive(pool).await?;
+        let cells = self.farm.cells(pool).await?;
         let mut pending = self.farm.pending(pool).await?;
-        // The cloud's own count is the backstop when Redis lost the pending launches.
-        if let Some(existing) = self.cloud.count(pool).await? {
-            let existing = existing.saturating_sub(u32::from(me.is_some_and(|m| m.leaving)));
+        // The cloud's own machines are the backstop when Redis lost the pending launches.
+        if let Some(machines) = self.cloud.machines(pool).await? {
+            let timeout = self.config.pools[pool].launch_timeout_secs;
+            let now = chrono::Utc::now().timestamp();
+            let mine = me.and_then(|m| m.machine);
+            let sorted = super::reap::sort(&machines, &cells.machines, mine, now, timeout);
+            if reap && !sorted.silent.is_empty() {
+                self.reap(pool, &sorted.silent, now).await?;
+            }
             tracing::debug!(
                 pool,
                 recorded = pending,
-                existing,
-                alive,
+                booting = sorted.booting,
                 "pending launches"
             );
-            pending = pending.max(existing.saturating_sub(alive));
+            pending = pending.max(sorted.booting);
         }
         Ok(Observation {
             ready,
             in_flight,
             work_secs,
-            alive,
+            alive: cells.alive,
             pending,
             idle_secs: me.and_then(|m| m.idle_secs),
         })
+    }
+
+    /// Ends machines no cell beats on, and records each with its reason.
+    async fn reap(
+        &self,
+        pool: &str,
+        silent: &[crate::cloud::Machine],
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let ids: Vec<String> = silent.iter().map(|m| m.id.clone()).collect();
+        self.cloud.terminate(&ids).await?;
+        for m in silent {
+            let reason = format!(
+                "machine {}: no cell beat on it {} s after its launch",
+                m.id,
+                now - m.launched_at
+            );
+            tracing::warn!(pool, %reason, "reaping a silent machine");
+            self.farm
+                .record(pool, EventKind::Reap, &m.id, 1, &reason)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn tick_locked(
@@ -182,7 +230,7 @@ impl Ticker<'_> {
             .pools
             .get(pool)
             .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
-        let obs = self.observe(pool, me).await?;
+        let obs = self.observe(pool, me, true).await?;
         let decision = decide(&obs, &p.policy());
         tracing::debug!(pool, ?obs, ?decision, "mitosis tick");
         let outcome = match decision {
@@ -236,7 +284,7 @@ impl Ticker<'_> {
         obs: Observation,
     ) -> anyhow::Result<(TickOutcome, Observation)> {
         self.farm.deregister(me.cell_id).await?;
-        let last_look = self.observe(pool, None).await?;
+        let last_look = self.observe(pool, None, false).await?;
         if last_look.ready > 0 {
             return Ok((TickOutcome::Stayed, last_look));
         }
@@ -331,12 +379,15 @@ impl Farm for LiveFarm<'_> {
         Ok(self.ledger.pool_load(pool).await?)
     }
 
-    async fn alive(&self, pool: &str) -> anyhow::Result<u32> {
+    async fn cells(&self, pool: &str) -> anyhow::Result<Cells> {
         let beats = self.locks.alive().await?;
         let serving = beats
             .iter()
             .filter(|b| b.pools.iter().any(|p| p == pool) && !b.draining);
-        Ok(serving.count() as u32)
+        Ok(Cells {
+            alive: serving.count() as u32,
+            machines: beats.iter().filter_map(|b| b.machine.clone()).collect(),
+        })
     }
 
     async fn pending(&self, pool: &str) -> anyhow::Result<u32> {

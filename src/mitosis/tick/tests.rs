@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::*;
-use crate::cloud::CloudError;
+use crate::cloud::{CloudError, Machine};
 
 const CONFIG: &str = r#"
     [farm]
@@ -39,6 +39,8 @@ struct State {
     ready_after_deregister: Option<u64>,
     running: u64,
     alive: u32,
+    /// Machines cells beat on.
+    beating: std::collections::BTreeSet<String>,
     pending: u32,
     cooling: bool,
     deregistered: Vec<String>,
@@ -88,8 +90,12 @@ impl Farm for MemFarm {
             unknown: s.ready + s.running,
         }])
     }
-    async fn alive(&self, _: &str) -> anyhow::Result<u32> {
-        Ok(self.state().alive)
+    async fn cells(&self, _: &str) -> anyhow::Result<Cells> {
+        let s = self.state();
+        Ok(Cells {
+            alive: s.alive,
+            machines: s.beating.clone(),
+        })
     }
     async fn pending(&self, _: &str) -> anyhow::Result<u32> {
         Ok(self.state().pending)
@@ -123,17 +129,34 @@ impl Farm for MemFarm {
     }
 }
 
-/// A cloud that launches instantly and counts what the test says it has.
+/// A cloud that launches instantly and has the machines the test says it has.
 struct MemCloud {
-    count: Option<u32>,
+    machines: Option<Vec<Machine>>,
     launched: Mutex<u32>,
+    terminated: Mutex<Vec<String>>,
 }
 
 impl MemCloud {
-    fn counting(count: Option<u32>) -> MemCloud {
+    /// A cloud that cannot tell what it has.
+    fn blind() -> MemCloud {
+        MemCloud::with(None)
+    }
+
+    /// Machines by id and age in seconds.
+    fn with(machines: Option<&[(&str, i64)]>) -> MemCloud {
+        let now = chrono::Utc::now().timestamp();
+        let machines = machines.map(|ms| {
+            ms.iter()
+                .map(|(id, age)| Machine {
+                    id: id.to_string(),
+                    launched_at: now - age,
+                })
+                .collect()
+        });
         MemCloud {
-            count,
+            machines,
             launched: Mutex::new(0),
+            terminated: Mutex::new(Vec::new()),
         }
     }
 }
@@ -144,8 +167,16 @@ impl Cloud for MemCloud {
         *self.launched.lock().unwrap() += n;
         Ok((0..n).map(|i| format!("i-{i}")).collect())
     }
-    async fn count(&self, _: &str) -> Result<Option<u32>, CloudError> {
-        Ok(self.count)
+    async fn machines(&self, _: &str) -> Result<Option<Vec<Machine>>, CloudError> {
+        let terminated = self.terminated.lock().unwrap();
+        Ok(self.machines.as_ref().map(|ms| {
+            let alive = ms.iter().filter(|m| !terminated.contains(&m.id));
+            alive.cloned().collect()
+        }))
+    }
+    async fn terminate(&self, ids: &[String]) -> Result<(), CloudError> {
+        self.terminated.lock().unwrap().extend_from_slice(ids);
+        Ok(())
     }
     async fn terminate_self(&self) -> Result<(), CloudError> {
         Ok(())
@@ -170,6 +201,7 @@ async fn tick(farm: &MemFarm, cloud: &MemCloud, me: Option<Me<'_>>) -> TickOutco
 fn idle(secs: u64) -> Option<Me<'static>> {
     Some(Me {
         cell_id: "me",
+        machine: None,
         idle_secs: Some(secs),
         leaving: false,
     })
@@ -189,7 +221,7 @@ async fn cooldown_holds_growth_but_not_zero_to_one() {
             s.alive = alive;
             s.cooling = cooling;
         });
-        let cloud = MemCloud::counting(None);
+        let cloud = MemCloud::blind();
         assert_eq!(tick(&farm, &cloud, None).await, want, "{why}");
         let launched = match want {
             Launched(n) => n,
@@ -215,42 +247,85 @@ async fn a_held_lock_means_someone_else_decides() {
         s.ready = 40;
         s.locked = true;
     });
-    let cloud = MemCloud::counting(None);
+    let cloud = MemCloud::blind();
     assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Busy);
     assert_eq!(*cloud.launched.lock().unwrap(), 0);
 }
 
 #[tokio::test]
-async fn the_clouds_count_is_the_backstop_for_forgotten_launches() {
+async fn the_clouds_machines_are_the_backstop_for_forgotten_launches() {
     // Redis lost the pending launches; four instances exist, none alive yet: at the
     // ceiling already.
     let farm = MemFarm::with(|s| s.ready = 40);
-    let cloud = MemCloud::counting(Some(4));
+    let booting = [("a", 10), ("b", 10), ("c", 10), ("d", 10)];
+    let cloud = MemCloud::with(Some(&booting));
     assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Stayed);
     assert_eq!(*cloud.launched.lock().unwrap(), 0);
 }
 
 #[tokio::test]
 async fn a_leaving_cells_machine_is_not_pending_and_it_does_not_die() {
-    // The cell had a spot notice: it deregistered, and its own instance still exists.
-    let farm = MemFarm::with(|s| s.ready = 3);
-    let cloud = MemCloud::counting(Some(1));
+    // The cell had a spot notice: it beats as draining on its machine, which exists.
+    let farm = MemFarm::with(|s| {
+        s.ready = 3;
+        s.beating.insert("m-me".into());
+    });
+    let cloud = MemCloud::with(Some(&[("m-me", 3600)]));
     let me = Some(Me {
         cell_id: "me",
+        machine: Some("m-me"),
         idle_secs: Some(999),
         leaving: true,
     });
     assert_eq!(tick(&farm, &cloud, me).await, TickOutcome::Launched(1));
+    assert!(cloud.terminated.lock().unwrap().is_empty());
     let quiet = MemFarm::with(|s| s.alive = 2);
     assert_eq!(tick(&quiet, &cloud, me).await, TickOutcome::Stayed);
     assert!(quiet.state().deregistered.is_empty());
+}
+
+/// Property: a machine no cell beats on past its launch timeout (a failed boot, a hung
+/// cell) is ended and recorded, stops holding a ceiling slot, and is replaced when the
+/// work needs it; a new machine, a beating one and the decider's own are left alone.
+#[tokio::test]
+async fn silent_machines_are_reaped_and_replaced() {
+    let farm = MemFarm::with(|s| {
+        s.ready = 30;
+        s.alive = 1;
+        s.beating.insert("beating".into());
+    });
+    let machines = [
+        ("beating", 3600),
+        ("hung", 3600),
+        ("never-booted", 301),
+        ("booting", 10),
+        ("mine", 3600),
+    ];
+    let cloud = MemCloud::with(Some(&machines));
+    let me = Some(Me {
+        cell_id: "me",
+        machine: Some("mine"),
+        idle_secs: None,
+        leaving: false,
+    });
+    // 30 jobs want 3 cells: 1 alive, 1 booting, so one more once the silent are gone.
+    assert_eq!(tick(&farm, &cloud, me).await, TickOutcome::Launched(1));
+    assert_eq!(*cloud.terminated.lock().unwrap(), ["hung", "never-booted"]);
+    let reaped: Vec<_> = farm
+        .state()
+        .events
+        .iter()
+        .filter(|(k, _, _)| *k == EventKind::Reap)
+        .map(|(_, who, _)| who.clone())
+        .collect();
+    assert_eq!(reaped, ["hung", "never-booted"]);
 }
 
 #[tokio::test]
 async fn death_looks_once_more_after_deregistering() {
     // Idle past grace, queues empty, a spare cell: this one dies, and says so.
     let farm = MemFarm::with(|s| s.alive = 2);
-    let cloud = MemCloud::counting(None);
+    let cloud = MemCloud::blind();
     assert_eq!(tick(&farm, &cloud, idle(60)).await, TickOutcome::Die);
     assert_eq!(farm.state().deregistered, ["me"]);
     assert_eq!(farm.state().events, [(EventKind::Death, "me".into(), 1)]);
@@ -268,6 +343,7 @@ async fn death_looks_once_more_after_deregistering() {
     assert_eq!(tick(&farm, &cloud, idle(10)).await, TickOutcome::Stayed);
     let busy = Some(Me {
         cell_id: "me",
+        machine: None,
         idle_secs: None,
         leaving: false,
     });
