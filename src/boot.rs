@@ -5,7 +5,8 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::config::{Config, ConfigError, S3};
-use crate::store::{ObjectStore, S3Store, S3Url};
+use crate::s3url::S3Url;
+use crate::store::{ObjectStore, S3Store};
 
 /// Why loading the config failed: the process exits 64 either way.
 #[derive(Debug, thiserror::Error)]

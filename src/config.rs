@@ -565,7 +565,7 @@ impl Config {
         self.validate_cloud(&mut bad);
         self.validate_routes(&mut bad);
         if let Some(u) = &self.update {
-            if crate::store::S3Url::parse(&u.binary_url).is_err() {
+            if crate::s3url::S3Url::parse(&u.binary_url).is_err() {
                 bad("update.binary_url".into(), "must be s3://bucket/key");
             }
             if u.sha256.len() != 64 || !u.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -615,14 +615,14 @@ impl Config {
             if !self.pools.contains_key(&p.pool) {
                 bad(key("pool"), &format!("no pool named {:?}", p.pool));
             }
-            if crate::store::S3Url::parse(&p.output).is_err() {
+            if crate::s3url::S3Url::parse(&p.output).is_err() {
                 bad(key("output"), "must be s3://bucket/prefix/");
             }
             if p.cost_factor.is_nan() || p.cost_factor <= 0.0 {
                 bad(key("cost_factor"), "must be above 0");
             }
             for (asset, url) in &p.assets {
-                if crate::store::S3Url::parse(url).is_err() {
+                if crate::s3url::S3Url::parse(url).is_err() {
                     bad(key(&format!("assets.{asset}")), "must be s3://bucket/key");
                 }
             }
@@ -699,7 +699,7 @@ impl Config {
             check_url(endpoint, &["http", "https"], "cloud.ec2.endpoint", bad);
         }
         if let Some(url) = &ec2.config_url {
-            if crate::store::S3Url::parse(url).is_err() {
+            if crate::s3url::S3Url::parse(url).is_err() {
                 bad("cloud.ec2.config_url".into(), "must be s3://bucket/key");
             }
         }

@@ -15,7 +15,8 @@
 //!
 //! And one per concern of our own:
 //!
-//! * [`config`] — the TOML config, validated as a whole.
+//! * [`config`] — the TOML config, parsed into typed fields and checked as a whole.
+//! * [`s3url`] — `s3://bucket/key` URLs, below both `config` and `store`.
 //! * [`job`] — the job and result messages (contract v1) and the job id.
 //! * [`failure`] — retryable or permanent: one pure classification.
 //! * [`cell`] — the worker: consume, run, commit, ack; heartbeats; shutdown; spot
@@ -40,6 +41,7 @@ pub mod locks;
 pub mod metadata;
 pub mod mitosis;
 pub mod queue;
+pub mod s3url;
 pub mod status;
 pub mod store;
 pub mod submit;

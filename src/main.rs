@@ -15,7 +15,7 @@ use cellfarm::ledger::Ledger;
 use cellfarm::locks::Heartbeats;
 use cellfarm::metadata::Metadata;
 use cellfarm::queue::{self, Publisher};
-use cellfarm::store::S3Url;
+use cellfarm::s3url::S3Url;
 use cellfarm::{mitosis, status, submit, trigger, update};
 
 /// Exit code for a bad config or command line (BSD `EX_USAGE`).

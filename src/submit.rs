@@ -8,7 +8,8 @@ use crate::config::Config;
 use crate::job::{JobMessage, SourceObject};
 use crate::ledger::Ledger;
 use crate::queue::{Names, Publisher};
-use crate::store::{ObjectMeta, ObjectStore, S3Url};
+use crate::s3url::S3Url;
+use crate::store::{ObjectMeta, ObjectStore};
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

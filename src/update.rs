@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::config::Update;
-use crate::store::{ObjectStore, S3Url};
+use crate::s3url::S3Url;
+use crate::store::ObjectStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {

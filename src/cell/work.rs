@@ -14,7 +14,8 @@ use crate::failure::JobFailure;
 use crate::ffmpeg::{self, probe, Limits};
 use crate::job::{JobMessage, OutputObject};
 use crate::ledger::Ledger;
-use crate::store::{ObjectStore, S3Url};
+use crate::s3url::S3Url;
+use crate::store::ObjectStore;
 
 /// What an attempt needs from its cell.
 pub struct Context<'a> {

@@ -11,7 +11,8 @@ use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::locks::Heartbeats;
 use crate::queue::{self, Publisher};
-use crate::store::{ObjectStore, S3Url};
+use crate::s3url::S3Url;
+use crate::store::ObjectStore;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
