@@ -178,7 +178,7 @@ pub async fn cloud(
                 .clone()
                 .context("cloud.ec2: kind = \"ec2\" needs a [cloud.ec2] table")?;
             let config_url = match &ec2.config_url {
-                Some(url) => url.clone(),
+                Some(url) => url.to_string(),
                 None if location.starts_with("s3://") => location.to_string(),
                 None => anyhow::bail!(
                     "cloud.ec2.config_url: siblings boot from a config in S3; set it, or start \

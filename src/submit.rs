@@ -67,6 +67,7 @@ pub async fn submit(
     let pool = req.pool.unwrap_or(&pipeline.pool);
     let names = Names::new(&config.farm.name);
     let lane = names.lane(pool, req.priority);
+    let output = pipeline.output.to_string();
     let mut done = Vec::with_capacity(objects.len());
     for o in objects {
         anyhow::ensure!(
@@ -79,7 +80,7 @@ pub async fn submit(
             key: o.key.clone(),
             etag: o.etag.clone(),
         };
-        let job = JobMessage::new(req.pipeline, source, &pipeline.output, req.priority);
+        let job = JobMessage::new(req.pipeline, source, &output, req.priority);
         let outcome = if ledger.insert(&job, pool).await? {
             "enqueued"
         } else if req.force && ledger.reset(&job.job_id).await? {

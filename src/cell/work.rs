@@ -99,10 +99,6 @@ pub async fn execute(
     vars.insert("threads", ctx.threads.to_string());
     for (name, url) in &pipeline.assets {
         let local = scratch.0.join(format!("in/asset-{name}"));
-        let url = S3Url::parse(url).map_err(|reason| JobFailure::Pipeline {
-            pipeline: job.pipeline.clone(),
-            reason,
-        })?;
         ctx.store
             .download(&url.bucket, &url.key, None, &local)
             .await?;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{input_guard, run, FfmpegError, Limits};
-use crate::config::{Duration, OutputSpec};
+use crate::config::{ExpectedDuration, OutputSpec};
 
 /// What the ledger keeps of a probe.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -149,8 +149,8 @@ pub fn verify(spec: &OutputSpec, out: &Probe, source: &Probe) -> Result<(), Stri
     }
     let expected = match &spec.duration {
         None => return Ok(()),
-        Some(Duration::Seconds(s)) => *s,
-        Some(Duration::Named(_)) => source.duration.ok_or("the source has no duration")?,
+        Some(ExpectedDuration::Seconds(s)) => *s,
+        Some(ExpectedDuration::Named(_)) => source.duration.ok_or("the source has no duration")?,
     };
     let got = out.duration.ok_or("the output has no duration")?;
     let tolerance = video.and_then(|v| v.fps).map_or(0.1, |fps| 2.0 / fps);
@@ -187,7 +187,7 @@ mod tests {
             audio_codec: Some("aac".into()),
             width: Some(1280),
             height: Some(720),
-            duration: Some(Duration::Named("source".into())),
+            duration: Some(ExpectedDuration::Named("source".into())),
         }
     }
 
@@ -224,7 +224,7 @@ mod tests {
         s.video_codec = Some("hevc".into());
         assert!(verify(&s, &p, &p).unwrap_err().contains("expected hevc"));
         s = spec();
-        s.duration = Some(Duration::Seconds(12.05));
+        s.duration = Some(ExpectedDuration::Seconds(12.05));
         assert_eq!(verify(&s, &p, &p), Ok(()));
     }
 }
