@@ -180,7 +180,7 @@ async fn run(
                     .ok_or_else(|| anyhow::anyhow!("--asset {a}: expected NAME=PATH"))?;
                 vars.insert(name, path.to_string());
             }
-            let commands = cellfarm::ffmpeg::commands(&p.steps, &vars, &config.cell.demuxers)
+            let commands = cellfarm::ffmpeg::commands(p.step_args(), &vars, &config.cell.demuxers)
                 .map_err(|e| anyhow::anyhow!("pipeline {pipeline}: {e}"))?;
             for args in commands {
                 let mut argv = vec!["ffmpeg".to_string()];

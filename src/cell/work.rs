@@ -105,7 +105,7 @@ pub async fn execute(
         vars.insert(name.as_str(), path_arg(&local));
     }
     let commands =
-        ffmpeg::commands(&pipeline.steps, &vars, &limits.demuxers).map_err(|reason| {
+        ffmpeg::commands(pipeline.step_args(), &vars, &limits.demuxers).map_err(|reason| {
             JobFailure::Pipeline {
                 pipeline: job.pipeline.clone(),
                 reason,
@@ -214,7 +214,7 @@ async fn check_outputs(
                             path: rel.clone(),
                             reason: e.to_string(),
                         })?;
-                probe::verify(spec, &p, source).map_err(|reason| JobFailure::Output {
+                probe::verify(&spec.expect(), &p, source).map_err(|reason| JobFailure::Output {
                     path: rel.clone(),
                     reason,
                 })?;

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::ffmpeg::probe;
 use crate::s3url::S3Url;
 use defaults::*;
 
@@ -376,6 +377,22 @@ pub struct OutputSpec {
     pub height: Option<u32>,
     /// Expected duration: `"source"` (the probed input) or seconds.
     pub duration: Option<ExpectedDuration>,
+}
+
+impl OutputSpec {
+    /// What ffprobe must find in this output.
+    pub fn expect(&self) -> probe::Expect {
+        probe::Expect {
+            video_codec: self.video_codec.clone(),
+            audio_codec: self.audio_codec.clone(),
+            width: self.width,
+            height: self.height,
+            duration: self.duration.as_ref().map(|d| match d {
+                ExpectedDuration::Seconds(s) => probe::Length::Seconds(*s),
+                ExpectedDuration::Named(_) => probe::Length::OfSource,
+            }),
+        }
+    }
 }
 
 /// An output's expected duration: seconds, or `"source"` (the only name; validation
