@@ -228,19 +228,6 @@ pub struct Pool {
     pub launch_timeout_secs: u64,
 }
 
-impl Pool {
-    pub fn policy(&self) -> crate::mitosis::Policy {
-        crate::mitosis::Policy {
-            jobs_per_cell: self.jobs_per_cell,
-            work_secs_per_cell: self.work_secs_per_cell,
-            floor: self.floor,
-            ceiling: self.ceiling,
-            step: self.step,
-            idle_grace_secs: self.idle_grace_secs,
-        }
-    }
-}
-
 /// Where sibling cells come from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

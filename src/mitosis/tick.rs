@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{decide, Decision, Observation};
+use super::{decide, Decision, Observation, Policy};
 use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::ledger::Ledger;
@@ -129,7 +129,7 @@ async fn tick_locked(
         .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
     let obs = observe(farm, pool, me).await?;
     let decider = me.as_ref().map_or(farm.who, |m| m.cell_id);
-    let decision = decide(&obs, &p.policy());
+    let decision = decide(&obs, &Policy::from(p));
     tracing::debug!(pool, ?obs, ?decision, "mitosis tick");
     match decision {
         Decision::Stay => Ok((TickOutcome::Stayed, obs)),
