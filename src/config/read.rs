@@ -7,11 +7,12 @@
 //!   its table allows, both taken from serde's own error, and removed;
 //! * a string serde refused (a URL that is not `s3://…`) is reported and replaced by a
 //!   valid placeholder URL, so that its siblings are read too;
-//! * any other problem (a number where a string belongs, a missing key) is reported and
-//!   ends reading, as the typed config it would need cannot be built.
+//! * any other bad value (a string where a number belongs, a missing key) is reported
+//!   and removed with its key (a missing key: with its table), so that the rest is read.
 //!
-//! Only a config read without any problem is checked by `validate`; the placeholders
-//! never leave this module, as a config with problems is an error.
+//! A config read without removing a bad value is then checked by `validate`; one that
+//! lost a value is not, as its defaults would raise false alarms. The placeholders
+//! never leave this module: a config with problems is an error.
 
 use std::fmt;
 
@@ -61,37 +62,50 @@ impl Config {
     }
 }
 
-/// The typed config, or `None` when a problem could not be stepped over; every problem
+/// The typed config, or `None` when it had a bad value other than a URL; every problem
 /// met goes into `problems`.
 fn read(mut value: toml::Value, problems: &mut Vec<String>) -> Option<Config> {
+    // Keys removed for a bad value: the config read without them is not the one written,
+    // so it is not validated (its defaults would raise false alarms).
+    let mut removed: Vec<String> = Vec::new();
     let mut last: Option<String> = None;
     loop {
         let err = match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
-            Ok(config) => return Some(config),
+            Ok(config) => return removed.is_empty().then_some(config),
             Err(err) => err,
         };
-        let key = err.path().to_string();
-        // Stepping over this key did not help: it is already reported.
-        if last.as_ref() == Some(&key) {
+        let (path, message) = (err.path(), err.inner().message());
+        let key = path.to_string();
+        let unknown = unknown_field(message);
+        if let Some(allowed) = &unknown {
+            problems.push(format!("{key}: unknown key (allowed: {allowed})"));
+        } else if last.as_ref() != Some(&key) && !follows_removal(message, &key, &removed) {
+            problems.push(match path.iter().next() {
+                None => message.to_string(),
+                Some(_) => format!("{key}: {message}"),
+            });
+            if replace_string(&mut value, path) {
+                last = Some(key);
+                continue;
+            }
+        }
+        if !remove(&mut value, path) {
             return None;
         }
-        let message = err.inner().message();
-        let stepped_over = if let Some(allowed) = unknown_field(message) {
-            problems.push(format!("{key}: unknown key (allowed: {allowed})"));
-            remove(&mut value, err.path())
-        } else {
-            problems.push(if err.path().iter().next().is_none() {
-                message.to_string()
-            } else {
-                format!("{key}: {message}")
-            });
-            replace_string(&mut value, err.path())
-        };
-        if !stepped_over {
-            return None;
+        if unknown.is_none() {
+            removed.push(key.clone());
         }
         last = Some(key);
     }
+}
+
+/// True for serde's "missing field `k`" at `key` when `key.k` was removed by [`read`]:
+/// its problem is already reported.
+fn follows_removal(message: &str, key: &str, removed: &[String]) -> bool {
+    let field = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'));
+    field.is_some_and(|f| removed.contains(&format!("{key}.{f}")))
 }
 
 /// The allowed keys from serde's `deny_unknown_fields` error ("unknown field `x`,

@@ -130,12 +130,41 @@ fn a_bad_url_is_named_with_every_other_problem() {
 }
 
 #[test]
-fn a_value_of_the_wrong_type_is_named_and_ends_reading() {
-    let text = GOOD.replace("[pools.default]", "[pools.default]\nceiling = \"four\"");
+fn every_value_of_the_wrong_type_is_named() {
+    let text = GOOD
+        .replace(
+            "[pools.default]",
+            "[pools.default]\nceiling = \"four\"\n[cloud]\nkind = \"gcp\"",
+        )
+        .replace("[redis]", "[redis]\nurll = \"x\"")
+        .replace("steps = [{", "steps = \"x\"\nstepz = [{");
+    let err = Config::parse(&text, "bad.toml").unwrap_err();
+    let msg = err.to_string();
+    for problem in [
+        "pools.default.ceiling: invalid type: string \"four\", expected u32",
+        "cloud.kind: unknown variant `gcp`, expected one of `none`, `local`, `ec2`",
+        "pipelines.thumbs.steps: invalid type: string \"x\", expected a sequence",
+        "pipelines.thumbs.stepz: unknown key",
+        "redis.urll: unknown key",
+    ] {
+        assert!(msg.contains(problem), "{problem} in {msg}");
+    }
+    // Not "missing field `steps`": that follows from the bad value, already named.
+    assert_eq!(err.problems.len(), 5, "{msg}");
+}
+
+#[test]
+fn a_config_that_lost_a_bad_value_is_not_validated() {
+    // With lease_secs removed, its default (30) is below twice the heartbeat: a false
+    // alarm that validating would raise.
+    let text = GOOD.replace(
+        "[pools.default]",
+        "[pools.default]\n[cell]\nlease_secs = \"x\"\nheartbeat_secs = 20",
+    );
     let err = Config::parse(&text, "bad.toml").unwrap_err();
     assert_eq!(
         err.problems,
-        ["pools.default.ceiling: invalid type: string \"four\", expected u32"]
+        ["cell.lease_secs: invalid type: string \"x\", expected u64"]
     );
     let err = Config::parse("[farm]\nname = \"x\"", "short.toml").unwrap_err();
     assert_eq!(err.problems, ["missing field `amqp`"]);
