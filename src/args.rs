@@ -39,7 +39,7 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--asset {a}: expected NAME=PATH"))?;
         vars.insert(name, path.to_string());
     }
-    let commands = crate::ffmpeg::commands(&p.steps, &vars, &config.cell.demuxers)
+    let commands = crate::ffmpeg::commands(p.step_args(), &vars, &config.cell.demuxers)
         .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", args.pipeline))?;
     for command in commands {
         let mut argv = vec!["ffmpeg".to_string()];

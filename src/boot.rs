@@ -16,7 +16,8 @@ use crate::ledger::Ledger;
 use crate::locks::Coordinator;
 use crate::mitosis::{LiveFarm, Ticker};
 use crate::queue::Broker;
-use crate::store::{ObjectStore, S3Store, S3Url};
+use crate::s3url::S3Url;
+use crate::store::{ObjectStore, S3Store};
 
 /// Why loading the config failed: the process exits 64 either way.
 #[derive(Debug, thiserror::Error)]
@@ -290,7 +291,7 @@ fn cloud(
                 .clone()
                 .context("cloud.ec2: kind = \"ec2\" needs a [cloud.ec2] table")?;
             let config_url = match &ec2.config_url {
-                Some(url) => url.clone(),
+                Some(url) => url.to_string(),
                 None if location.starts_with("s3://") => location.to_string(),
                 None => anyhow::bail!(
                     "cloud.ec2.config_url: siblings boot from a config in S3; set it, or start \

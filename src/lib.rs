@@ -19,7 +19,8 @@
 //!
 //! And one per concern of our own:
 //!
-//! * [`config`] — the TOML config, parsed and validated as a whole.
+//! * [`config`] — the TOML config, parsed into typed fields and checked as a whole.
+//! * [`s3url`] — `s3://bucket/key` URLs, below both `config` and `store`.
 //! * [`job`] — the job and result messages (contract v1) and the job id.
 //! * [`failure`] — a failed attempt's fate (hand back, retry, fail, dead): one pure
 //!   classification.
@@ -55,6 +56,7 @@ pub mod locks;
 pub mod metadata;
 pub mod mitosis;
 pub mod queue;
+pub mod s3url;
 pub mod status;
 pub mod store;
 pub mod submit;

@@ -15,35 +15,6 @@ use tokio::io::AsyncWriteExt;
 use crate::config::S3;
 use crate::job::unquote_etag;
 
-/// `s3://bucket/key`, parsed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct S3Url {
-    pub bucket: String,
-    pub key: String,
-}
-
-impl S3Url {
-    pub fn parse(url: &str) -> Result<S3Url, String> {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| format!("{url:?} is not an s3:// URL"))?;
-        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!("{url:?} has no bucket"));
-        }
-        Ok(S3Url {
-            bucket: bucket.into(),
-            key: key.into(),
-        })
-    }
-}
-
-impl std::fmt::Display for S3Url {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s3://{}/{}", self.bucket, self.key)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectMeta {
     pub key: String,
@@ -342,20 +313,5 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| failed("PUT", bucket, key, e))?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn s3_urls_parse() {
-        let u = S3Url::parse("s3://b/in/a b.mp4").unwrap();
-        assert_eq!((u.bucket.as_str(), u.key.as_str()), ("b", "in/a b.mp4"));
-        assert_eq!(S3Url::parse("s3://b").unwrap().key, "");
-        assert!(S3Url::parse("s3:///k").is_err());
-        assert!(S3Url::parse("/etc/passwd").is_err());
-        assert_eq!(u.to_string(), "s3://b/in/a b.mp4");
     }
 }

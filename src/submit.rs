@@ -9,7 +9,8 @@ use crate::config::Config;
 use crate::job::{JobMessage, SourceObject};
 use crate::ledger::{Ledger, SubmitOutcome};
 use crate::queue::{Names, Publisher};
-use crate::store::{ObjectMeta, ObjectStore, S3Url};
+use crate::s3url::S3Url;
+use crate::store::{ObjectMeta, ObjectStore};
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -138,6 +139,7 @@ pub async fn submit(
     let pool = req.pool.unwrap_or(&pipeline.pool);
     let names = Names::new(&config.farm.name);
     let lane = names.lane(pool, req.priority);
+    let output = pipeline.output.to_string();
     let mut done = Vec::with_capacity(objects.len());
     for o in objects {
         anyhow::ensure!(
@@ -150,7 +152,7 @@ pub async fn submit(
             key: o.key.clone(),
             etag: o.etag.clone(),
         };
-        let job = JobMessage::new(req.pipeline, source, &pipeline.output, req.priority);
+        let job = JobMessage::new(req.pipeline, source, &output, req.priority);
         let outcome = if ledger.insert(&job, pool).await? {
             SubmitOutcome::Enqueued
         } else if req.force && ledger.reset(&job.job_id).await? {

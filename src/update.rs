@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::config::Update;
-use crate::store::{ObjectStore, S3Url};
+use crate::store::ObjectStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
@@ -43,12 +43,12 @@ pub async fn fetch(
     update: &Update,
     dir: &Path,
 ) -> Result<PathBuf, UpdateError> {
-    let url = &update.binary_url;
+    let s3 = &update.binary_url;
+    let url = s3.to_string();
     let fail = |reason: String| UpdateError::Fetch {
         url: url.clone(),
         reason,
     };
-    let s3 = S3Url::parse(url).map_err(fail)?;
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
     let want = update.sha256.to_ascii_lowercase();
     let path = dir.join(format!("cellfarm-{}", &want[..16]));

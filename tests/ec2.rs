@@ -15,6 +15,7 @@ use aws_sdk_ec2::types::{
 use cellfarm::cloud::{Cloud, Ec2Cloud, FARM_TAG, LAUNCHED_BY_TAG};
 use cellfarm::config::Ec2;
 use cellfarm::metadata::POOL_TAG;
+use cellfarm::s3url::S3Url;
 use common::imds::MetadataServer;
 use common::{env, Farm};
 
@@ -96,7 +97,7 @@ fn ec2_config(subnets: &[String], sg: &str) -> Ec2 {
     Ec2 {
         region: Some("us-east-1".into()),
         endpoint: Some(moto()),
-        config_url: Some("s3://cellfarm-config/farm.toml".into()),
+        config_url: Some(S3Url::parse("s3://cellfarm-config/farm.toml").expect("an s3:// URL")),
         launch_template: None,
         launch_template_version: "$Latest".into(),
         image_id: Some("ami-12c6146b".into()),
@@ -174,7 +175,7 @@ async fn run_instances_launches_carry_what_the_config_says() {
     let cloud = Ec2Cloud::connect(
         &farm,
         cfg.clone(),
-        cfg.config_url.clone().unwrap(),
+        cfg.config_url.clone().unwrap().to_string(),
         "cell-a".into(),
         None,
     )
@@ -259,6 +260,8 @@ async fn run_instances_launches_carry_what_the_config_says() {
 /// fleet from one override only: so the spread is checked on the request moto recorded
 /// (DescribeFleets), the instances on what they are.
 #[tokio::test(flavor = "multi_thread")]
+// One scenario read top to bottom: the request, then what moto recorded of it.
+#[allow(clippy::too_many_lines)]
 async fn a_fleet_launch_spreads_spot_cells_over_the_configured_types() {
     let ec2 = client().await;
     let (subnets, sg) = network(&ec2).await;
@@ -288,7 +291,7 @@ async fn a_fleet_launch_spreads_spot_cells_over_the_configured_types() {
     let cloud = Ec2Cloud::connect(
         &farm,
         cfg.clone(),
-        cfg.config_url.clone().unwrap(),
+        cfg.config_url.clone().unwrap().to_string(),
         "cell-b".into(),
         None,
     )

@@ -12,6 +12,8 @@ use common::{probe, seconds, video_stream, Farm};
 /// says `succeeded` with those outputs; one result message per job reaches the results
 /// queue.
 #[tokio::test(flavor = "multi_thread")]
+// One scenario read top to bottom: splitting it would hide the order its steps rely on.
+#[allow(clippy::too_many_lines)]
 async fn every_example_pipeline_produces_verified_outputs() {
     let mut farm = Farm::new("pipelines", "").await;
     let clip = farm.clip("clip", 4.0, "testsrc2");

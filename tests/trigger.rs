@@ -203,6 +203,8 @@ fn outcomes(answer: &Value) -> Vec<String> {
 /// ignored, a stale event (an older upload's, by sequencer) makes no job; the trigger's
 /// tick starts a farm at zero cells, which then does the work.
 #[tokio::test(flavor = "multi_thread")]
+// One scenario read top to bottom: splitting it would hide the order its steps rely on.
+#[allow(clippy::too_many_lines)]
 async fn the_lambda_turns_s3_events_into_jobs_once_and_starts_the_farm() {
     let mut farm = Farm::new("lambda", &format!("[cloud]\nkind = \"local\"\n{ROUTES}")).await;
     let clip = farm.clip("clip", 1.0, "testsrc");

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, OutputSpec, Pipeline};
 use crate::failure::JobFailure;
 use crate::ffmpeg::{self, probe, Limits};
-use crate::job::OutputObject;
-use crate::store::{ObjectStore, S3Url};
+use crate::job::{JobMessage, OutputObject};
+use crate::s3url::S3Url;
+use crate::store::ObjectStore;
 
 use super::attempt::Attempt;
 
@@ -57,7 +58,6 @@ pub async fn execute(
     attempt: &Attempt<'_>,
 ) -> Result<Vec<OutputObject>, JobFailure> {
     let job = &attempt.job;
-    let cancel = &attempt.cancel;
     let pipeline = ctx
         .config
         .pipelines
@@ -72,12 +72,55 @@ pub async fn execute(
         job.job_id, attempt.id.attempt, attempt.id.cell_id
     ));
     let scratch = Scratch::create(root)?;
+    let source_probe = fetch_source(ctx, attempt, pipeline, &limits, &scratch).await?;
+    let vars = fetch_assets(ctx, pipeline, &scratch).await?;
+    let commands =
+        ffmpeg::commands(pipeline.step_args(), &vars, &limits.demuxers).map_err(|reason| {
+            JobFailure::Pipeline {
+                pipeline: job.pipeline.clone(),
+                reason,
+            }
+        })?;
+    for (i, args) in commands.iter().enumerate() {
+        ffmpeg::run("ffmpeg", args, &limits, &attempt.cancel)
+            .await
+            .map_err(|source| JobFailure::Step { step: i, source })?;
+    }
+    // Outputs are our own files with names from the config, so image outputs may be
+    // probed with the image2 demuxer that untrusted sources are denied.
+    let mut output_limits = limits.clone();
+    output_limits.demuxers.push("image2".into());
+    let out = scratch.0.join("out");
+    let files = check_outputs(
+        pipeline,
+        &out,
+        &source_probe,
+        &output_limits,
+        &attempt.cancel,
+    )
+    .await?;
+    // Last look before anything becomes visible: a superseded attempt uploads nothing.
+    if !attempt.holds().await? {
+        return Err(JobFailure::Superseded);
+    }
+    upload(ctx, job, files).await
+}
+
+/// Downloads the source to `in/source` and probes it; the estimate and the ledger learn
+/// what it is.
+async fn fetch_source(
+    ctx: &Context<'_>,
+    attempt: &Attempt<'_>,
+    pipeline: &Pipeline,
+    limits: &Limits,
+    scratch: &Scratch,
+) -> Result<probe::Probe, JobFailure> {
     let input = scratch.0.join("in/source");
-    let src = &job.source;
+    let src = &attempt.job.source;
     ctx.store
         .download(&src.bucket, &src.key, Some(&src.etag), &input)
         .await?;
-    let source_probe = probe::probe(&input, &limits, cancel)
+    let source_probe = probe::probe(&input, limits, &attempt.cancel)
         .await
         .map_err(JobFailure::Probe)?;
     if source_probe.video().is_none() && source_probe.audio().is_none() {
@@ -91,52 +134,36 @@ pub async fn execute(
     }
     let probe_json = serde_json::to_value(&source_probe).expect("a probe always serializes");
     attempt.record_probe(&probe_json).await?;
+    Ok(source_probe)
+}
 
+/// Downloads the pipeline's assets, and names every local path a step may use.
+async fn fetch_assets<'p>(
+    ctx: &Context<'_>,
+    pipeline: &'p Pipeline,
+    scratch: &Scratch,
+) -> Result<BTreeMap<&'p str, String>, JobFailure> {
     let mut vars: BTreeMap<&str, String> = BTreeMap::new();
-    vars.insert("input", path_arg(&input));
+    vars.insert("input", path_arg(&scratch.0.join("in/source")));
     vars.insert("out", path_arg(&scratch.0.join("out")));
     vars.insert("work", path_arg(&scratch.0.join("work")));
     vars.insert("threads", ctx.threads.to_string());
     for (name, url) in &pipeline.assets {
         let local = scratch.0.join(format!("in/asset-{name}"));
-        let url = S3Url::parse(url).map_err(|reason| JobFailure::Pipeline {
-            pipeline: job.pipeline.clone(),
-            reason,
-        })?;
         ctx.store
             .download(&url.bucket, &url.key, None, &local)
             .await?;
         vars.insert(name.as_str(), path_arg(&local));
     }
-    let commands =
-        ffmpeg::commands(&pipeline.steps, &vars, &limits.demuxers).map_err(|reason| {
-            JobFailure::Pipeline {
-                pipeline: job.pipeline.clone(),
-                reason,
-            }
-        })?;
-    for (i, args) in commands.iter().enumerate() {
-        ffmpeg::run("ffmpeg", args, &limits, cancel)
-            .await
-            .map_err(|source| JobFailure::Step { step: i, source })?;
-    }
-    // Outputs are our own files with names from the config, so image outputs may be
-    // probed with the image2 demuxer that untrusted sources are denied.
-    let mut output_limits = limits.clone();
-    output_limits.demuxers.push("image2".into());
-    let files = check_outputs(
-        pipeline,
-        &scratch.0.join("out"),
-        &source_probe,
-        &output_limits,
-        cancel,
-    )
-    .await?;
+    Ok(vars)
+}
 
-    // Last look before anything becomes visible: a superseded attempt uploads nothing.
-    if !attempt.holds().await? {
-        return Err(JobFailure::Superseded);
-    }
+/// Uploads the checked outputs under the job's output prefix.
+async fn upload(
+    ctx: &Context<'_>,
+    job: &JobMessage,
+    files: Vec<OutputFile>,
+) -> Result<Vec<OutputObject>, JobFailure> {
     let dest = S3Url::parse(&job.output).map_err(|reason| JobFailure::Pipeline {
         pipeline: job.pipeline.clone(),
         reason,
@@ -218,7 +245,7 @@ async fn check_outputs(
                             path: rel.clone(),
                             reason: e.to_string(),
                         })?;
-                probe::verify(spec, &p, source).map_err(|reason| JobFailure::Output {
+                probe::verify(&spec.expect(), &p, source).map_err(|reason| JobFailure::Output {
                     path: rel.clone(),
                     reason,
                 })?;

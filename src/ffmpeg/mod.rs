@@ -105,17 +105,17 @@ pub fn ffmpeg_args(step: &[String], demuxers: &[String]) -> Vec<String> {
     args
 }
 
-/// The FFmpeg argument lists of a pipeline's steps, with `vars` substituted.
-pub fn commands(
-    steps: &[crate::config::Step],
+/// The FFmpeg argument lists of a pipeline's steps (each step's arguments, with
+/// `{placeholders}`), with `vars` substituted.
+pub fn commands<'a>(
+    steps: impl IntoIterator<Item = &'a [String]>,
     vars: &std::collections::BTreeMap<&str, String>,
     demuxers: &[String],
 ) -> Result<Vec<Vec<String>>, String> {
     steps
-        .iter()
+        .into_iter()
         .map(|step| {
             let expanded = step
-                .args
                 .iter()
                 .map(|a| template::expand(a, vars))
                 .collect::<Result<Vec<_>, _>>()?;

@@ -1,13 +1,31 @@
 //! ffprobe: what a file holds, and whether an output is what its pipeline promised.
 //!
 //! An FFmpeg stopped by a signal can leave a valid but truncated MP4, so exit 0 is not
-//! success: every output is probed and checked against its [`OutputSpec`].
+//! success: every output is probed and checked against what was [`Expect`]ed of it.
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{input_guard, run, FfmpegError, Limits};
-use crate::config::{Duration, OutputSpec};
+
+/// What an output must be; `None` is not checked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Expect {
+    /// Video codec as ffprobe names it (`h264`, `mjpeg`, …); `"none"` never matches.
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub duration: Option<Length>,
+}
+
+/// An expected duration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Length {
+    Seconds(f64),
+    /// The probed source's.
+    OfSource,
+}
 
 /// What the ledger keeps of a probe.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -122,10 +140,10 @@ fn rate(s: &str) -> Option<f64> {
     (d > 0.0 && n > 0.0).then_some(n / d)
 }
 
-/// Checks a probed output against its spec; `source` is the probed input. Durations
+/// Checks a probed output against what is expected of it; `source` is the probed input. Durations
 /// match within two frames of the output's rate (one frame each side of rounding), or
 /// 0.1 s when there is no video.
-pub fn verify(spec: &OutputSpec, out: &Probe, source: &Probe) -> Result<(), String> {
+pub fn verify(spec: &Expect, out: &Probe, source: &Probe) -> Result<(), String> {
     let video = out.video();
     if let Some(codec) = &spec.video_codec {
         let found = video.map(|v| v.codec.as_str()).unwrap_or("none");
@@ -147,10 +165,10 @@ pub fn verify(spec: &OutputSpec, out: &Probe, source: &Probe) -> Result<(), Stri
             return Err(format!("{what} is {got:?}, expected {want:?}"));
         }
     }
-    let expected = match &spec.duration {
+    let expected = match spec.duration {
         None => return Ok(()),
-        Some(Duration::Seconds(s)) => *s,
-        Some(Duration::Named(_)) => source.duration.ok_or("the source has no duration")?,
+        Some(Length::Seconds(s)) => s,
+        Some(Length::OfSource) => source.duration.ok_or("the source has no duration")?,
     };
     let got = out.duration.ok_or("the output has no duration")?;
     let tolerance = video.and_then(|v| v.fps).map_or(0.1, |fps| 2.0 / fps);
@@ -179,15 +197,13 @@ mod tests {
                    "duration": "12.021333"}
     }"#;
 
-    fn spec() -> OutputSpec {
-        OutputSpec {
-            path: "720p.mp4".into(),
-            content_type: None,
+    fn spec() -> Expect {
+        Expect {
             video_codec: Some("h264".into()),
             audio_codec: Some("aac".into()),
             width: Some(1280),
             height: Some(720),
-            duration: Some(Duration::Named("source".into())),
+            duration: Some(Length::OfSource),
         }
     }
 
@@ -224,7 +240,7 @@ mod tests {
         s.video_codec = Some("hevc".into());
         assert!(verify(&s, &p, &p).unwrap_err().contains("expected hevc"));
         s = spec();
-        s.duration = Some(Duration::Seconds(12.05));
+        s.duration = Some(Length::Seconds(12.05));
         assert_eq!(verify(&s, &p, &p), Ok(()));
     }
 }

@@ -43,6 +43,19 @@ pub struct Policy {
     pub idle_grace_secs: u64,
 }
 
+impl From<&crate::config::Pool> for Policy {
+    fn from(pool: &crate::config::Pool) -> Self {
+        Policy {
+            jobs_per_cell: pool.jobs_per_cell,
+            work_secs_per_cell: pool.work_secs_per_cell,
+            floor: pool.floor,
+            ceiling: pool.ceiling,
+            step: pool.step,
+            idle_grace_secs: pool.idle_grace_secs,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Launch(u32),

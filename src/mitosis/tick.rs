@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{decide, Decision, Observation};
+use super::{decide, Decision, Observation, Policy};
 use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::ledger::{EventKind, Ledger, PipelineLoad};
@@ -231,7 +231,7 @@ impl Ticker<'_> {
             .get(pool)
             .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
         let obs = self.observe(pool, me, true).await?;
-        let decision = decide(&obs, &p.policy());
+        let decision = decide(&obs, &Policy::from(p));
         tracing::debug!(pool, ?obs, ?decision, "mitosis tick");
         let outcome = match decision {
             Decision::Stay => TickOutcome::Stayed,

@@ -11,7 +11,7 @@ use crate::boot::Systems;
 use crate::config::Config;
 use crate::ledger::SubmitOutcome;
 use crate::queue::Broker;
-use crate::store::S3Url;
+use crate::s3url::S3Url;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]

@@ -1,0 +1,118 @@
+//! Defaults of the config's fields, each with why it has that value.
+//!
+//! serde's `default = "…"` takes a function, hence one small function per default.
+
+/// Seconds a job lease lasts without renewal. Cells renew every heartbeat, so a lease only
+/// runs out when its cell is dead or cut off; short enough that a killed cell's job is
+/// picked up within half a minute.
+pub(super) const DEFAULT_LEASE_SECS: u64 = 30;
+/// Heartbeat and tick period. A few seconds keeps leases fresh at negligible cost.
+pub(super) const DEFAULT_HEARTBEAT_SECS: u64 = 5;
+/// Attempts before a job is dead-lettered. Three covers a crash plus a spot reclaim.
+pub(super) const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// How long SIGTERM waits for running jobs before handing them back. Below systemd's
+/// default stop timeout and the two-minute spot notice.
+pub(super) const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 90;
+/// An FFmpeg step that runs longer than this is killed (one hour of encoding per step).
+pub(super) const DEFAULT_STEP_TIMEOUT_SECS: u64 = 3600;
+/// Address-space cap per FFmpeg process: generous for 1080p x264, fatal for a decoder
+/// bomb.
+pub(super) const DEFAULT_FFMPEG_MEMORY_MIB: u64 = 4096;
+
+/// The demuxers a source may be opened with. Playlists (`hls`), lists (`concat`) and
+/// image sequences (`image2`) are left out on purpose: they make FFmpeg open other files.
+pub const DEFAULT_DEMUXERS: &[&str] = &[
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "matroska,webm",
+    "avi",
+    "mpegts",
+    "flv",
+    "mpeg",
+    "mxf",
+    "wav",
+    "mp3",
+    "aac",
+    "ogg",
+    "flac",
+    "png_pipe",
+    "jpeg_pipe",
+];
+
+/// RabbitMQ's default `consumer_timeout`: 30 minutes.
+pub(super) fn default_consumer_timeout() -> u64 {
+    1800
+}
+/// A HEAD of the config object every half minute per cell costs nothing worth counting.
+pub(super) fn default_config_check() -> u64 {
+    30
+}
+pub(super) fn default_metadata_poll() -> u64 {
+    2
+}
+/// A spot notice comes two minutes ahead; twenty seconds leaves time to kill FFmpeg,
+/// record the hand-back and re-publish.
+pub(super) fn default_interruption_margin() -> u64 {
+    20
+}
+pub(super) fn default_template_version() -> String {
+    "$Latest".into()
+}
+pub(super) fn default_allocation() -> String {
+    "capacity-optimized".into()
+}
+pub(super) fn default_true() -> bool {
+    true
+}
+pub(super) fn default_schema() -> String {
+    "cellfarm".into()
+}
+pub(super) fn default_scratch() -> String {
+    "/var/tmp/cellfarm".into()
+}
+pub(super) fn default_lease() -> u64 {
+    DEFAULT_LEASE_SECS
+}
+pub(super) fn default_heartbeat() -> u64 {
+    DEFAULT_HEARTBEAT_SECS
+}
+pub(super) fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+pub(super) fn default_grace() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_SECS
+}
+pub(super) fn default_step_timeout() -> u64 {
+    DEFAULT_STEP_TIMEOUT_SECS
+}
+pub(super) fn default_memory() -> u64 {
+    DEFAULT_FFMPEG_MEMORY_MIB
+}
+pub(super) fn default_demuxers() -> Vec<String> {
+    DEFAULT_DEMUXERS.iter().map(|d| d.to_string()).collect()
+}
+pub(super) fn default_cost() -> f64 {
+    1.0
+}
+/// Ten jobs a cell: FERMI's first mitosis factor was of this order.
+pub(super) fn default_jobs_per_cell() -> u32 {
+    10
+}
+/// A small ceiling by default: a typo must not launch a fleet.
+pub(super) fn default_ceiling() -> u32 {
+    4
+}
+pub(super) fn default_step() -> u32 {
+    2
+}
+/// Long enough for launched cells to start beating.
+pub(super) fn default_cooldown() -> u64 {
+    30
+}
+/// A minute of idling before a cell gives its machine back.
+pub(super) fn default_idle_grace() -> u64 {
+    60
+}
+/// EC2 spot instances usually boot in one to three minutes.
+pub(super) fn default_launch_timeout() -> u64 {
+    300
+}

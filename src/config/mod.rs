@@ -1,0 +1,482 @@
+//! The farm's configuration: one TOML file, read once, checked as a whole.
+//!
+//! Reading reports every problem at once, each naming its key (`pipelines.hls.pool`), and
+//! rejects unknown keys, so that a typo never silently falls back to a default. URL
+//! fields are typed ([`S3Url`]), so nothing parses them again later. A config can live
+//! on local disk or in S3 (`s3://bucket/key`); see [`crate::boot`] for the latter.
+//!
+//! * this file: the types, one per table, and what the rest of the crate asks of them;
+//! * `defaults`: default values and why;
+//! * `read`: TOML to types, every unknown key and bad value reported at once;
+//! * `validate`: the checks serde cannot make, one function per section.
+
+mod defaults;
+mod read;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::ffmpeg::probe;
+use crate::s3url::S3Url;
+use defaults::*;
+
+pub use defaults::DEFAULT_DEMUXERS;
+pub use read::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub farm: FarmConfig,
+    pub amqp: Amqp,
+    pub postgres: Postgres,
+    pub redis: Redis,
+    #[serde(default)]
+    pub s3: S3,
+    #[serde(default)]
+    pub cell: CellConfig,
+    #[serde(default)]
+    pub cloud: CloudConfig,
+    pub pools: BTreeMap<String, Pool>,
+    pub pipelines: BTreeMap<String, Pipeline>,
+    /// How the trigger (Lambda, `watch`) turns a new object into jobs; the first route
+    /// that matches wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// The binary cells should run (see [`crate::update`]).
+    pub update: Option<Update>,
+}
+
+/// The `[update]` table: a cellfarm binary in S3 and its SHA-256.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    pub binary_url: S3Url,
+    pub sha256: String,
+}
+
+/// One routing rule: which new objects become which jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// For logs and the trigger's answers (default: `routes[<index>]`).
+    pub name: Option<String>,
+    /// The bucket the object is in (default: any).
+    pub bucket: Option<String>,
+    /// A literal key prefix.
+    #[serde(default)]
+    pub prefix: String,
+    /// A glob on the whole key: `*` is any run of characters but `/`, `**` any run, `?`
+    /// one character but `/`.
+    pub glob: Option<String>,
+    /// Content: the source lasts at least this many seconds (ranged probe).
+    pub min_secs: Option<f64>,
+    /// Content: the source lasts less than this many seconds (ranged probe).
+    pub max_secs: Option<f64>,
+    /// The pipelines to run: one job each.
+    pub pipelines: Vec<String>,
+    /// The pool the jobs go to (default: each pipeline's own).
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub priority: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FarmConfig {
+    /// Prefix of every queue, Redis key and tag of this farm.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amqp {
+    pub url: String,
+    /// The broker's `consumer_timeout`, in seconds, as set in its `rabbitmq.conf` (the
+    /// cell cannot read it over AMQP): a cell warns at start when its jobs can outlast it.
+    #[serde(default = "default_consumer_timeout")]
+    pub consumer_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgres {
+    pub url: String,
+    /// Schema holding the ledger; several farms (or tests) can share one database.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3 {
+    /// Custom endpoint (s3s-fs, MinIO); `None` means AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellConfig {
+    /// Concurrent jobs; 0 means one per vCPU.
+    #[serde(default)]
+    pub slots: usize,
+    /// FFmpeg threads per job; 0 means vCPUs / slots (at least 1).
+    #[serde(default)]
+    pub threads_per_job: usize,
+    #[serde(default = "default_scratch")]
+    pub scratch_dir: String,
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout_secs: u64,
+    #[serde(default = "default_memory")]
+    pub ffmpeg_memory_mib: u64,
+    /// Demuxers a source may be opened with (FFmpeg `format_whitelist`).
+    #[serde(default = "default_demuxers")]
+    pub demuxers: Vec<String>,
+    /// Seconds between checks of the config's version (its ETag in S3); a changed
+    /// config is applied between jobs. 0 turns live reloading off.
+    #[serde(default = "default_config_check")]
+    pub config_check_secs: u64,
+}
+
+impl Default for CellConfig {
+    fn default() -> Self {
+        CellConfig {
+            slots: 0,
+            threads_per_job: 0,
+            scratch_dir: default_scratch(),
+            lease_secs: DEFAULT_LEASE_SECS,
+            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            step_timeout_secs: DEFAULT_STEP_TIMEOUT_SECS,
+            ffmpeg_memory_mib: DEFAULT_FFMPEG_MEMORY_MIB,
+            demuxers: default_demuxers(),
+            config_check_secs: default_config_check(),
+        }
+    }
+}
+
+impl CellConfig {
+    /// Job slots on a machine with `vcpus` cores.
+    pub fn slots_for(&self, vcpus: usize) -> usize {
+        if self.slots > 0 {
+            self.slots
+        } else {
+            vcpus.max(1)
+        }
+    }
+
+    /// FFmpeg threads per job on a machine with `vcpus` cores.
+    pub fn threads_for(&self, vcpus: usize) -> usize {
+        if self.threads_per_job > 0 {
+            self.threads_per_job
+        } else {
+            (vcpus / self.slots_for(vcpus)).max(1)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Bound on the priority lane and work queue (`x-max-length`); `None` is unbounded.
+    #[serde(default)]
+    pub max_queue_length: Option<u64>,
+    /// The mitosis factor: jobs one cell takes on before the pool wants another.
+    #[serde(default = "default_jobs_per_cell")]
+    pub jobs_per_cell: u32,
+    /// Work-aware mitosis: seconds of encoding one cell takes on; replaces
+    /// `jobs_per_cell` when set.
+    pub work_secs_per_cell: Option<f64>,
+    /// Cells kept even when idle.
+    #[serde(default)]
+    pub floor: u32,
+    /// Most cells the pool may have (the vCPU-quota safeguard).
+    #[serde(default = "default_ceiling")]
+    pub ceiling: u32,
+    /// Most cells one mitosis tick launches.
+    #[serde(default = "default_step")]
+    pub step: u32,
+    /// Seconds after a launch before the next one (zero to one ignores it).
+    #[serde(default = "default_cooldown")]
+    pub cooldown_secs: u64,
+    /// Seconds a cell idles before it may die.
+    #[serde(default = "default_idle_grace")]
+    pub idle_grace_secs: u64,
+    /// Seconds a launched cell counts as pending before it must be alive.
+    #[serde(default = "default_launch_timeout")]
+    pub launch_timeout_secs: u64,
+}
+
+/// Where sibling cells come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    #[serde(default)]
+    pub kind: CloudKind,
+    /// `local`: the binary siblings run (default: this one).
+    pub binary: Option<String>,
+    /// `local`: the directory for siblings' logs (default: `<scratch_dir>/cells`).
+    pub log_dir: Option<String>,
+    /// Instance metadata (IMDSv2) base address, polled for spot notices. Default: the
+    /// link-local IMDS address for `ec2`, none otherwise. `CELLFARM_METADATA_URL`
+    /// overrides it for one process.
+    pub metadata_url: Option<String>,
+    /// Seconds between polls of the spot notice and rebalance recommendation.
+    #[serde(default = "default_metadata_poll")]
+    pub metadata_poll_secs: u64,
+    /// Seconds before a spot reclaim by which every running job must be handed back.
+    #[serde(default = "default_interruption_margin")]
+    pub interruption_margin_secs: u64,
+    /// `ec2`: how to launch sibling instances.
+    pub ec2: Option<Ec2>,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig {
+            kind: CloudKind::None,
+            binary: None,
+            log_dir: None,
+            metadata_url: None,
+            metadata_poll_secs: default_metadata_poll(),
+            interruption_margin_secs: default_interruption_margin(),
+            ec2: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudKind {
+    /// No mitosis: cells are started and stopped by hand.
+    #[default]
+    None,
+    /// Siblings are processes on this machine.
+    Local,
+    /// Siblings are EC2 spot instances.
+    Ec2,
+}
+
+/// The `[cloud.ec2]` table: what a sibling instance is made of.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2 {
+    pub region: Option<String>,
+    /// Custom EC2 API endpoint (moto_server in tests); `None` means AWS.
+    pub endpoint: Option<String>,
+    /// The config URL a sibling boots with, written as its user data (default: this
+    /// cell's `--config` when that is an `s3://` URL).
+    pub config_url: Option<S3Url>,
+    /// A launch template (id `lt-…` or name): launches use CreateFleet `instant` across
+    /// every instance type and subnet. Without one, RunInstances per type and subnet.
+    pub launch_template: Option<String>,
+    #[serde(default = "default_template_version")]
+    pub launch_template_version: String,
+    /// AMI with cellfarm baked in (required without a launch template).
+    pub image_id: Option<String>,
+    /// Instance types in order of preference; several spread the spot risk.
+    #[serde(default)]
+    pub instance_types: Vec<String>,
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Instance profile name or ARN: the cell's credentials come from it.
+    pub instance_profile: Option<String>,
+    pub key_name: Option<String>,
+    /// CreateFleet spot allocation strategy.
+    #[serde(default = "default_allocation")]
+    pub allocation_strategy: String,
+    /// Launch on-demand for what spot capacity refused.
+    #[serde(default)]
+    pub on_demand_fallback: bool,
+    /// When TerminateInstances on itself fails, power the machine off (its shutdown
+    /// behaviour is `terminate`). Off only for tests on a machine that is not a cell.
+    #[serde(default = "default_true")]
+    pub poweroff_fallback: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub pool: String,
+    /// Where outputs go: `s3://bucket/prefix/`; each job writes under `<prefix><job id>/`.
+    pub output: S3Url,
+    /// Work-seconds per second of source: the wall seconds one job slot spends on each
+    /// second of source. It weighs the backlog for work-aware mitosis, and tells a cell
+    /// under a spot notice whether a running job can finish in time.
+    #[serde(default = "default_cost")]
+    pub cost_factor: f64,
+    /// Per-step timeout for this pipeline, overriding `cell.step_timeout_secs`.
+    pub step_timeout_secs: Option<u64>,
+    /// Extra inputs by name (`intro = "s3://bucket/intro.mp4"`), usable as `{intro}`.
+    #[serde(default)]
+    pub assets: BTreeMap<String, S3Url>,
+    pub steps: Vec<Step>,
+    pub outputs: Vec<OutputSpec>,
+}
+
+impl Pipeline {
+    /// Each step's FFmpeg arguments, placeholders unexpanded (see [`crate::ffmpeg::commands`]).
+    pub fn step_args(&self) -> impl Iterator<Item = &[String]> {
+        self.steps.iter().map(|s| s.args.as_slice())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// FFmpeg arguments, one list element per argument, with `{placeholders}`.
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Path relative to the job's output directory; a `*` in the file name matches many.
+    pub path: String,
+    pub content_type: Option<String>,
+    /// Expected video codec (`h264`, `mjpeg`, …), checked with ffprobe.
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Expected duration: `"source"` (the probed input) or seconds.
+    pub duration: Option<ExpectedDuration>,
+}
+
+impl OutputSpec {
+    /// What ffprobe must find in this output.
+    pub fn expect(&self) -> probe::Expect {
+        probe::Expect {
+            video_codec: self.video_codec.clone(),
+            audio_codec: self.audio_codec.clone(),
+            width: self.width,
+            height: self.height,
+            duration: self.duration.as_ref().map(|d| match d {
+                ExpectedDuration::Seconds(s) => probe::Length::Seconds(*s),
+                ExpectedDuration::Named(_) => probe::Length::OfSource,
+            }),
+        }
+    }
+}
+
+/// An output's expected duration: seconds, or `"source"` (the only name; validation
+/// refuses others).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ExpectedDuration {
+    Seconds(f64),
+    Named(String),
+}
+
+impl Config {
+    /// The keys that differ from `new` and that a running cell cannot change: its
+    /// connections, names, queues and leases. A new config that changes any of them
+    /// needs a restart.
+    pub fn restart_keys(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (self, new);
+        let pools = |c: &Config| -> Vec<(String, Option<u64>)> {
+            c.pools
+                .iter()
+                .map(|(k, p)| (k.clone(), p.max_queue_length))
+                .collect()
+        };
+        [
+            ("farm.name", a.farm.name == b.farm.name),
+            ("amqp.url", a.amqp.url == b.amqp.url),
+            ("postgres.url", a.postgres.url == b.postgres.url),
+            ("postgres.schema", a.postgres.schema == b.postgres.schema),
+            ("redis.url", a.redis.url == b.redis.url),
+            (
+                "s3",
+                (&a.s3.endpoint, &a.s3.region, a.s3.path_style)
+                    == (&b.s3.endpoint, &b.s3.region, b.s3.path_style),
+            ),
+            ("cell.scratch_dir", a.cell.scratch_dir == b.cell.scratch_dir),
+            ("cell.lease_secs", a.cell.lease_secs == b.cell.lease_secs),
+            (
+                "cell.heartbeat_secs",
+                a.cell.heartbeat_secs == b.cell.heartbeat_secs,
+            ),
+            (
+                "cell.max_attempts",
+                a.cell.max_attempts == b.cell.max_attempts,
+            ),
+            ("pools (names, max_queue_length)", pools(a) == pools(b)),
+            (
+                "cloud (kind, binary, log_dir, metadata_url, ec2)",
+                (
+                    &a.cloud.kind,
+                    &a.cloud.binary,
+                    &a.cloud.log_dir,
+                    &a.cloud.metadata_url,
+                    &a.cloud.ec2,
+                ) == (
+                    &b.cloud.kind,
+                    &b.cloud.binary,
+                    &b.cloud.log_dir,
+                    &b.cloud.metadata_url,
+                    &b.cloud.ec2,
+                ),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(key, _)| key)
+        .collect()
+    }
+
+    /// The longest a delivery of `pools` can stay unacknowledged in a cell with `slots`
+    /// slots, in seconds, from the step timeouts: a job lasts at most T = step timeout ×
+    /// (steps + the source probe + one probe per output), and a prefetched delivery
+    /// waits for a slot before it runs, so the bound is max(2, slots) × pools × T.
+    pub fn unacked_bound_secs(&self, pools: &[String], slots: usize) -> u64 {
+        let longest = self
+            .pipelines
+            .values()
+            .filter(|p| pools.contains(&p.pool))
+            .map(|p| {
+                let timeout = p.step_timeout_secs.unwrap_or(self.cell.step_timeout_secs);
+                timeout * (p.steps.len() + 1 + p.outputs.len()) as u64
+            })
+            .max()
+            .unwrap_or(0);
+        slots.max(2) as u64 * pools.len().max(1) as u64 * longest
+    }
+
+    /// The pipeline named `name`, or an error that names it.
+    pub fn pipeline(&self, name: &str) -> anyhow::Result<&Pipeline> {
+        self.pipelines.get(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no pipeline named {name:?} in the config (known: {})",
+                self.pipelines
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! Reading and checking whole configs.
+
+use super::defaults::DEFAULT_MAX_ATTEMPTS;
+use super::*;
+
+const GOOD: &str = r#"
+    [farm]
+    name = "demo"
+    [amqp]
+    url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    [postgres]
+    url = "postgres://postgres@127.0.0.1/test"
+    [redis]
+    url = "redis://127.0.0.1:6379"
+    [pools.default]
+    [pipelines.thumbs]
+    pool = "default"
+    output = "s3://out/thumbs/"
+    steps = [{ args = ["-i", "{input}", "-frames:v", "1", "{out}/poster.jpg"] }]
+    outputs = [{ path = "poster.jpg", video_codec = "mjpeg" }]
+"#;
+
+#[test]
+fn a_good_config_loads_with_defaults() {
+    let c = Config::parse(GOOD, "good.toml").unwrap();
+    assert_eq!(c.cell.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(c.postgres.schema, "cellfarm");
+    assert_eq!(c.cell.slots_for(8), 8);
+    assert_eq!(c.cell.threads_for(8), 1);
+}
+
+#[test]
+fn every_bad_key_is_named_at_once() {
+    let text = GOOD
+        .replace("[redis]", "[redis]\nurll = \"x\"")
+        .replace("pool = \"default\"", "pool = \"nope\"")
+        .replace(
+            "[pools.default]",
+            "[pools.default]\n[cell]\nmax_attempts = 0",
+        )
+        .replace("{out}/poster.jpg", "{outt}/poster.jpg");
+    let err = Config::parse(&text, "bad.toml").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("redis.urll: unknown key"), "{msg}");
+    assert!(msg.contains("pipelines.thumbs.pool"), "{msg}");
+    assert!(msg.contains("cell.max_attempts"), "{msg}");
+    assert!(msg.contains("pipelines.thumbs.steps[0].args"), "{msg}");
+    assert_eq!(err.problems.len(), 4, "{msg}");
+}
+
+#[test]
+fn only_what_a_running_cell_can_change_is_changed_live() {
+    let old = Config::parse(GOOD, "old").unwrap();
+    let live = GOOD.replace("\"1\", \"{out}", "\"2\", \"{out}") + "\n[cell]\nslots = 3\n";
+    assert!(old
+        .restart_keys(&Config::parse(&live, "new").unwrap())
+        .is_empty());
+    let fixed = GOOD
+        .replace("redis://127.0.0.1:6379", "redis://10.0.0.1:6379")
+        .replace("[pools.default]", "[pools.default]\n[pools.more]");
+    let keys = old.restart_keys(&Config::parse(&fixed, "new").unwrap());
+    assert_eq!(keys, ["redis.url", "pools (names, max_queue_length)"]);
+}
+
+#[test]
+fn the_unacked_bound_grows_with_slots_pools_and_steps() {
+    let c = Config::parse(GOOD, "c").unwrap();
+    let pools = vec!["default".to_string()];
+    // One step, the source probe, one output probe: 3 × 3600 s; 2 slots.
+    assert_eq!(c.unacked_bound_secs(&pools, 1), 2 * 3 * 3600);
+    assert_eq!(c.unacked_bound_secs(&pools, 4), 4 * 3 * 3600);
+    assert_eq!(c.unacked_bound_secs(&["other".to_string()], 4), 0);
+}
+
+#[test]
+fn output_paths_cannot_escape_the_output_directory() {
+    for path in ["../x.mp4", "/etc/passwd", "a/../../b", "*/x.ts"] {
+        let text = GOOD.replace("path = \"poster.jpg\"", &format!("path = {path:?}"));
+        let err = Config::parse(&text, "c").unwrap_err();
+        assert!(err.to_string().contains("outputs[0].path"), "{path}: {err}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_path_at_any_depth() {
+    let text = GOOD
+        .replace(
+            "pool = \"default\"",
+            "pool = \"default\"\nassets.intro = \"s3://a/i.mp4\"",
+        )
+        .replace("[pools.default]", "[pools.default]\nfloors = 1")
+        .replace("outputs = [{ path", "outputs = [{ codec = \"x\", path")
+        .replace("{ args = [", "{ argz = 1, args = [")
+        + "\n[[routes]]\npipelines = [\"thumbs\"]\nglobe = \"*\"\n";
+    let err = Config::parse(&text, "bad.toml").unwrap_err();
+    let msg = err.to_string();
+    for key in [
+        "pools.default.floors: unknown key (allowed: max_queue_length, jobs_per_cell,",
+        "pipelines.thumbs.outputs[0].codec: unknown key",
+        "pipelines.thumbs.steps[0].argz: unknown key (allowed: args)",
+        "routes[0].globe: unknown key",
+    ] {
+        assert!(msg.contains(key), "{key} in {msg}");
+    }
+    assert_eq!(err.problems.len(), 4, "{msg}");
+}
+
+#[test]
+fn a_bad_url_is_named_with_every_other_problem() {
+    let text = GOOD
+        .replace("s3://out/thumbs/", "https://out/thumbs/")
+        .replace("[redis]", "[redis]\nurll = \"x\"")
+        .replace(
+            "[pools.default]",
+            "[pools.default]\n[cell]\nmax_attempts = 0",
+        )
+        + "\n[update]\nbinary_url = \"/usr/bin/cellfarm\"\nsha256 = \"x\"\n";
+    let err = Config::parse(&text, "bad.toml").unwrap_err();
+    let msg = err.to_string();
+    for key in [
+        "pipelines.thumbs.output: must be s3://bucket/key (\"https://out/thumbs/\" is not",
+        "update.binary_url: must be s3://bucket/key",
+        "redis.urll: unknown key (allowed: url)",
+        "cell.max_attempts: must be above 0",
+        "update.sha256: must be 64 hex digits",
+    ] {
+        assert!(msg.contains(key), "{key} in {msg}");
+    }
+    assert_eq!(err.problems.len(), 5, "{msg}");
+}
+
+#[test]
+fn every_value_of_the_wrong_type_is_named() {
+    let text = GOOD
+        .replace(
+            "[pools.default]",
+            "[pools.default]\nceiling = \"four\"\n[cloud]\nkind = \"gcp\"",
+        )
+        .replace("[redis]", "[redis]\nurll = \"x\"")
+        .replace("steps = [{", "steps = \"x\"\nstepz = [{");
+    let err = Config::parse(&text, "bad.toml").unwrap_err();
+    let msg = err.to_string();
+    for problem in [
+        "pools.default.ceiling: invalid type: string \"four\", expected u32",
+        "cloud.kind: unknown variant `gcp`, expected one of `none`, `local`, `ec2`",
+        "pipelines.thumbs.steps: invalid type: string \"x\", expected a sequence",
+        "pipelines.thumbs.stepz: unknown key",
+        "redis.urll: unknown key",
+    ] {
+        assert!(msg.contains(problem), "{problem} in {msg}");
+    }
+    // Not "missing field `steps`": that follows from the bad value, already named.
+    assert_eq!(err.problems.len(), 5, "{msg}");
+}
+
+#[test]
+fn a_config_that_lost_a_bad_value_is_not_validated() {
+    // With lease_secs removed, its default (30) is below twice the heartbeat: a false
+    // alarm that validating would raise.
+    let text = GOOD.replace(
+        "[pools.default]",
+        "[pools.default]\n[cell]\nlease_secs = \"x\"\nheartbeat_secs = 20",
+    );
+    let err = Config::parse(&text, "bad.toml").unwrap_err();
+    assert_eq!(
+        err.problems,
+        ["cell.lease_secs: invalid type: string \"x\", expected u64"]
+    );
+    let err = Config::parse("[farm]\nname = \"x\"", "short.toml").unwrap_err();
+    assert_eq!(err.problems, ["missing field `amqp`"]);
+}
+
+#[test]
+fn url_fields_are_parsed_once() {
+    let text = GOOD.replace(
+        "pool = \"default\"",
+        "pool = \"default\"\nassets.intro = \"s3://a/i.mp4\"",
+    );
+    let c = Config::parse(&text, "c").unwrap();
+    let p = c.pipeline("thumbs").unwrap();
+    assert_eq!(
+        (p.output.bucket.as_str(), p.output.key.as_str()),
+        ("out", "thumbs/")
+    );
+    assert_eq!(p.assets["intro"].to_string(), "s3://a/i.mp4");
+}

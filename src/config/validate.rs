@@ -1,0 +1,276 @@
+//! The checks serde cannot make: ranges, names, references between tables, templates.
+//! One function per section; each reports through `bad(key, why)` and goes on, so that
+//! every problem is reported at once.
+
+use super::{CloudKind, Config, ExpectedDuration, OutputSpec, Pipeline};
+use crate::ffmpeg::template;
+
+/// Allocation strategies CreateFleet accepts.
+const STRATEGIES: &[&str] = &[
+    "capacity-optimized",
+    "capacity-optimized-prioritized",
+    "price-capacity-optimized",
+    "lowest-price",
+    "diversified",
+];
+
+impl Config {
+    pub(super) fn validate(&self, problems: &mut Vec<String>) {
+        let mut bad = |key: String, why: &str| problems.push(format!("{key}: {why}"));
+        self.validate_farm(&mut bad);
+        self.validate_cell(&mut bad);
+        self.validate_cloud(&mut bad);
+        self.validate_routes(&mut bad);
+        self.validate_update(&mut bad);
+        self.validate_pools(&mut bad);
+        self.validate_pipelines(&mut bad);
+    }
+
+    /// The farm's name and the endpoints of its systems.
+    fn validate_farm(&self, bad: &mut impl FnMut(String, &str)) {
+        if !valid_name(&self.farm.name) {
+            bad("farm.name".into(), "must be 1-40 of [a-z0-9_-]");
+        }
+        if !valid_name(&self.postgres.schema) {
+            bad("postgres.schema".into(), "must be 1-40 of [a-z0-9_-]");
+        }
+        check_url(&self.amqp.url, &["amqp", "amqps"], "amqp.url", bad);
+        check_url(
+            &self.postgres.url,
+            &["postgres", "postgresql"],
+            "postgres.url",
+            bad,
+        );
+        check_url(&self.redis.url, &["redis", "rediss"], "redis.url", bad);
+        if let Some(endpoint) = &self.s3.endpoint {
+            check_url(endpoint, &["http", "https"], "s3.endpoint", bad);
+        }
+    }
+
+    fn validate_cell(&self, bad: &mut impl FnMut(String, &str)) {
+        let c = &self.cell;
+        if c.lease_secs < 2 * c.heartbeat_secs {
+            bad(
+                "cell.lease_secs".into(),
+                "must be at least twice cell.heartbeat_secs",
+            );
+        }
+        if c.heartbeat_secs == 0 {
+            bad("cell.heartbeat_secs".into(), "must be above 0");
+        }
+        if c.max_attempts == 0 {
+            bad("cell.max_attempts".into(), "must be above 0");
+        }
+        if c.step_timeout_secs == 0 {
+            bad("cell.step_timeout_secs".into(), "must be above 0");
+        }
+        if c.demuxers.is_empty() {
+            bad("cell.demuxers".into(), "must name at least one demuxer");
+        }
+    }
+
+    fn validate_cloud(&self, bad: &mut impl FnMut(String, &str)) {
+        let cloud = &self.cloud;
+        if let Some(url) = &cloud.metadata_url {
+            check_url(url, &["http"], "cloud.metadata_url", bad);
+        }
+        if cloud.metadata_poll_secs == 0 {
+            bad("cloud.metadata_poll_secs".into(), "must be above 0");
+        }
+        let Some(ec2) = &cloud.ec2 else {
+            if cloud.kind == CloudKind::Ec2 {
+                bad(
+                    "cloud.ec2".into(),
+                    "kind = \"ec2\" needs a [cloud.ec2] table",
+                );
+            }
+            return;
+        };
+        if let Some(endpoint) = &ec2.endpoint {
+            check_url(endpoint, &["http", "https"], "cloud.ec2.endpoint", bad);
+        }
+        if ec2.launch_template.is_none() {
+            if ec2.image_id.is_none() {
+                bad(
+                    "cloud.ec2.image_id".into(),
+                    "needed when no launch_template is given",
+                );
+            }
+            if ec2.instance_types.is_empty() {
+                bad(
+                    "cloud.ec2.instance_types".into(),
+                    "needed when no launch_template is given",
+                );
+            }
+        }
+        if !STRATEGIES.contains(&ec2.allocation_strategy.as_str()) {
+            bad(
+                "cloud.ec2.allocation_strategy".into(),
+                &format!("must be one of {}", STRATEGIES.join(", ")),
+            );
+        }
+    }
+
+    fn validate_routes(&self, bad: &mut impl FnMut(String, &str)) {
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            if r.pipelines.is_empty() {
+                bad(key("pipelines"), "at least one pipeline is needed");
+            }
+            for p in &r.pipelines {
+                if !self.pipelines.contains_key(p) {
+                    bad(key("pipelines"), &format!("no pipeline named {p:?}"));
+                }
+            }
+            if let Some(pool) = &r.pool {
+                if !self.pools.contains_key(pool) {
+                    bad(key("pool"), &format!("no pool named {pool:?}"));
+                }
+            }
+            for (k, v) in [("min_secs", r.min_secs), ("max_secs", r.max_secs)] {
+                if v.is_some_and(|v| v.is_nan() || v < 0.0) {
+                    bad(key(k), "must be 0 or more");
+                }
+            }
+            if let (Some(min), Some(max)) = (r.min_secs, r.max_secs) {
+                if min >= max {
+                    bad(key("max_secs"), "must be above min_secs");
+                }
+            }
+        }
+    }
+
+    /// `update.binary_url` is typed: serde has checked it.
+    fn validate_update(&self, bad: &mut impl FnMut(String, &str)) {
+        if let Some(u) = &self.update {
+            if u.sha256.len() != 64 || !u.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bad("update.sha256".into(), "must be 64 hex digits (sha256sum)");
+            }
+        }
+    }
+
+    fn validate_pools(&self, bad: &mut impl FnMut(String, &str)) {
+        if self.pools.is_empty() {
+            bad("pools".into(), "at least one pool is needed");
+        }
+        for (name, pool) in &self.pools {
+            if !valid_name(name) {
+                bad(format!("pools.{name}"), "pool names are 1-40 of [a-z0-9_-]");
+            }
+            if pool.jobs_per_cell == 0 {
+                bad(format!("pools.{name}.jobs_per_cell"), "must be above 0");
+            }
+            if pool
+                .work_secs_per_cell
+                .is_some_and(|w| w.is_nan() || w <= 0.0)
+            {
+                bad(
+                    format!("pools.{name}.work_secs_per_cell"),
+                    "must be above 0",
+                );
+            }
+            if pool.ceiling < pool.floor || pool.ceiling == 0 {
+                bad(
+                    format!("pools.{name}.ceiling"),
+                    "must be above 0 and at least the floor",
+                );
+            }
+            if pool.step == 0 {
+                bad(format!("pools.{name}.step"), "must be above 0");
+            }
+        }
+    }
+
+    fn validate_pipelines(&self, bad: &mut impl FnMut(String, &str)) {
+        if self.pipelines.is_empty() {
+            bad("pipelines".into(), "at least one pipeline is needed");
+        }
+        for (name, p) in &self.pipelines {
+            if !valid_name(name) {
+                bad(
+                    format!("pipelines.{name}"),
+                    "pipeline names are 1-40 of [a-z0-9_-]",
+                );
+            }
+            if !self.pools.contains_key(&p.pool) {
+                bad(
+                    format!("pipelines.{name}.pool"),
+                    &format!("no pool named {:?}", p.pool),
+                );
+            }
+            check_pipeline(p, &format!("pipelines.{name}"), bad);
+        }
+    }
+}
+
+/// What a pipeline must hold by itself (its `output` and `assets` are typed: serde has
+/// checked them).
+fn check_pipeline(p: &Pipeline, prefix: &str, bad: &mut impl FnMut(String, &str)) {
+    let key = |k: &str| format!("{prefix}.{k}");
+    if p.cost_factor.is_nan() || p.cost_factor <= 0.0 {
+        bad(key("cost_factor"), "must be above 0");
+    }
+    if p.steps.is_empty() {
+        bad(key("steps"), "at least one step is needed");
+    }
+    let names: Vec<&str> = p.assets.keys().map(String::as_str).collect();
+    for (i, args) in p.step_args().enumerate() {
+        if args.is_empty() {
+            bad(key(&format!("steps[{i}].args")), "empty");
+        }
+        for arg in args {
+            if let Err(e) = template::check(arg, &names) {
+                bad(key(&format!("steps[{i}].args")), &e);
+            }
+        }
+    }
+    if p.outputs.is_empty() {
+        bad(key("outputs"), "at least one output is needed");
+    }
+    for (i, o) in p.outputs.iter().enumerate() {
+        check_output(o, &key(&format!("outputs[{i}]")), bad);
+    }
+}
+
+fn check_output(o: &OutputSpec, key: &str, bad: &mut impl FnMut(String, &str)) {
+    let path = std::path::Path::new(&o.path);
+    let escapes = path.is_absolute()
+        || path
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)));
+    if o.path.is_empty() || escapes {
+        bad(
+            format!("{key}.path"),
+            "must be a relative path inside the job's output directory",
+        );
+    }
+    if o.path.contains('*') && o.path.rsplit('/').skip(1).any(|d| d.contains('*')) {
+        bad(
+            format!("{key}.path"),
+            "a `*` may appear only in the file name",
+        );
+    }
+    if let Some(ExpectedDuration::Named(n)) = &o.duration {
+        if n != "source" {
+            bad(format!("{key}.duration"), "must be \"source\" or seconds");
+        }
+    }
+}
+
+fn check_url(url: &str, schemes: &[&str], key: &str, bad: &mut impl FnMut(String, &str)) {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    if !scheme.is_some_and(|s| schemes.contains(&s)) {
+        bad(
+            key.into(),
+            &format!("must be a URL with scheme {}", schemes.join(" or ")),
+        );
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-' || b.is_ascii_digit())
+}
