@@ -74,6 +74,9 @@ pub struct Cells {
     pub alive: u32,
     /// The machines cells beat on, draining or not, whatever pool they serve.
     pub machines: BTreeSet<String>,
+    /// Of those, the machines whose cells are draining (dying, or leaving on a spot
+    /// notice): not alive, but still there, and still under the ceiling.
+    pub draining: BTreeSet<String>,
 }
 
 /// What a tick needs.
@@ -179,13 +182,22 @@ impl Ticker<'_> {
             if reap && !sorted.silent.is_empty() {
                 self.reap(pool, &sorted.silent, now).await?;
             }
+            // A draining machine still holds its place under the ceiling, except the
+            // deciding cell's own when it leaves on a spot notice: it is being reclaimed,
+            // and its replacement must not wait for that.
+            let leaving = me.filter(|m| m.leaving).and_then(|m| m.machine);
+            let draining = machines
+                .iter()
+                .filter(|m| cells.draining.contains(&m.id) && leaving != Some(m.id.as_str()))
+                .count() as u32;
             tracing::debug!(
                 pool,
                 recorded = pending,
                 booting = sorted.booting,
+                draining,
                 "pending launches"
             );
-            pending = pending.max(sorted.booting);
+            pending = pending.max(sorted.booting + draining);
         }
         Ok(Observation {
             ready,
@@ -384,9 +396,14 @@ impl Farm for LiveFarm<'_> {
         let serving = beats
             .iter()
             .filter(|b| b.pools.iter().any(|p| p == pool) && !b.draining);
+        let machines = |draining_only: bool| {
+            let beats = beats.iter().filter(move |b| b.draining || !draining_only);
+            beats.filter_map(|b| b.machine.clone()).collect()
+        };
         Ok(Cells {
             alive: serving.count() as u32,
-            machines: beats.iter().filter_map(|b| b.machine.clone()).collect(),
+            machines: machines(false),
+            draining: machines(true),
         })
     }
 

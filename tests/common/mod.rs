@@ -236,8 +236,8 @@ impl Farm {
         index
     }
 
-    /// Live (not zombie) cell processes of this farm's config: the ones the test
-    /// started and the siblings the `local` cloud launched.
+    /// Live (not zombie) cell processes of this farm's config, past their start: the
+    /// ones the test started and the siblings the `local` cloud launched.
     pub fn siblings(&self) -> Vec<u32> {
         let config = self.config_path.display().to_string();
         std::fs::read_dir("/proc")
@@ -250,7 +250,15 @@ impl Farm {
                 let zombie = stat
                     .rsplit_once(") ")
                     .is_some_and(|(_, r)| r.starts_with('Z'));
-                cmd.contains(&config) && cmd.contains(" cell") && !zombie
+                // A cell runs a multi-threaded runtime; a single-threaded process with a
+                // cell's command line is its FFmpeg child between fork and exec.
+                let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+                let threads = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Threads:"))
+                    .and_then(|t| t.trim().parse::<u32>().ok());
+                let cell = threads.is_some_and(|t| t > 1);
+                cmd.contains(&config) && cmd.contains(" cell") && !zombie && cell
             })
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
             .collect()

@@ -41,6 +41,8 @@ struct State {
     alive: u32,
     /// Machines cells beat on.
     beating: std::collections::BTreeSet<String>,
+    /// Of those, the machines of draining cells.
+    draining: std::collections::BTreeSet<String>,
     pending: u32,
     cooling: bool,
     deregistered: Vec<String>,
@@ -95,6 +97,7 @@ impl Farm for MemFarm {
         Ok(Cells {
             alive: s.alive,
             machines: s.beating.clone(),
+            draining: s.draining.clone(),
         })
     }
     async fn pending(&self, _: &str) -> anyhow::Result<u32> {
@@ -269,6 +272,7 @@ async fn a_leaving_cells_machine_is_not_pending_and_it_does_not_die() {
     let farm = MemFarm::with(|s| {
         s.ready = 3;
         s.beating.insert("m-me".into());
+        s.draining.insert("m-me".into());
     });
     let cloud = MemCloud::with(Some(&[("m-me", 3600)]));
     let me = Some(Me {
@@ -349,4 +353,22 @@ async fn death_looks_once_more_after_deregistering() {
     });
     assert_eq!(tick(&farm, &cloud, busy).await, TickOutcome::Stayed);
     assert!(farm.state().deregistered.is_empty());
+}
+
+/// Property: a cell that is dying (draining, its machine still up) keeps its place under
+/// the ceiling, so another cell's tick does not launch past it.
+#[tokio::test]
+async fn a_draining_machine_still_counts_under_the_ceiling() {
+    let farm = MemFarm::with(|s| {
+        s.ready = 40;
+        s.alive = 3;
+        for m in ["a", "b", "c", "dying"] {
+            s.beating.insert(m.into());
+        }
+        s.draining.insert("dying".into());
+    });
+    let up = [("a", 600), ("b", 600), ("c", 600), ("dying", 600)];
+    let cloud = MemCloud::with(Some(&up));
+    assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Stayed);
+    assert_eq!(*cloud.launched.lock().unwrap(), 0);
 }
