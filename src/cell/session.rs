@@ -11,6 +11,9 @@ use lapin::message::Delivery;
 use lapin::Channel;
 
 use super::{settle_delivery, Cell, Shutdown, MAX_BACKOFF};
+
+/// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 use crate::queue::{self, Broker, QueueError};
 
 impl Cell {
@@ -20,21 +23,23 @@ impl Cell {
         tracing::info!(cell = %self.cell_id, slots = self.slots.count(),
             threads = self.slots.threads(), pools = ?self.pools,
             config = %self.reload.location(), version = %self.reload.version(), "cell starting");
+        let pulse = tokio::spawn(self.clone().pulse_loop(shutdown.clone()));
         let ticker = tokio::spawn(self.clone().tick_loop(shutdown.clone()));
         let watcher = self
             .metadata
             .clone()
             .map(|m| tokio::spawn(self.clone().watch_metadata(m, shutdown.clone())));
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = FIRST_BACKOFF;
         while !shutdown.drain.is_cancelled() {
             match self.session(&shutdown, until_idle).await {
                 Ok(()) => break,
                 Err(e) => {
                     *self.publisher.write().await = None;
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    let wait = jittered(backoff, rand::random());
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
                         "broker connection lost; reconnecting");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.drain.cancelled() => {}
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -45,6 +50,7 @@ impl Cell {
         // cuts them short, and they hand themselves back.
         self.slots.wait_idle().await;
         ticker.abort();
+        pulse.abort();
         if let Some(w) = watcher {
             w.abort();
         }
@@ -197,4 +203,28 @@ type Lane =
 fn connection_lost(broker: &Broker) -> QueueError {
     let state = broker.connection().status().state();
     QueueError::Amqp(lapin::Error::InvalidConnectionState(state))
+}
+
+/// A wait between half of `backoff` and all of it, placed by `unit` (in [0, 1)): after a
+/// broker restart, a farm's cells come back spread over the window, not in step.
+fn jittered(backoff: Duration, unit: f64) -> Duration {
+    backoff.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_are_spread_over_half_the_backoff() {
+        let b = Duration::from_secs(8);
+        assert_eq!(jittered(b, 0.0), Duration::from_secs(4));
+        assert_eq!(jittered(b, 0.5), Duration::from_secs(6));
+        assert!(jittered(b, 0.999) < b);
+        // A thousand cells drawing their own waits do not come back in step.
+        let waits: std::collections::BTreeSet<Duration> =
+            (0..1000).map(|_| jittered(b, rand::random())).collect();
+        assert!(waits.len() > 900, "{} distinct waits", waits.len());
+        assert!(waits.iter().all(|w| *w >= b / 2 && *w <= b));
+    }
 }

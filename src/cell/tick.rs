@@ -1,5 +1,7 @@
-//! The cell's tick, every heartbeat: beat, renew leases, re-send unpublished results,
-//! re-publish jobs of dead cells, and run mitosis for each pool it serves.
+//! Every heartbeat, two loops: the pulse (beat, renew the leases of running jobs) and,
+//! on a task of its own so that its slow calls never hold the pulse up, the tick (apply
+//! a changed config, re-send unpublished results, re-publish jobs of dead cells, and run
+//! mitosis for each pool the cell serves).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +14,12 @@ use crate::mitosis::{LiveFarm, Me, TickOutcome, Ticker};
 use crate::queue::Publisher;
 
 impl Cell {
-    pub(super) async fn tick_loop(self: Arc<Self>, shutdown: Shutdown) {
+    /// The pulse, every heartbeat, on its own task: the beat and the leases of running
+    /// jobs must not wait behind the tick's slow calls (a config or binary download, an
+    /// EC2 launch), or the cell would look dead and its jobs be taken over.
+    pub(super) async fn pulse_loop(self: Arc<Self>, shutdown: Shutdown) {
         let period = Duration::from_secs(self.config().cell.heartbeat_secs);
         let mut every = tokio::time::interval(period);
-        let check = Duration::from_secs(self.config().cell.config_check_secs);
-        let mut last_check = Instant::now();
         loop {
             every.tick().await;
             if self.beat(&shutdown).await {
@@ -30,11 +33,24 @@ impl Cell {
                     }
                 }
             }
+            self.renew_leases().await;
+        }
+    }
+
+    /// The tick, every heartbeat: apply a changed config, re-send unpublished results,
+    /// re-publish jobs whose cell died, and run mitosis.
+    pub(super) async fn tick_loop(self: Arc<Self>, shutdown: Shutdown) {
+        let period = Duration::from_secs(self.config().cell.heartbeat_secs);
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let check = Duration::from_secs(self.config().cell.config_check_secs);
+        let mut last_check = Instant::now();
+        loop {
+            every.tick().await;
             if !check.is_zero() && last_check.elapsed() >= check {
                 last_check = Instant::now();
                 self.reload(&shutdown).await;
             }
-            self.renew_leases().await;
             self.resend_results().await;
             self.republish_expired().await;
             if !shutdown.drain.is_cancelled() {

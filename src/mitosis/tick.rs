@@ -65,6 +65,10 @@ pub trait Farm: Send + Sync {
         cells: u32,
         reason: &str,
     ) -> anyhow::Result<()>;
+    /// The farm's time, in seconds since the Unix epoch: the wall clock, or a simulator's.
+    fn now(&self) -> i64 {
+        chrono::Utc::now().timestamp()
+    }
 }
 
 /// What the heartbeats say.
@@ -176,7 +180,7 @@ impl Ticker<'_> {
         // The cloud's own machines are the backstop when Redis lost the pending launches.
         if let Some(machines) = self.cloud.machines(pool).await? {
             let timeout = self.config.pools[pool].launch_timeout_secs;
-            let now = chrono::Utc::now().timestamp();
+            let now = self.farm.now();
             let mine = me.and_then(|m| m.machine);
             let sorted = super::reap::sort(&machines, &cells.machines, mine, now, timeout);
             if reap && !sorted.silent.is_empty() {
