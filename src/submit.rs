@@ -4,13 +4,31 @@
 //! (the same upload submitted twice is one job), unless `force` asks to reprocess a
 //! finished job.
 
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
 use crate::boot::Systems;
 use crate::config::Config;
+use crate::ffmpeg::{probe, Limits};
 use crate::job::{JobMessage, SourceObject};
 use crate::ledger::{Ledger, SubmitOutcome};
 use crate::queue::{Names, Publisher};
 use crate::s3url::S3Url;
 use crate::store::{ObjectMeta, ObjectStore};
+
+/// Bytes read from each end of an object for the ranged probe: enough for an MP4 `moov`
+/// at either end, a Matroska header, or the first and last timestamps of a TS.
+const PROBE_BYTES: u64 = 4 << 20;
+/// Ranged probes run at once by `submit --prefix`.
+const PROBES_AT_ONCE: usize = 8;
+
+/// An object to enqueue, and its duration when a ranged probe could tell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub meta: ObjectMeta,
+    pub duration_secs: Option<f64>,
+}
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -67,8 +85,9 @@ pub async fn run(
         (None, Some(url)) => (url, true),
         _ => anyhow::bail!("give an object URL or --prefix s3://bucket/prefix/"),
     };
-    let objects = objects(systems.store.as_ref(), url, prefix).await?;
     let bucket = &url.bucket;
+    let store = systems.store.as_ref();
+    let objects = probed(config, store, bucket, objects(store, url, prefix).await?).await;
     let done = submit(
         config,
         &systems.ledger,
@@ -132,7 +151,7 @@ pub async fn submit(
     ledger: &Ledger,
     publisher: &Publisher,
     bucket: &str,
-    objects: &[ObjectMeta],
+    objects: &[Source],
     req: &Request<'_>,
 ) -> anyhow::Result<Vec<Submitted>> {
     let pipeline = config.pipeline(req.pipeline)?;
@@ -141,7 +160,11 @@ pub async fn submit(
     let lane = names.lane(pool, req.priority);
     let output = pipeline.output.to_string();
     let mut done = Vec::with_capacity(objects.len());
-    for o in objects {
+    for Source {
+        meta: o,
+        duration_secs,
+    } in objects
+    {
         anyhow::ensure!(
             !o.etag.is_empty(),
             "s3://{bucket}/{} has no ETag: the job id and the If-Match check need one",
@@ -152,7 +175,9 @@ pub async fn submit(
             key: o.key.clone(),
             etag: o.etag.clone(),
         };
-        let job = JobMessage::new(req.pipeline, source, &output, req.priority);
+        let mut job = JobMessage::new(req.pipeline, source, &output, req.priority);
+        // What mitosis weighs the queued job by, before any cell has probed it.
+        job.work_secs = duration_secs.map(|secs| secs * pipeline.cost_factor);
         let outcome = if ledger.insert(&job, pool).await? {
             SubmitOutcome::Enqueued
         } else if req.force && ledger.reset(&job.job_id).await? {
@@ -180,4 +205,73 @@ pub async fn submit(
         });
     }
     Ok(done)
+}
+
+/// The objects with their durations, probed a few at a time.
+async fn probed(
+    config: &Config,
+    store: &dyn ObjectStore,
+    bucket: &str,
+    objects: Vec<ObjectMeta>,
+) -> Vec<Source> {
+    let probes = objects.into_iter().map(|meta| async move {
+        let duration_secs = ranged_duration(config, store, bucket, &meta).await;
+        Source {
+            meta,
+            duration_secs,
+        }
+    });
+    futures_util::stream::iter(probes)
+        .buffered(PROBES_AT_ONCE)
+        .collect()
+        .await
+}
+
+/// The source's duration from its first and last bytes only, laid out at their offsets
+/// in a sparse file so that ffprobe finds an index at either end. `None` when it cannot
+/// tell (logged).
+pub async fn ranged_duration(
+    config: &Config,
+    store: &dyn ObjectStore,
+    bucket: &str,
+    meta: &ObjectMeta,
+) -> Option<f64> {
+    match ranged_probe(config, store, bucket, meta).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(bucket, key = %meta.key, error = format!("{e:#}"), "ranged probe failed");
+            None
+        }
+    }
+}
+
+async fn ranged_probe(
+    config: &Config,
+    store: &dyn ObjectStore,
+    bucket: &str,
+    meta: &ObjectMeta,
+) -> anyhow::Result<Option<f64>> {
+    use std::io::{Seek, SeekFrom, Write};
+    let head_end = meta.size.min(PROBE_BYTES);
+    let tail_start = meta.size.saturating_sub(PROBE_BYTES).max(head_end);
+    let head = store.get_range(bucket, &meta.key, 0..head_end).await?;
+    let tail = store
+        .get_range(bucket, &meta.key, tail_start..meta.size)
+        .await?;
+    let file = tempfile::NamedTempFile::new()?;
+    {
+        let mut f = file.as_file();
+        f.set_len(meta.size)?;
+        f.write_all(&head)?;
+        f.seek(SeekFrom::Start(tail_start))?;
+        f.write_all(&tail)?;
+    }
+    let limits = Limits {
+        timeout: Duration::from_secs(30),
+        memory_bytes: config.cell.ffmpeg_memory_mib * 1024 * 1024,
+        demuxers: config.cell.demuxers.clone(),
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+    let p = probe::probe(file.path(), &limits, &never).await?;
+    Ok(p.duration)
 }

@@ -12,19 +12,12 @@ pub mod lambda;
 pub mod watch;
 
 use std::collections::BTreeSet;
-use std::io::{Seek, SeekFrom, Write};
-use std::time::Duration;
 
 use crate::config::{Config, Route};
-use crate::ffmpeg::{probe, Limits};
 use crate::ledger::{Ledger, SubmitOutcome};
 use crate::queue::Publisher;
 use crate::store::{ObjectMeta, ObjectStore};
-use crate::submit::{self, Submitted};
-
-/// Bytes read from each end of an object for the ranged probe: enough for an MP4 `moov`
-/// at either end, a Matroska header, or the first and last timestamps of a TS.
-const PROBE_BYTES: u64 = 4 << 20;
+use crate::submit::{self, Source, Submitted};
 
 /// One new object, as an event or a listing tells of it.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +82,9 @@ impl Trigger<'_> {
             },
             _ => self.store.head(bucket, key).await?,
         };
-        let Some((index, route)) = self.route(bucket, &meta).await? else {
+        // One ranged probe serves the routes by duration and the jobs' work estimates.
+        let duration = submit::ranged_duration(self.config, self.store, bucket, &meta).await;
+        let Some((index, route)) = self.route(bucket, &meta, duration) else {
             tracing::info!(bucket, key, "no route matches; skipped");
             self.ledger
                 .remember(bucket, key, &meta.etag, upload.sequencer.as_deref(), None)
@@ -100,34 +95,11 @@ impl Trigger<'_> {
             .name
             .clone()
             .unwrap_or_else(|| format!("routes[{index}]"));
-        let mut jobs = Vec::new();
-        let mut pools = BTreeSet::new();
-        for pipeline in &route.pipelines {
-            let req = submit::Request {
-                pipeline,
-                pool: route.pool.as_deref(),
-                priority: route.priority,
-                force: false,
-            };
-            let objects = std::slice::from_ref(&meta);
-            let done = submit::submit(
-                self.config,
-                self.ledger,
-                self.publisher,
-                bucket,
-                objects,
-                &req,
-            )
-            .await?;
-            if done.iter().any(|j| j.outcome != SubmitOutcome::Known) {
-                let pool = route
-                    .pool
-                    .as_ref()
-                    .unwrap_or(&self.config.pipeline(pipeline)?.pool);
-                pools.insert(pool.clone());
-            }
-            jobs.extend(done);
-        }
+        let source = Source {
+            meta: meta.clone(),
+            duration_secs: duration,
+        };
+        let (jobs, pools) = self.submit(route, bucket, source).await?;
         self.ledger
             .remember(
                 bucket,
@@ -145,72 +117,54 @@ impl Trigger<'_> {
         })
     }
 
-    /// The first route that takes the object, probing its duration only if a route that
-    /// matches by name asks for it.
-    async fn route(
+    /// Submits one job per pipeline of `route`; returns them, and the pools that got a
+    /// new one.
+    async fn submit(
+        &self,
+        route: &Route,
+        bucket: &str,
+        source: Source,
+    ) -> anyhow::Result<(Vec<Submitted>, BTreeSet<String>)> {
+        let mut jobs = Vec::new();
+        let mut pools = BTreeSet::new();
+        let objects = [source];
+        for pipeline in &route.pipelines {
+            let req = submit::Request {
+                pipeline,
+                pool: route.pool.as_deref(),
+                priority: route.priority,
+                force: false,
+            };
+            let (config, ledger) = (self.config, self.ledger);
+            let done =
+                submit::submit(config, ledger, self.publisher, bucket, &objects, &req).await?;
+            if done.iter().any(|j| j.outcome != SubmitOutcome::Known) {
+                let own = &config.pipeline(pipeline)?.pool;
+                pools.insert(route.pool.as_ref().unwrap_or(own).clone());
+            }
+            jobs.extend(done);
+        }
+        Ok((jobs, pools))
+    }
+
+    /// The first route that takes the object: by name, then by its `duration` (from a
+    /// ranged probe; a route by duration does not match a source whose duration is
+    /// unknown).
+    fn route(
         &self,
         bucket: &str,
         meta: &ObjectMeta,
-    ) -> anyhow::Result<Option<(usize, &Route)>> {
-        let mut duration: Option<Option<f64>> = None;
-        for (i, route) in self.config.routes.iter().enumerate() {
-            if !matches_name(route, bucket, &meta.key) {
-                continue;
-            }
-            if route.min_secs.is_none() && route.max_secs.is_none() {
-                return Ok(Some((i, route)));
-            }
-            if duration.is_none() {
-                duration = Some(self.duration(bucket, meta).await);
-            }
-            if let Some(Some(secs)) = duration {
-                if route.min_secs.map_or(true, |min| secs >= min)
-                    && route.max_secs.map_or(true, |max| secs < max)
-                {
-                    return Ok(Some((i, route)));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// The source's duration from its first and last bytes only, laid out at their
-    /// offsets in a sparse file so that ffprobe finds an index at either end. `None`
-    /// when it cannot tell (logged): routes by duration then do not match.
-    async fn duration(&self, bucket: &str, meta: &ObjectMeta) -> Option<f64> {
-        match self.ranged_probe(bucket, meta).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(bucket, key = %meta.key, error = format!("{e:#}"), "ranged probe failed");
-                None
-            }
-        }
-    }
-
-    async fn ranged_probe(&self, bucket: &str, meta: &ObjectMeta) -> anyhow::Result<Option<f64>> {
-        let head_end = meta.size.min(PROBE_BYTES);
-        let tail_start = meta.size.saturating_sub(PROBE_BYTES).max(head_end);
-        let head = self.store.get_range(bucket, &meta.key, 0..head_end).await?;
-        let tail = self
-            .store
-            .get_range(bucket, &meta.key, tail_start..meta.size)
-            .await?;
-        let file = tempfile::NamedTempFile::new()?;
-        {
-            let mut f = file.as_file();
-            f.set_len(meta.size)?;
-            f.write_all(&head)?;
-            f.seek(SeekFrom::Start(tail_start))?;
-            f.write_all(&tail)?;
-        }
-        let limits = Limits {
-            timeout: Duration::from_secs(30),
-            memory_bytes: self.config.cell.ffmpeg_memory_mib * 1024 * 1024,
-            demuxers: self.config.cell.demuxers.clone(),
-        };
-        let never = tokio_util::sync::CancellationToken::new();
-        let p = probe::probe(file.path(), &limits, &never).await?;
-        Ok(p.duration)
+        duration: Option<f64>,
+    ) -> Option<(usize, &Route)> {
+        self.config.routes.iter().enumerate().find(|(_, route)| {
+            let by_duration = route.min_secs.is_some() || route.max_secs.is_some();
+            matches_name(route, bucket, &meta.key)
+                && (!by_duration
+                    || duration.is_some_and(|secs| {
+                        route.min_secs.map_or(true, |min| secs >= min)
+                            && route.max_secs.map_or(true, |max| secs < max)
+                    }))
+        })
     }
 }
 
