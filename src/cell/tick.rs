@@ -10,7 +10,7 @@ use super::{hostname, Cell, Exit, Shutdown};
 use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::locks::Beat;
-use crate::mitosis::{LiveFarm, Me, TickOutcome, Ticker};
+use crate::mitosis::{LiveFarm, Me, Ticker};
 use crate::queue::Publisher;
 
 impl Cell {
@@ -183,16 +183,9 @@ impl Cell {
             idle_secs: self.work.idle_for().map(|d| d.as_secs()),
             leaving: false,
         };
-        for pool in &self.pools {
-            match ticker.tick(pool, Some(me)).await {
-                Ok((TickOutcome::Die, _)) => {
-                    self.leave(Exit::Die);
-                    shutdown.drain.cancel();
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(pool, error = format!("{e:#}"), "mitosis tick failed"),
-            }
+        if ticker.tick_cell(&self.pools, me).await {
+            self.leave(Exit::Die);
+            shutdown.drain.cancel();
         }
     }
 

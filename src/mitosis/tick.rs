@@ -154,6 +154,48 @@ impl Ticker<'_> {
         }
     }
 
+    /// A cell's ticks, one per pool it serves; true when the cell must drain and
+    /// terminate. A cell serving several pools may die only if every one of them would
+    /// let it go: a pool whose tick says `Die` must not take a cell another pool needs.
+    pub async fn tick_cell(&self, pools: &[String], me: Me<'_>) -> bool {
+        let mut me = me;
+        if pools.len() > 1 && me.idle_secs.is_some() {
+            for pool in pools {
+                match self.would_let_go(pool, me).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        me.idle_secs = None;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(pool, error = format!("{e:#}"), "mitosis look failed");
+                        me.idle_secs = None;
+                        break;
+                    }
+                }
+            }
+        }
+        for pool in pools {
+            match self.tick(pool, Some(me)).await {
+                Ok((TickOutcome::Die, _)) => return true,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(pool, error = format!("{e:#}"), "mitosis tick failed"),
+            }
+        }
+        false
+    }
+
+    /// Whether `pool` would let the deciding cell die now: a look, with no effect.
+    async fn would_let_go(&self, pool: &str, me: Me<'_>) -> anyhow::Result<bool> {
+        let p = self
+            .config
+            .pools
+            .get(pool)
+            .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
+        let obs = self.observe(pool, Some(me), false).await?;
+        Ok(decide(&obs, &Policy::from(p)) == Decision::Die)
+    }
+
     /// One patient tick per pool that got work: a farm with no cell starts itself.
     /// Failures are logged: the jobs are queued whatever the tick does.
     pub async fn kick<'p>(&self, pools: impl IntoIterator<Item = &'p String>) {

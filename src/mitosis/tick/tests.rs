@@ -23,6 +23,9 @@ const CONFIG: &str = r#"
     step = 4
     idle_grace_secs = 30
     cooldown_secs = 30
+    [pools.q]
+    jobs_per_cell = 10
+    idle_grace_secs = 30
     [pipelines.x]
     pool = "p"
     output = "s3://out/x/"
@@ -35,6 +38,8 @@ const CONFIG: &str = r#"
 struct State {
     locked: bool,
     ready: u64,
+    /// Ready messages of pools other than `p`.
+    ready_elsewhere: std::collections::BTreeMap<String, u64>,
     /// Ready messages seen after a deregistration (a job published meanwhile).
     ready_after_deregister: Option<u64>,
     running: u64,
@@ -73,8 +78,11 @@ impl Farm for MemFarm {
         self.state().locked = false;
         Ok(())
     }
-    async fn ready(&self, _: &str) -> anyhow::Result<u64> {
+    async fn ready(&self, pool: &str) -> anyhow::Result<u64> {
         let s = self.state();
+        if let Some(n) = s.ready_elsewhere.get(pool) {
+            return Ok(*n);
+        }
         Ok(
             match (s.deregistered.is_empty(), s.ready_after_deregister) {
                 (false, Some(n)) => n,
@@ -371,4 +379,39 @@ async fn a_draining_machine_still_counts_under_the_ceiling() {
     let cloud = MemCloud::with(Some(&up));
     assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Stayed);
     assert_eq!(*cloud.launched.lock().unwrap(), 0);
+}
+
+/// Property: a cell serving two pools dies only when both would let it go; an idle cell
+/// is not taken by one pool's tick while the other pool has work waiting for it.
+#[tokio::test]
+async fn a_cell_of_two_pools_dies_only_when_neither_needs_it() {
+    let config = config();
+    let pools = ["p".to_string(), "q".to_string()];
+    let cloud = MemCloud::blind();
+    let me = idle(60).unwrap();
+    let busy_q = MemFarm::with(|s| {
+        s.alive = 2;
+        s.ready_elsewhere.insert("q".into(), 5);
+    });
+    let ticker = Ticker {
+        config: &config,
+        farm: &busy_q,
+        cloud: &cloud,
+        who: "test",
+    };
+    // Pool p alone would let the cell go: that is the hole a per-pool death opened.
+    assert!(ticker.would_let_go("p", me).await.unwrap());
+    assert!(!ticker.tick_cell(&pools, me).await, "q has work for it");
+    assert!(busy_q.state().deregistered.is_empty());
+    assert!(busy_q.state().events.is_empty());
+
+    let quiet = MemFarm::with(|s| s.alive = 2);
+    let ticker = Ticker {
+        config: &config,
+        farm: &quiet,
+        cloud: &cloud,
+        who: "test",
+    };
+    assert!(ticker.tick_cell(&pools, me).await, "neither pool needs it");
+    assert_eq!(quiet.state().deregistered, ["me"]);
 }
