@@ -74,6 +74,7 @@ impl Cell {
             started_at: self.started_at,
             draining: shutdown.drain.is_cancelled() || self.deregistered(),
             machine: self.machine.clone(),
+            leaving: self.notice().is_some(),
         };
         let ttl = 3 * self.config().cell.heartbeat_secs;
         match self.systems.locks.beat(&beat, ttl).await {

@@ -78,8 +78,9 @@ pub struct Cells {
     pub alive: u32,
     /// The machines cells beat on, draining or not, whatever pool they serve.
     pub machines: BTreeSet<String>,
-    /// Of those, the machines whose cells are draining (dying, or leaving on a spot
-    /// notice): not alive, but still there, and still under the ceiling.
+    /// Of those, the machines whose cells are dying: not alive, but still there, and
+    /// still under the ceiling. A cell leaving on a spot notice is not among them: its
+    /// machine is being reclaimed, and its replacement must not wait for that.
     pub draining: BTreeSet<String>,
 }
 
@@ -228,13 +229,10 @@ impl Ticker<'_> {
             if reap && !sorted.silent.is_empty() {
                 self.reap(pool, &sorted.silent, now).await?;
             }
-            // A draining machine still holds its place under the ceiling, except the
-            // deciding cell's own when it leaves on a spot notice: it is being reclaimed,
-            // and its replacement must not wait for that.
-            let leaving = me.filter(|m| m.leaving).and_then(|m| m.machine);
+            // A dying cell's machine still holds its place under the ceiling.
             let draining = machines
                 .iter()
-                .filter(|m| cells.draining.contains(&m.id) && leaving != Some(m.id.as_str()))
+                .filter(|m| cells.draining.contains(&m.id))
                 .count() as u32;
             tracing::debug!(
                 pool,
@@ -442,8 +440,10 @@ impl Farm for LiveFarm<'_> {
         let serving = beats
             .iter()
             .filter(|b| b.pools.iter().any(|p| p == pool) && !b.draining);
-        let machines = |draining_only: bool| {
-            let beats = beats.iter().filter(move |b| b.draining || !draining_only);
+        let machines = |dying_only: bool| {
+            let beats = beats
+                .iter()
+                .filter(move |b| !dying_only || (b.draining && !b.leaving));
             beats.filter_map(|b| b.machine.clone()).collect()
         };
         Ok(Cells {

@@ -46,7 +46,7 @@ struct State {
     alive: u32,
     /// Machines cells beat on.
     beating: std::collections::BTreeSet<String>,
-    /// Of those, the machines of draining cells.
+    /// Of those, the machines of dying cells (draining, not leaving on a notice).
     draining: std::collections::BTreeSet<String>,
     pending: u32,
     cooling: bool,
@@ -274,15 +274,20 @@ async fn the_clouds_machines_are_the_backstop_for_forgotten_launches() {
     assert_eq!(*cloud.launched.lock().unwrap(), 0);
 }
 
+/// Property: machines being reclaimed hold no place under the ceiling, so a pool whose
+/// cells all got their spot notice at once is replaced by their last ticks; and a
+/// leaving cell is never the one to die.
 #[tokio::test]
 async fn a_leaving_cells_machine_is_not_pending_and_it_does_not_die() {
-    // The cell had a spot notice: it beats as draining on its machine, which exists.
+    // Both cells of the pool had a spot notice at once: each beats as leaving on its
+    // machine, which still exists. Neither machine holds a place for the replacements
+    // (each leaving cell's last tick would otherwise wait for the other's).
     let farm = MemFarm::with(|s| {
         s.ready = 3;
         s.beating.insert("m-me".into());
-        s.draining.insert("m-me".into());
+        s.beating.insert("m-other".into());
     });
-    let cloud = MemCloud::with(Some(&[("m-me", 3600)]));
+    let cloud = MemCloud::with(Some(&[("m-me", 3600), ("m-other", 3600)]));
     let me = Some(Me {
         cell_id: "me",
         machine: Some("m-me"),
