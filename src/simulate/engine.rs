@@ -117,7 +117,7 @@ impl Engine<'_> {
                 let work = w.job_secs();
                 w.enqueue_new(ms(work));
             }
-            if let Some(t) = self.arrivals.next(&mut w.rng, 0) {
+            if let Some(t) = self.arrivals.next(&mut w.work_rng, 0) {
                 w.at(t, Event::Arrival);
             }
             w.at(0, Event::Round);
@@ -191,7 +191,7 @@ impl Engine<'_> {
         let work = w.job_secs();
         w.enqueue_new(ms(work));
         let now = w.now;
-        if let Some(t) = self.arrivals.next(&mut w.rng, now) {
+        if let Some(t) = self.arrivals.next(&mut w.work_rng, now) {
             w.at(t, Event::Arrival);
         }
         if self.cellfarm() && !self.trigger_due {

@@ -184,12 +184,21 @@ fn zero_to_one_and_back_to_zero() {
     );
 }
 
-/// Property: the fixed farm never launches past its first cells, and the spend ratios
-/// compare each run with its on-demand counterpart.
+/// Property: every run of a scenario gets the same jobs, the fixed farm never launches
+/// past its first cells, and the spend ratios compare each run with its on-demand
+/// counterpart.
 #[test]
 fn the_report_compares_spot_with_on_demand() {
     let (r, spot) = simulate(&quiet()).unwrap();
     assert_eq!(r.runs.len(), 5);
+    for run in &r.runs {
+        let jobs = run.jobs_completed + run.jobs_unfinished;
+        assert_eq!(
+            jobs, r.jobs,
+            "{}: every run gets the same workload",
+            run.name
+        );
+    }
     assert_eq!(spot.len(), 2, "the chart gets the two spot runs");
     let fixed = r.runs.iter().find(|r| r.policy == "fixed").unwrap();
     assert_eq!(fixed.launches, u64::from(fixed.peak_cells));

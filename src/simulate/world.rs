@@ -121,7 +121,11 @@ pub struct Sample {
 
 pub struct World {
     pub now: Ms,
+    /// Draws of the infrastructure: launch latencies, markets, interruptions.
     pub rng: StdRng,
+    /// Draws of the workload (arrivals, durations), a stream of its own so that every
+    /// run of a scenario gets the same jobs whatever its cells do.
+    pub work_rng: StdRng,
     events: BinaryHeap<Reverse<(Ms, u64, Event)>>,
     seq: u64,
     pub scenario: Scenario,
@@ -157,11 +161,15 @@ pub struct World {
 
 impl World {
     pub fn new(scenario: Scenario, market: Market, ceiling: u32) -> World {
-        let rng = <StdRng as rand::SeedableRng>::seed_from_u64(scenario.seed);
+        let seeded = <StdRng as rand::SeedableRng>::seed_from_u64;
+        // Any fixed odd constant gives the infrastructure a stream apart from the work's.
+        let rng = seeded(scenario.seed ^ 0x9e37_79b9_7f4a_7c15);
+        let work_rng = seeded(scenario.seed);
         let markets = markets(&scenario, market);
         World {
             now: 0,
             rng,
+            work_rng,
             events: BinaryHeap::new(),
             seq: 0,
             scenario,
@@ -238,7 +246,7 @@ impl World {
 
     /// A job's duration, drawn.
     pub fn job_secs(&mut self) -> f64 {
-        self.scenario.jobs.duration_secs.sample(&mut self.rng)
+        self.scenario.jobs.duration_secs.sample(&mut self.work_rng)
     }
 
     /// A new job, queued (and started if a slot is free).
