@@ -162,6 +162,9 @@ pub fn simulate(scenario: &Scenario) -> Result<(Report, SpotRuns), SimulateError
         }
         runs.push(run);
         if v.market == Market::Spot {
+            // The chart needs the samples only: let the jobs go.
+            outcome.world.jobs = Vec::new();
+            outcome.world.tally.turnaround_secs = Vec::new();
             spot_outcomes.push((v.name, outcome));
         }
         i += 1;

@@ -31,6 +31,8 @@ pub struct RunReport {
     /// This run's spend ÷ the same policy's on-demand run.
     pub spend_vs_on_demand_same_policy: f64,
     pub billed_cell_hours: f64,
+    /// Slot time spent on jobs ÷ slot time billed.
+    pub slot_utilization: f64,
     pub work_lost_hours: f64,
     pub jobs_handed_back: u64,
     pub launches: u64,
@@ -87,6 +89,7 @@ pub fn run_report(variant: &Variant, outcome: &mut Outcome) -> RunReport {
         spend_vs_fixed_on_demand: f64::NAN,
         spend_vs_on_demand_same_policy: f64::NAN,
         billed_cell_hours: t.billed_secs / 3600.0,
+        slot_utilization: t.busy_slot_ms as f64 / 1e3 / t.billed_slot_secs.max(1.0),
         work_lost_hours: t.lost_work_ms as f64 / HOUR_MS,
         jobs_handed_back: t.handed_back,
         launches: t.launches,
@@ -176,6 +179,9 @@ const ROWS: &[Row] = &[
         format!("{:.0}", r.billed_cell_hours)
     }),
     ("idle cell-hours", |r| format!("{:.0}", r.idle_cell_hours)),
+    ("slot utilization", |r| {
+        format!("{:.1} %", 100.0 * r.slot_utilization)
+    }),
     ("work lost (jobs handed back)", |r| {
         format!("{} ({})", hours(r.work_lost_hours), r.jobs_handed_back)
     }),

@@ -101,6 +101,10 @@ pub struct Tally {
     pub idle_cell_ms: u128,
     pub spend_usd: f64,
     pub billed_secs: f64,
+    /// Billed seconds times the cell's slots: what slot utilization divides by.
+    pub billed_slot_secs: f64,
+    /// Seconds of slots spent on jobs, completed or handed back.
+    pub busy_slot_ms: u64,
     pub peak_cells: u32,
     pub peak_alive: u32,
     /// Steps after which the pool's serving instances exceeded its ceiling: must stay 0.
@@ -372,6 +376,7 @@ impl World {
         self.outstanding_work_ms -= j.work;
         self.tally.turnaround_secs.push(turnaround);
         self.tally.completed += 1;
+        self.tally.busy_slot_ms += j.work;
         self.tally.last_done = self.now;
         self.running -= 1;
         let cell = &mut self.cells[c as usize];
@@ -402,6 +407,7 @@ impl World {
             let j = &mut self.jobs[job as usize];
             j.attempt += 1;
             self.tally.lost_work_ms += self.now - j.start;
+            self.tally.busy_slot_ms += self.now - j.start;
             self.tally.handed_back += 1;
             self.running -= 1;
             self.queue.push_back(job);
@@ -437,6 +443,7 @@ impl World {
             let billed = secs.max(self.scenario.spot.billing_minimum_secs as f64);
             let price = self.markets[cell.market as usize].usd_per_hour;
             self.tally.billed_secs += billed;
+            self.tally.billed_slot_secs += billed * f64::from(cell.slots);
             self.tally.spend_usd += billed * price / 3600.0;
         }
         debug_assert!(cell.jobs.is_empty(), "a terminated cell holds no job");
