@@ -34,6 +34,8 @@
 //! * [`trigger`] — new objects become jobs by the config's routes: a Lambda on S3
 //!   events, or `cellfarm watch`.
 //! * [`status`] — `cellfarm status`: the farm at a glance.
+//! * [`simulate`] — `cellfarm simulate`: the real mitosis tick on a virtual clock
+//!   against a model of spot instances and a workload, beside a message-count policy.
 //! * [`args`] — `cellfarm args`: the FFmpeg command lines of a pipeline.
 //! * [`update`] — fetching, verifying and re-executing a newer binary.
 //! * [`boot`] — reading the config (file or S3) and connecting to every system once
@@ -57,6 +59,7 @@ pub mod metadata;
 pub mod mitosis;
 pub mod queue;
 pub mod s3url;
+pub mod simulate;
 pub mod status;
 pub mod store;
 pub mod submit;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cellfarm::boot::{self, ConfigSource};
-use cellfarm::{args, cell, status, submit, trigger};
+use cellfarm::{args, cell, simulate, status, submit, trigger};
 
 /// Exit code for a bad config or command line (BSD `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
@@ -55,6 +55,9 @@ enum Command {
     /// The trigger without Lambda: poll s3://bucket/prefix/ and turn each new object
     /// into jobs by the config's routes, once.
     Watch(trigger::watch::Args),
+    /// Simulate a farm on a virtual clock: the real mitosis tick against a model of spot
+    /// instances and a workload, beside a message-count policy and on-demand farms.
+    Simulate(simulate::Args),
     /// The trigger as an AWS Lambda function (also when this binary runs as
     /// `bootstrap`): S3 events from the runtime API at AWS_LAMBDA_RUNTIME_API.
     Lambda,
@@ -67,6 +70,16 @@ fn main() -> ExitCode {
         Some(name) if name == "bootstrap" => Cli::parse_from(["bootstrap", "lambda"]),
         _ => Cli::parse(),
     };
+    // The simulator reads its own scenario and needs no config, no runtime, no logs.
+    if let Command::Simulate(a) = &cli.command {
+        return match simulate::run(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cellfarm: {e}");
+                ExitCode::from(if e.is_usage() { EXIT_CONFIG } else { 1 })
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -120,5 +133,7 @@ async fn run(
         Command::Watch(a) => trigger::watch::run(&config, &location, sdk, a).await,
         Command::Lambda => trigger::lambda::run(config, &location, sdk).await,
         Command::Status { json } => status::run(&config, sdk, json).await,
+        // Handled before the config is loaded; kept here so the match stays whole.
+        Command::Simulate(a) => Ok(simulate::run(&a)?),
     }
 }
