@@ -134,6 +134,6 @@ async fn run(
         Command::Lambda => trigger::lambda::run(config, &location, sdk).await,
         Command::Status { json } => status::run(&config, sdk, json).await,
         // Handled before the config is loaded; kept here so the match stays whole.
-        Command::Simulate(a) => Ok(simulate::run(&a)?),
+        Command::Simulate(_) => unreachable!("main runs the simulator before loading a config"),
     }
 }
