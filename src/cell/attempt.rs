@@ -35,6 +35,19 @@ pub enum Settle {
     Commit(ResultMessage),
 }
 
+impl Settle {
+    /// The settle's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Settle::Ack => "ack",
+            Settle::Requeue => "requeue",
+            Settle::DeadLetter { .. } => "dead-letter",
+            Settle::Republish(_) => "re-publish",
+            Settle::Commit(_) => "commit",
+        }
+    }
+}
+
 /// What an attempt's end needs from its cell.
 pub struct Ending<'a> {
     pub max_attempts: u32,

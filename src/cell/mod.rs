@@ -258,7 +258,7 @@ impl Cell {
         let settle = attempt.end(produced, ending).await;
         tracing::info!(
             secs = started.elapsed().as_secs_f64(),
-            ?settle,
+            settle = settle.kind(),
             "attempt over"
         );
         settle
