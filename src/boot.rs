@@ -19,6 +19,30 @@ use crate::queue::Broker;
 use crate::s3url::S3Url;
 use crate::store::{ObjectStore, S3Store};
 
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (journald, CloudWatch).
+    Json,
+}
+
+/// Starts logging to stderr, filtered by `RUST_LOG` (default: our info, the libraries'
+/// warnings).
+pub fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,lapin=off,aws=warn,sqlx=warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 /// Why loading the config failed: the process exits 64 either way.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -26,6 +26,15 @@ struct Cli {
         default_value = "cellfarm.toml"
     )]
     config: String,
+    /// How logs are written to stderr: `text` (coloured only on a terminal) or `json`
+    /// (one object per line, for journald and CloudWatch).
+    #[arg(
+        long,
+        env = "CELLFARM_LOG_FORMAT",
+        global = true,
+        default_value = "text"
+    )]
+    log_format: boot::LogFormat,
     /// The S3 server an s3:// config is read from when it is not AWS (turns on path
     /// style); the config's own [s3] table is not read yet.
     #[arg(long, env = "CELLFARM_S3_ENDPOINT", global = true, value_name = "URL")]
@@ -80,13 +89,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=off,aws=warn,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    boot::init_logs(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
