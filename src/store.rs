@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -142,10 +143,14 @@ impl S3Store {
     }
 }
 
-fn failed<E, R>(op: &'static str, bucket: &str, key: &str, err: SdkError<E, R>) -> StoreError
+fn failed<E>(
+    op: &'static str,
+    bucket: &str,
+    key: &str,
+    err: SdkError<E, HttpResponse>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     let not_found = matches!(err.code(), Some("NoSuchKey" | "NotFound" | "NoSuchBucket"));
     let changed = err.code() == Some("PreconditionFailed");
@@ -166,7 +171,23 @@ where
         op,
         bucket: bucket.into(),
         key: key.into(),
-        message: DisplayErrorContext(err).to_string(),
+        message: describe(&err),
+    }
+}
+
+/// One line for an S3 error: the HTTP status and S3's error code and message when S3
+/// answered, else what went wrong on the way (a timeout, a refused connection).
+fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err.raw_response() {
+        Some(response) => {
+            let code = err.code().unwrap_or("no error code");
+            let detail = err.message().map(|m| format!(": {m}")).unwrap_or_default();
+            format!("HTTP {} {code}{detail}", response.status().as_u16())
+        }
+        None => DisplayErrorContext(err).to_string(),
     }
 }
 

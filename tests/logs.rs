@@ -39,3 +39,25 @@ async fn logs_carry_no_colour_codes_and_parse_as_json() {
         .iter()
         .any(|l| l["fields"]["message"] == "cell starting"));
 }
+
+/// Property: an S3 failure is one line that names the operation, the object, the HTTP
+/// status and S3's error code, not the SDK's debug structure.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_error_is_one_line_naming_the_call_and_the_status() {
+    let farm = Farm::new("s3error", "").await;
+    let url = format!("s3://{}/inbox/clip.mp4", farm.bucket);
+    let out = farm
+        .cellfarm()
+        .args(["submit", &url, "--pipeline", "thumbnails"])
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .output()
+        .expect("run cellfarm");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().last().expect("an error line");
+    assert!(
+        line.contains(&format!("S3 HEAD {url} failed: HTTP 403")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ServiceError"), "{stderr}");
+}
