@@ -172,14 +172,14 @@ async fn run_instances_launches_carry_what_the_config_says() {
     instance_profile("cellfarm-cell");
     let farm = farm_name("run");
     let cfg = ec2_config(&subnets, &sg);
-    let cloud = Ec2Cloud::connect(
+    let cloud = Ec2Cloud::new(
+        &cellfarm::aws::sdk_config().await,
         &farm,
         cfg.clone(),
         cfg.config_url.clone().unwrap().to_string(),
         "cell-a".into(),
         None,
-    )
-    .await;
+    );
 
     let ids = cloud
         .launch("default", 3, &format!("{farm}-default-1"))
@@ -288,14 +288,14 @@ async fn a_fleet_launch_spreads_spot_cells_over_the_configured_types() {
     let mut cfg = ec2_config(&subnets, &sg);
     cfg.launch_template = Some(template);
     cfg.image_id = None;
-    let cloud = Ec2Cloud::connect(
+    let cloud = Ec2Cloud::new(
+        &cellfarm::aws::sdk_config().await,
         &farm,
         cfg.clone(),
         cfg.config_url.clone().unwrap().to_string(),
         "cell-b".into(),
         None,
-    )
-    .await;
+    );
 
     let ids = cloud
         .launch("long", 4, &format!("{farm}-long-1"))
@@ -426,14 +426,14 @@ async fn the_ceiling_counts_the_tagged_instances_that_exist() {
     let (subnets, sg) = network(&ec2).await;
     let farm = Farm::new("ceiling", &ec2_toml(&subnets, &sg, "")).await;
     let cfg = farm.config.cloud.ec2.clone().unwrap();
-    let cloud = Ec2Cloud::connect(
+    let cloud = Ec2Cloud::new(
+        &cellfarm::aws::sdk_config().await,
         &farm.name,
         cfg,
         "s3://cellfarm-config/farm.toml".into(),
         "earlier".into(),
         None,
-    )
-    .await;
+    );
     let earlier = cloud
         .launch("scaled", 2, "earlier-launch")
         .await
@@ -472,14 +472,14 @@ async fn an_idle_cell_terminates_its_own_instance() {
     let (subnets, sg) = network(&ec2).await;
     let mut farm = Farm::new("terminate", &ec2_toml(&subnets, &sg, "")).await;
     let cfg = farm.config.cloud.ec2.clone().unwrap();
-    let cloud = Ec2Cloud::connect(
+    let cloud = Ec2Cloud::new(
+        &cellfarm::aws::sdk_config().await,
         &farm.name,
         cfg,
         "s3://cellfarm-config/farm.toml".into(),
         "test".into(),
         None,
-    )
-    .await;
+    );
     let ids = cloud
         .launch("scaled", 1, "the-instance")
         .await

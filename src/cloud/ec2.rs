@@ -91,18 +91,6 @@ impl Ec2Cloud {
         }
     }
 
-    /// The EC2 cloud on a shared AWS config of its own (tests, tools).
-    pub async fn connect(
-        farm: &str,
-        cfg: Ec2,
-        config_url: String,
-        launched_by: String,
-        metadata: Option<Metadata>,
-    ) -> Ec2Cloud {
-        let sdk = crate::aws::sdk_config().await;
-        Ec2Cloud::new(&sdk, farm, cfg, config_url, launched_by, metadata)
-    }
-
     fn tags(&self, pool: &str) -> TagSpecification {
         let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
         TagSpecification::builder()
