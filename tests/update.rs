@@ -46,7 +46,9 @@ async fn a_cell_picks_up_a_verified_binary_and_refuses_a_wrong_hash() {
         farm.logs().contains("consuming")
     })
     .await;
-    let wrong = format!("{}0", &sha[..63]);
+    // The real hash with its last digit changed (to anything but what it was).
+    let last = if sha.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{last}", &sha[..63]);
     farm.put_bytes(CONFIG_KEY, update(&wrong).into_bytes());
     farm.wait_until(
         Duration::from_secs(30),
