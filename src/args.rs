@@ -1,10 +1,16 @@
 //! `cellfarm args`: the FFmpeg command lines a pipeline runs, one JSON array per step,
 //! for checking a pipeline by hand or running the same work outside the farm (the
-//! benchmark runs them raw).
+//! benchmark runs them raw). The input is probed, as a cell probes its source, so the
+//! pipeline's vars choose as they would for it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::ffmpeg::{probe, Limits};
 
 /// What to fill the pipeline's placeholders with.
 #[derive(Debug, clap::Args)]
@@ -25,9 +31,18 @@ pub struct Args {
     pub assets: Vec<String>,
 }
 
-pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let p = config.pipeline(&args.pipeline)?;
-    let mut vars = BTreeMap::from([
+    let limits = Limits {
+        timeout: Duration::from_secs(60),
+        memory_bytes: config.cell.ffmpeg_memory_mib * 1024 * 1024,
+        demuxers: config.cell.demuxers.clone(),
+        max_pixels: Some(p.limits.max_pixels),
+    };
+    let source = probe::probe(Path::new(&args.input), &limits, &CancellationToken::new())
+        .await
+        .map_err(|e| anyhow::anyhow!("probing {}: {e}", args.input))?;
+    let mut base = BTreeMap::from([
         ("input", args.input),
         ("out", args.out.clone()),
         ("work", args.out),
@@ -37,10 +52,14 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         let (name, path) = a
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("--asset {a}: expected NAME=PATH"))?;
-        vars.insert(name, path.to_string());
+        base.insert(name, path.to_string());
     }
-    let commands = crate::ffmpeg::commands(p.step_args(), &vars, &config.cell.demuxers)
-        .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", args.pipeline))?;
+    let pipeline_error = |e: String| anyhow::anyhow!("pipeline {}: {e}", args.pipeline);
+    let vars = p
+        .step_vars(&config.vars, &source, base)
+        .map_err(pipeline_error)?;
+    let commands =
+        crate::ffmpeg::commands(p.step_args(), &vars, &limits).map_err(pipeline_error)?;
     for command in commands {
         let mut argv = vec!["ffmpeg".to_string()];
         argv.extend(command);

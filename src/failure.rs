@@ -1,10 +1,15 @@
 //! Why a job failed, and whether trying again can help: one pure function decides.
 //!
-//! Retryable: the world hiccuped (S3, broker, database, a timeout, a process killed by a
-//! signal); the job goes back to its queue and the attempt counts. Permanent: the input
-//! or the pipeline is at fault (corrupt or unsupported media, an output that is not what
-//! the pipeline promised, a source that vanished or changed); the job fails at once and
-//! is dead-lettered with the reason.
+//! * Fault: the farm's own systems failed (S3, the broker, the ledger, this cell's
+//!   scratch disk, or the job does not fit on it): the media is not to blame, so the job
+//!   goes back to its queue *without* spending an attempt, after a backoff, bounded per
+//!   job by time (`cell.fault_budget_secs`) instead of by count.
+//! * Retryable: the media's processing hiccuped (an FFmpeg killed by a signal, or past a
+//!   timeout set by hand): the job goes back to its queue and the attempt counts.
+//! * Permanent: the input or the pipeline is at fault (corrupt or unsupported media, a
+//!   source beyond the pipeline's limits or far past its own estimate, an output that
+//!   is not what the pipeline promised, a source that vanished or changed): the job
+//!   fails at once and is dead-lettered with the reason.
 
 use crate::ffmpeg::FfmpegError;
 use crate::ledger::LedgerError;
@@ -13,6 +18,7 @@ use crate::store::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
+    Fault,
     Retryable,
     Permanent,
 }
@@ -38,6 +44,29 @@ pub enum JobFailure {
         path: String,
         source: std::io::Error,
     },
+    /// The source is beyond one of its pipeline's `limits`.
+    #[error("source {what} is {seen}, over pipelines.{pipeline}.limits.{key} = {limit}")]
+    Limit {
+        pipeline: String,
+        what: &'static str,
+        key: &'static str,
+        seen: String,
+        limit: String,
+    },
+    /// A step ran past the timeout derived from the job's own estimate.
+    #[error(
+        "step {step} ran past {secs} s, {margin}× its estimate from the source's \
+         duration and the pipeline's cost_factor: {source}"
+    )]
+    OverEstimate {
+        step: usize,
+        secs: u64,
+        margin: f64,
+        source: FfmpegError,
+    },
+    /// This cell's scratch disk cannot hold the job; another cell may.
+    #[error("the job needs {needed_mib} MiB of scratch space, {free_mib} MiB are free here")]
+    NoRoom { needed_mib: u64, free_mib: u64 },
     #[error("another attempt took the job over")]
     Superseded,
     #[error("cancelled: the cell is stopping")]
@@ -52,6 +81,9 @@ pub enum Fate {
     /// Cut short by the cell stopping (a signal, a spot notice): back to the queue
     /// without spending an attempt.
     HandBack,
+    /// The farm's own systems failed: back to the queue after a backoff, without
+    /// spending an attempt.
+    Fault,
     /// The world hiccuped: back to the queue, the attempt counts.
     Retry,
     /// The media or the pipeline is at fault: `failed`, dead-lettered.
@@ -69,6 +101,11 @@ pub struct Attempted {
     /// The attempt's cancel token fired (the cell is stopping, or a spot notice cut this
     /// job): whatever it failed with, the failure may be the cut's doing.
     pub cut_short: bool,
+    /// Seconds since the job's first attempt that ended in a fault began (this one's
+    /// start when none did).
+    pub faulting_secs: f64,
+    /// How long faults may go on before the job is given up (`cell.fault_budget_secs`).
+    pub fault_budget_secs: f64,
 }
 
 /// Decides a failed attempt's fate: one pure function, so the cell and its tests agree.
@@ -84,6 +121,8 @@ pub fn classify(failure: &JobFailure, at: Attempted) -> Fate {
         _ if at.cut_short => Fate::HandBack,
         f => match (class(f), at.number >= at.max_attempts) {
             (Class::Permanent, _) => Fate::Fail,
+            (Class::Fault, _) if at.faulting_secs >= at.fault_budget_secs => Fate::Dead,
+            (Class::Fault, _) => Fate::Fault,
             (Class::Retryable, false) => Fate::Retry,
             (Class::Retryable, true) => Fate::Dead,
         },
@@ -96,7 +135,9 @@ pub fn class(failure: &JobFailure) -> Class {
     use Class::*;
     match failure {
         JobFailure::Store(StoreError::NotFound { .. } | StoreError::Changed { .. }) => Permanent,
-        JobFailure::Store(_) => Retryable,
+        JobFailure::Store(StoreError::Failed { .. }) => Fault,
+        // A local file that cannot be written or read is this cell's disk.
+        JobFailure::Store(StoreError::Local { .. }) => Fault,
         JobFailure::Probe(e) | JobFailure::Step { source: e, .. } => match e {
             FfmpegError::Failed { .. } | FfmpegError::BadOutput { .. } => Permanent,
             FfmpegError::Killed { .. }
@@ -104,12 +145,15 @@ pub fn class(failure: &JobFailure) -> Class {
             | FfmpegError::Spawn { .. }
             | FfmpegError::Cancelled { .. } => Retryable,
         },
-        JobFailure::Output { .. } | JobFailure::Pipeline { .. } => Permanent,
+        JobFailure::Output { .. }
+        | JobFailure::Pipeline { .. }
+        | JobFailure::Limit { .. }
+        | JobFailure::OverEstimate { .. } => Permanent,
         JobFailure::Ledger(_)
         | JobFailure::Queue(_)
         | JobFailure::Scratch { .. }
-        | JobFailure::Superseded
-        | JobFailure::Cancelled => Retryable,
+        | JobFailure::NoRoom { .. } => Fault,
+        JobFailure::Superseded | JobFailure::Cancelled => Retryable,
     }
 }
 
@@ -139,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_media_is_permanent_and_hiccups_are_retryable() {
+    fn bad_media_is_permanent_hiccups_retryable_and_the_farms_faults_free() {
         let cases = [
             (JobFailure::Probe(failed()), Class::Permanent),
             (
@@ -175,7 +219,24 @@ mod tests {
                     key: "k".into(),
                     message: "connection reset".into(),
                 }),
-                Class::Retryable,
+                Class::Fault,
+            ),
+            (
+                JobFailure::NoRoom {
+                    needed_mib: 9000,
+                    free_mib: 100,
+                },
+                Class::Fault,
+            ),
+            (
+                JobFailure::Limit {
+                    pipeline: "hls".into(),
+                    what: "duration",
+                    key: "max_duration_secs",
+                    seen: "36000 s".into(),
+                    limit: "7200".into(),
+                },
+                Class::Permanent,
             ),
             (
                 JobFailure::Output {
@@ -191,6 +252,8 @@ mod tests {
     }
 
     #[test]
+    // One table, read top to bottom: split, its rows would lose their neighbours.
+    #[allow(clippy::too_many_lines)]
     fn the_fate_table() {
         use Fate::*;
         let timed_out = || JobFailure::Step {
@@ -211,6 +274,16 @@ mod tests {
             number,
             max_attempts: 3,
             cut_short,
+            faulting_secs: 0.0,
+            fault_budget_secs: 600.0,
+        };
+        let s3_down = || {
+            JobFailure::Store(StoreError::Failed {
+                op: "PUT",
+                bucket: "b".into(),
+                key: "k".into(),
+                message: "HTTP 500 InternalError".into(),
+            })
         };
         let cases = [
             ("a hiccup is retried", timed_out(), at(1, false), Retry),
@@ -249,6 +322,21 @@ mod tests {
                 JobFailure::Probe(failed()),
                 at(1, true),
                 HandBack,
+            ),
+            (
+                "S3 down costs no attempt, even on the last",
+                s3_down(),
+                at(3, false),
+                Fault,
+            ),
+            (
+                "until faults outlast the budget",
+                s3_down(),
+                Attempted {
+                    faulting_secs: 600.0,
+                    ..at(1, false)
+                },
+                Dead,
             ),
             (
                 "a superseded attempt records nothing",

@@ -46,6 +46,10 @@ pub struct ResultMessage {
     pub pipeline: String,
     pub source: SourceObject,
     pub outputs: Vec<OutputObject>,
+    /// The job's `_manifest.json`, written after every output: a reader that sees it
+    /// sees them all.
+    #[serde(default)]
+    pub manifest: Option<OutputObject>,
     pub attempt: u32,
     pub cell_id: String,
 }

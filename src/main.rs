@@ -130,7 +130,7 @@ async fn run(
             println!("ledger migrated (schema {})", config.postgres.schema);
             Ok(())
         }
-        Command::Args(a) => args::run(&config, a),
+        Command::Args(a) => args::run(&config, a).await,
         Command::Submit(a) => submit::run(&config, &location, sdk, a).await,
         Command::Cell(opts) => cell::run(source, (config, version), sdk, opts).await,
         Command::Watch(a) => trigger::watch::run(&config, &location, sdk, a).await,

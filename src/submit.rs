@@ -270,6 +270,7 @@ async fn ranged_probe(
         timeout: Duration::from_secs(30),
         memory_bytes: config.cell.ffmpeg_memory_mib * 1024 * 1024,
         demuxers: config.cell.demuxers.clone(),
+        max_pixels: None,
     };
     let never = tokio_util::sync::CancellationToken::new();
     let p = probe::probe(file.path(), &limits, &never).await?;

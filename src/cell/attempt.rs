@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::failure::{classify, Attempted, Fate, JobFailure};
-use crate::job::{JobMessage, OutputObject, ResultMessage, VERSION};
+use crate::failure::{class, classify, Attempted, Class, Fate, JobFailure};
+use crate::job::{JobMessage, ResultMessage, VERSION};
 use crate::ledger::{AttemptId, AttemptOutcome, Claim, JobState, Ledger, LedgerError};
+
+use super::work::Produced;
 
 /// What becomes of a delivery.
 #[derive(Debug)]
@@ -57,6 +59,18 @@ pub struct Ending<'a> {
     /// How long this cell alone may publish a committed result: longer than it waits
     /// for the broker, so that the outbox never re-sends a result still being sent.
     pub result_claim: Duration,
+    /// `cell.fault_budget_secs`.
+    pub fault_budget: Duration,
+}
+
+/// The longest wait before a job that met a fault goes back to its queue.
+const MAX_FAULT_BACKOFF: Duration = Duration::from_secs(16);
+
+/// Waits 1, 2, 4, … seconds after the job's first, second, third … fault, so that an
+/// outage is not hammered by every cell at full speed.
+fn fault_backoff(faults: i64) -> Duration {
+    let exp = u32::try_from(faults.clamp(0, 8)).unwrap_or(8);
+    Duration::from_secs(1u64 << exp).min(MAX_FAULT_BACKOFF)
 }
 
 /// One claim on one job by this cell.
@@ -134,21 +148,30 @@ impl<'a> Attempt<'a> {
 
     /// Ends the attempt with what it produced: commits a success, or records the
     /// failure's fate.
-    pub async fn end(
-        self,
-        produced: Result<Vec<OutputObject>, JobFailure>,
-        ending: Ending<'_>,
-    ) -> Settle {
+    pub async fn end(self, produced: Result<Produced, JobFailure>, ending: Ending<'_>) -> Settle {
         let settle = match produced {
-            Ok(outputs) => self.succeed(outputs, ending.result_claim).await,
+            Ok(produced) => self.succeed(produced, ending.result_claim).await,
             Err(failure) => {
+                let cut_short = self.cancel.is_cancelled();
+                // Only a fault needs its history; a ledger that cannot tell is itself
+                // a fault, and the hand-back that follows will meet it again.
+                let (faulting_secs, faults) = if class(&failure) == Class::Fault && !cut_short {
+                    self.ledger
+                        .fault_history(&self.id)
+                        .await
+                        .unwrap_or((0.0, 0))
+                } else {
+                    (0.0, 0)
+                };
                 let at = Attempted {
                     number: self.id.attempt as u32,
                     max_attempts: ending.max_attempts,
-                    cut_short: self.cancel.is_cancelled(),
+                    cut_short,
+                    faulting_secs,
+                    fault_budget_secs: ending.fault_budget.as_secs_f64(),
                 };
                 let fate = classify(&failure, at);
-                self.fail(fate, failure, ending.notice).await
+                self.fail(fate, failure, ending.notice, faults).await
             }
         };
         settle.unwrap_or_else(|e| {
@@ -159,17 +182,14 @@ impl<'a> Attempt<'a> {
         })
     }
 
-    async fn succeed(
-        &self,
-        outputs: Vec<OutputObject>,
-        claim: Duration,
-    ) -> Result<Settle, LedgerError> {
+    async fn succeed(&self, produced: Produced, claim: Duration) -> Result<Settle, LedgerError> {
         let result = ResultMessage {
             v: VERSION,
             job_id: self.job.job_id.clone(),
             pipeline: self.job.pipeline.clone(),
             source: self.job.source.clone(),
-            outputs,
+            outputs: produced.outputs,
+            manifest: Some(produced.manifest),
             attempt: self.id.attempt as u32,
             cell_id: self.id.cell_id.clone(),
         };
@@ -190,6 +210,7 @@ impl<'a> Attempt<'a> {
         fate: Fate,
         failure: JobFailure,
         notice: Option<&str>,
+        faults: i64,
     ) -> Result<Settle, LedgerError> {
         let attempt = self.id.attempt;
         let error = failure.to_string();
@@ -207,6 +228,18 @@ impl<'a> Attempt<'a> {
                 let held = self.ledger.hand_back(&self.id, outcome, reason).await?;
                 (held, Settle::Republish(self.job.clone()))
             }
+            Fate::Fault => {
+                let wait = fault_backoff(faults);
+                tracing::warn!(%error, wait_secs = wait.as_secs(), "the farm's systems failed; handing the job back without spending an attempt");
+                let held = self
+                    .ledger
+                    .hand_back(&self.id, AttemptOutcome::Fault, &error)
+                    .await?;
+                // The delivery is still unacknowledged: a cell that dies while waiting
+                // leaves it to the broker to deliver again.
+                tokio::time::sleep(wait).await;
+                (held, Settle::Republish(self.job.clone()))
+            }
             Fate::Retry => {
                 tracing::warn!(attempt, %error, "retryable failure; re-queueing");
                 let held = self.ledger.retry(&self.id, &error).await?;
@@ -217,6 +250,10 @@ impl<'a> Attempt<'a> {
             Fate::Fail | Fate::Dead => {
                 let (state, reason) = match fate {
                     Fate::Fail => (JobState::Failed, error),
+                    _ if faults > 0 || class(&failure) == Class::Fault => (
+                        JobState::Dead,
+                        format!("gave up after the farm's systems failed for longer than cell.fault_budget_secs: {error}"),
+                    ),
                     _ => (
                         JobState::Dead,
                         format!("gave up after {attempt} attempts: {error}"),

@@ -254,6 +254,7 @@ impl Cell {
             max_attempts: max,
             notice: notice.as_deref(),
             result_claim: PUBLISH_PATIENCE + RESULT_CLAIM_MARGIN,
+            fault_budget: Duration::from_secs(config.cell.fault_budget_secs),
         };
         let settle = attempt.end(produced, ending).await;
         tracing::info!(

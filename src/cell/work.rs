@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, OutputSpec, Pipeline};
+use crate::config::{Config, OutputSpec, Pipeline, SourceLimits, TIMEOUT_MARGIN};
 use crate::failure::JobFailure;
-use crate::ffmpeg::{self, probe, Limits};
+use crate::ffmpeg::{self, probe, FfmpegError, Limits};
 use crate::job::{JobMessage, OutputObject};
 use crate::s3url::S3Url;
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StoreError};
 
 use super::attempt::Attempt;
 
@@ -52,11 +52,15 @@ impl Drop for Scratch {
     }
 }
 
-/// Runs the job's pipeline and uploads its outputs; the caller commits to the ledger.
-pub async fn execute(
-    ctx: &Context<'_>,
-    attempt: &Attempt<'_>,
-) -> Result<Vec<OutputObject>, JobFailure> {
+/// What an attempt produced: its outputs and the manifest written after them.
+pub struct Produced {
+    pub outputs: Vec<OutputObject>,
+    pub manifest: OutputObject,
+}
+
+/// Runs the job's pipeline and uploads its outputs, then its manifest; the caller
+/// commits to the ledger.
+pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produced, JobFailure> {
     let job = &attempt.job;
     let pipeline = ctx
         .config
@@ -66,25 +70,45 @@ pub async fn execute(
             pipeline: job.pipeline.clone(),
             reason: "no such pipeline in the cell's config".into(),
         })?;
-    let limits = limits(ctx.config, pipeline);
+    let mut limits = limits(ctx.config, pipeline);
     let root = Path::new(&ctx.config.cell.scratch_dir).join(format!(
         "{}-{}-{}",
         job.job_id, attempt.id.attempt, attempt.id.cell_id
     ));
+    make_room(ctx, job, pipeline, &root).await?;
     let scratch = Scratch::create(root)?;
     let source_probe = fetch_source(ctx, attempt, pipeline, &limits, &scratch).await?;
-    let vars = fetch_assets(ctx, pipeline, &scratch).await?;
-    let commands =
-        ffmpeg::commands(pipeline.step_args(), &vars, &limits.demuxers).map_err(|reason| {
-            JobFailure::Pipeline {
-                pipeline: job.pipeline.clone(),
-                reason,
-            }
+    let base = fetch_assets(ctx, pipeline, &scratch).await?;
+    let vars = pipeline
+        .step_vars(&ctx.config.vars, &source_probe, base)
+        .map_err(|reason| JobFailure::Pipeline {
+            pipeline: job.pipeline.clone(),
+            reason,
         })?;
-    for (i, args) in commands.iter().enumerate() {
+    let commands = ffmpeg::commands(pipeline.step_args(), &vars, &limits).map_err(|reason| {
+        JobFailure::Pipeline {
+            pipeline: job.pipeline.clone(),
+            reason,
+        }
+    })?;
+    let derived = explicit_timeout(ctx.config, pipeline).is_none();
+    if derived {
+        let floor = ctx.config.cell.min_step_timeout_secs;
+        let secs = pipeline.derived_timeout_secs(source_probe.duration.unwrap_or(0.0), floor);
+        limits.timeout = std::time::Duration::from_secs(secs);
+    }
+    for (step, args) in commands.iter().enumerate() {
         ffmpeg::run("ffmpeg", args, &limits, &attempt.cancel)
             .await
-            .map_err(|source| JobFailure::Step { step: i, source })?;
+            .map_err(|source| match source {
+                FfmpegError::TimedOut { secs, .. } if derived => JobFailure::OverEstimate {
+                    step,
+                    secs,
+                    margin: TIMEOUT_MARGIN,
+                    source,
+                },
+                source => JobFailure::Step { step, source },
+            })?;
     }
     // Outputs are our own files with names from the config, so image outputs may be
     // probed with the image2 demuxer that untrusted sources are denied.
@@ -103,11 +127,57 @@ pub async fn execute(
     if !attempt.holds().await? {
         return Err(JobFailure::Superseded);
     }
-    upload(ctx, job, files).await
+    publish(ctx, attempt, &source_probe, files, &scratch).await
 }
 
-/// Downloads the source to `in/source` and probes it; the estimate and the ledger learn
-/// what it is.
+/// Checks the source object's size against the pipeline's limit and this cell's free
+/// scratch space, before downloading anything.
+async fn make_room(
+    ctx: &Context<'_>,
+    job: &JobMessage,
+    pipeline: &Pipeline,
+    root: &Path,
+) -> Result<(), JobFailure> {
+    let meta = ctx.store.head(&job.source.bucket, &job.source.key).await?;
+    let mib = meta.size.div_ceil(1 << 20);
+    if let Some(max) = pipeline.limits.max_source_mib {
+        if mib > max {
+            return Err(JobFailure::Limit {
+                pipeline: job.pipeline.clone(),
+                what: "size",
+                key: "max_source_mib",
+                seen: format!("{mib} MiB"),
+                limit: max.to_string(),
+            });
+        }
+    }
+    let needed_mib = (mib as f64 * pipeline.limits.scratch_factor).ceil() as u64;
+    let dir = root.parent().unwrap_or(root);
+    std::fs::create_dir_all(dir).map_err(|source| JobFailure::Scratch {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let free_mib = free_bytes(dir).map_err(|source| JobFailure::Scratch {
+        path: dir.display().to_string(),
+        source,
+    })? >> 20;
+    if needed_mib > free_mib {
+        return Err(JobFailure::NoRoom {
+            needed_mib,
+            free_mib,
+        });
+    }
+    Ok(())
+}
+
+/// Bytes free to unprivileged users on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Downloads the source to `in/source`, probes it and holds it to the pipeline's
+/// limits; the estimate and the ledger learn what it is.
 async fn fetch_source(
     ctx: &Context<'_>,
     attempt: &Attempt<'_>,
@@ -122,19 +192,81 @@ async fn fetch_source(
         .await?;
     let source_probe = probe::probe(&input, limits, &attempt.cancel)
         .await
-        .map_err(JobFailure::Probe)?;
+        .map_err(|e| {
+            pixel_bomb(&attempt.job.pipeline, &pipeline.limits, &e).unwrap_or(JobFailure::Probe(e))
+        })?;
+    let probe_json = serde_json::to_value(&source_probe).expect("a probe always serializes");
+    attempt.record_probe(&probe_json).await?;
     if source_probe.video().is_none() && source_probe.audio().is_none() {
         return Err(JobFailure::Output {
             path: "source".into(),
             reason: "the source has no audio or video stream".into(),
         });
     }
+    within_limits(&attempt.job.pipeline, &pipeline.limits, &source_probe)?;
     if let Some(duration) = source_probe.duration {
         (ctx.estimate)(duration * pipeline.cost_factor);
     }
-    let probe_json = serde_json::to_value(&source_probe).expect("a probe always serializes");
-    attempt.record_probe(&probe_json).await?;
     Ok(source_probe)
+}
+
+/// The limit a probe that failed on `-max_pixels` met: FFmpeg refuses to allocate the
+/// frame ("Picture size 8200x4400 exceeds specified max pixel count"), so the probe
+/// never returns the size for [`within_limits`] to check.
+fn pixel_bomb(pipeline: &str, limits: &SourceLimits, e: &FfmpegError) -> Option<JobFailure> {
+    let FfmpegError::Failed { tail, .. } = e else {
+        return None;
+    };
+    if !tail.contains("exceeds specified max pixel count") {
+        return None;
+    }
+    let seen = tail
+        .split("Picture size ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map_or("unknown".to_string(), |size| size.replace('x', "×"));
+    Some(JobFailure::Limit {
+        pipeline: pipeline.into(),
+        what: "frame",
+        key: "max_pixels",
+        seen,
+        limit: limits.max_pixels.to_string(),
+    })
+}
+
+/// Holds a probed source to its pipeline's limits: streams, pixels per frame, duration.
+pub fn within_limits(
+    pipeline: &str,
+    limits: &SourceLimits,
+    source: &probe::Probe,
+) -> Result<(), JobFailure> {
+    let over = |what, key, seen: String, limit: String| JobFailure::Limit {
+        pipeline: pipeline.into(),
+        what,
+        key,
+        seen,
+        limit,
+    };
+    let streams = source.streams.len();
+    if streams > limits.max_streams as usize {
+        let max = limits.max_streams.to_string();
+        return Err(over("streams", "max_streams", streams.to_string(), max));
+    }
+    for v in source.streams.iter().filter(|s| s.kind == "video") {
+        let (w, h) = (v.width.unwrap_or(0), v.height.unwrap_or(0));
+        if u64::from(w) * u64::from(h) > limits.max_pixels {
+            let seen = format!("{w}×{h}");
+            let max = limits.max_pixels.to_string();
+            return Err(over("frame", "max_pixels", seen, max));
+        }
+    }
+    if let (Some(secs), Some(max)) = (source.duration, limits.max_duration_secs) {
+        if secs > max {
+            let seen = format!("{secs:.0} s");
+            return Err(over("duration", "max_duration_secs", seen, max.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Downloads the pipeline's assets, and names every local path a step may use.
@@ -158,40 +290,135 @@ async fn fetch_assets<'p>(
     Ok(vars)
 }
 
-/// Uploads the checked outputs under the job's output prefix.
-async fn upload(
+/// Uploads the checked outputs under the job's output prefix, then the manifest that
+/// names them all: the manifest is the last object written, so a reader that sees it
+/// sees every output, and an attempt cut short leaves none (the next overwrites).
+async fn publish(
     ctx: &Context<'_>,
-    job: &JobMessage,
+    attempt: &Attempt<'_>,
+    source: &probe::Probe,
     files: Vec<OutputFile>,
-) -> Result<Vec<OutputObject>, JobFailure> {
+    scratch: &Scratch,
+) -> Result<Produced, JobFailure> {
+    let job = &attempt.job;
     let dest = S3Url::parse(&job.output).map_err(|reason| JobFailure::Pipeline {
         pipeline: job.pipeline.clone(),
         reason,
     })?;
     let mut outputs = Vec::with_capacity(files.len());
-    for (rel, path, content_type) in files {
-        let key = output_key(&dest.key, &job.job_id, &rel);
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        ctx.store
-            .upload(&dest.bucket, &key, &path, content_type.as_deref())
-            .await?;
+    let mut entries = Vec::with_capacity(files.len());
+    for file in files {
+        let key = output_key(&dest.key, &job.job_id, &file.rel);
+        let (size, sha256) = digest(&file.path).map_err(|source| JobFailure::Scratch {
+            path: file.path.display().to_string(),
+            source,
+        })?;
+        upload_patiently(
+            ctx,
+            &dest.bucket,
+            &key,
+            &file.path,
+            file.content_type.as_deref(),
+        )
+        .await?;
+        entries.push(serde_json::json!({
+            "key": key, "size": size, "sha256": sha256,
+            "content_type": file.content_type, "probe": file.probe,
+        }));
         outputs.push(OutputObject {
             bucket: dest.bucket.clone(),
             key,
             size,
         });
     }
-    Ok(outputs)
+    let manifest = serde_json::json!({
+        "v": crate::job::VERSION,
+        "job_id": job.job_id,
+        "pipeline": job.pipeline,
+        "source": job.source,
+        "source_probe": source,
+        "attempt": attempt.id.attempt,
+        "cell_id": attempt.id.cell_id,
+        "outputs": entries,
+    });
+    let path = scratch.0.join("work/_manifest.json");
+    let body = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
+    std::fs::write(&path, &body).map_err(|source| JobFailure::Scratch {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let key = output_key(&dest.key, &job.job_id, MANIFEST);
+    upload_patiently(ctx, &dest.bucket, &key, &path, Some("application/json")).await?;
+    let manifest = OutputObject {
+        bucket: dest.bucket,
+        key,
+        size: body.len() as u64,
+    };
+    Ok(Produced { outputs, manifest })
 }
 
+/// The manifest's name under a job's output prefix.
+pub const MANIFEST: &str = "_manifest.json";
+
+/// Tries an upload whose SDK retries all failed again, with backoff, before the attempt
+/// gives up the outputs it made: an S3 hiccup must not cost an encode.
+const UPLOAD_TRIES: u32 = 6;
+
+async fn upload_patiently(
+    ctx: &Context<'_>,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    content_type: Option<&str>,
+) -> Result<(), JobFailure> {
+    let mut wait = std::time::Duration::from_secs(1);
+    for tries in 1.. {
+        match ctx.store.upload(bucket, key, path, content_type).await {
+            Ok(()) => return Ok(()),
+            Err(e @ StoreError::Failed { .. }) if tries < UPLOAD_TRIES => {
+                tracing::warn!(error = %e, tries, wait_secs = wait.as_secs(), "upload failed; trying again from the same output");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the loop returns on its last try")
+}
+
+/// Size and SHA-256 (hex) of a local file, read in blocks.
+fn digest(path: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hash.finalize())))
+}
+
+/// A step timeout set by hand: the pipeline's, else the cell's.
+fn explicit_timeout(config: &Config, pipeline: &Pipeline) -> Option<u64> {
+    pipeline.step_timeout_secs.or(config.cell.step_timeout_secs)
+}
+
+/// The limits of the probe and the steps; a derived step timeout replaces this one's
+/// once the source is probed.
 fn limits(config: &Config, pipeline: &Pipeline) -> Limits {
-    let secs = pipeline
-        .step_timeout_secs
-        .unwrap_or(config.cell.step_timeout_secs);
+    let secs = explicit_timeout(config, pipeline).unwrap_or(config.cell.min_step_timeout_secs);
     Limits {
         timeout: std::time::Duration::from_secs(secs),
         memory_bytes: config.cell.ffmpeg_memory_mib * 1024 * 1024,
         demuxers: config.cell.demuxers.clone(),
+        max_pixels: Some(pipeline.limits.max_pixels),
     }
 }
 
@@ -209,7 +436,15 @@ pub fn output_key(prefix: &str, job_id: &str, rel: &str) -> String {
     }
 }
 
-type OutputFile = (String, PathBuf, Option<String>);
+/// A checked output, ready to upload.
+struct OutputFile {
+    /// Relative to the job's output directory.
+    rel: String,
+    path: PathBuf,
+    content_type: Option<String>,
+    /// What ffprobe found, when the output was probed.
+    probe: Option<probe::Probe>,
+}
 
 /// Finds every declared output and checks it; a missing or wrong output fails the job.
 async fn check_outputs(
@@ -237,6 +472,7 @@ async fn check_outputs(
                     reason: "empty file".into(),
                 });
             }
+            let mut found = None;
             if needs_probe(spec) {
                 let p =
                     probe::probe(&path, limits, cancel)
@@ -249,19 +485,21 @@ async fn check_outputs(
                     path: rel.clone(),
                     reason,
                 })?;
+                found = Some(p);
             }
-            files.push((rel, path, spec.content_type.clone()));
+            files.push(OutputFile {
+                rel,
+                path,
+                content_type: spec.content_type.clone(),
+                probe: found,
+            });
         }
     }
     Ok(files)
 }
 
 fn needs_probe(spec: &OutputSpec) -> bool {
-    spec.video_codec.is_some()
-        || spec.audio_codec.is_some()
-        || spec.width.is_some()
-        || spec.height.is_some()
-        || spec.duration.is_some()
+    spec.expect() != probe::Expect::default()
 }
 
 /// The files under `dir` that `pattern` names; `*` matches within the file name only.

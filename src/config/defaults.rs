@@ -13,8 +13,9 @@ pub(super) const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// How long SIGTERM waits for running jobs before handing them back. Below systemd's
 /// default stop timeout and the two-minute spot notice.
 pub(super) const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 90;
-/// An FFmpeg step that runs longer than this is killed (one hour of encoding per step).
-pub(super) const DEFAULT_STEP_TIMEOUT_SECS: u64 = 3600;
+/// What the unacknowledged-delivery bound assumes of a step whose timeout is derived
+/// from its source (one hour of encoding per step).
+pub const DEFAULT_STEP_TIMEOUT_SECS: u64 = 3600;
 /// Address-space cap per FFmpeg process: generous for 1080p x264, fatal for a decoder
 /// bomb.
 pub(super) const DEFAULT_FFMPEG_MEMORY_MIB: u64 = 4096;
@@ -75,14 +76,30 @@ pub(super) fn default_lease() -> u64 {
 pub(super) fn default_heartbeat() -> u64 {
     DEFAULT_HEARTBEAT_SECS
 }
+/// Six hours: an S3 or database outage of a working day's morning, not a week's.
+pub(super) fn default_fault_budget() -> u64 {
+    6 * 3600
+}
 pub(super) fn default_max_attempts() -> u32 {
     DEFAULT_MAX_ATTEMPTS
 }
 pub(super) fn default_grace() -> u64 {
     DEFAULT_SHUTDOWN_GRACE_SECS
 }
-pub(super) fn default_step_timeout() -> u64 {
-    DEFAULT_STEP_TIMEOUT_SECS
+/// Two minutes: a process start and a short source's encode on a busy cell.
+pub(super) fn default_min_step_timeout() -> u64 {
+    120
+}
+/// 8K UHD: larger frames are bombs, or not video this farm is for.
+pub(super) fn default_max_pixels() -> u64 {
+    7680 * 4320
+}
+pub(super) fn default_max_streams() -> u32 {
+    crate::ffmpeg::MAX_INPUT_STREAMS
+}
+/// The source, an output ladder about its size, and intermediates.
+pub(super) fn default_scratch_factor() -> f64 {
+    3.0
 }
 pub(super) fn default_memory() -> u64 {
     DEFAULT_FFMPEG_MEMORY_MIB

@@ -24,7 +24,7 @@ use crate::ffmpeg::probe;
 use crate::s3url::S3Url;
 use defaults::*;
 
-pub use defaults::DEFAULT_DEMUXERS;
+pub use defaults::{DEFAULT_DEMUXERS, DEFAULT_STEP_TIMEOUT_SECS};
 pub use read::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +41,10 @@ pub struct Config {
     #[serde(default)]
     pub cloud: CloudConfig,
     pub pools: BTreeMap<String, Pool>,
+    /// Argument fragments every pipeline may use as `{name}`; a pipeline's own `vars`
+    /// of the same name win.
+    #[serde(default)]
+    pub vars: BTreeMap<String, Var>,
     pub pipelines: BTreeMap<String, Pipeline>,
     /// How the trigger (Lambda, `watch`) turns a new object into jobs; the first route
     /// that matches wins.
@@ -143,10 +147,19 @@ pub struct CellConfig {
     pub heartbeat_secs: u64,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Seconds a job may keep failing for the farm's own faults (S3, the broker, the
+    /// ledger, no room on a cell) before it is given up; such failures spend no attempt.
+    #[serde(default = "default_fault_budget")]
+    pub fault_budget_secs: u64,
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
-    #[serde(default = "default_step_timeout")]
-    pub step_timeout_secs: u64,
+    /// Per-step timeout for every pipeline that sets none. Unset, each job's timeout is
+    /// derived from its probed duration (see [`Pipeline::derived_timeout_secs`]).
+    pub step_timeout_secs: Option<u64>,
+    /// The shortest derived step timeout: room for a process start and a short
+    /// source's encode whatever the estimate says.
+    #[serde(default = "default_min_step_timeout")]
+    pub min_step_timeout_secs: u64,
     #[serde(default = "default_memory")]
     pub ffmpeg_memory_mib: u64,
     /// Demuxers a source may be opened with (FFmpeg `format_whitelist`).
@@ -167,8 +180,10 @@ impl Default for CellConfig {
             lease_secs: DEFAULT_LEASE_SECS,
             heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            fault_budget_secs: default_fault_budget(),
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
-            step_timeout_secs: DEFAULT_STEP_TIMEOUT_SECS,
+            step_timeout_secs: None,
+            min_step_timeout_secs: default_min_step_timeout(),
             ffmpeg_memory_mib: DEFAULT_FFMPEG_MEMORY_MIB,
             demuxers: default_demuxers(),
             config_check_secs: default_config_check(),
@@ -333,6 +348,13 @@ pub struct Pipeline {
     /// Extra inputs by name (`intro = "s3://bucket/intro.mp4"`), usable as `{intro}`.
     #[serde(default)]
     pub assets: BTreeMap<String, S3Url>,
+    /// Named argument fragments, usable as `{name}` in steps: a text, or a choice on
+    /// the probed source (`{ when = "audio", then = "…", else = "…" }`).
+    #[serde(default)]
+    pub vars: BTreeMap<String, Var>,
+    /// What a source must stay within; checked before any encoding.
+    #[serde(default)]
+    pub limits: SourceLimits,
     pub steps: Vec<Step>,
     pub outputs: Vec<OutputSpec>,
 }
@@ -341,6 +363,127 @@ impl Pipeline {
     /// Each step's FFmpeg arguments, placeholders unexpanded (see [`crate::ffmpeg::commands`]).
     pub fn step_args(&self) -> impl Iterator<Item = &[String]> {
         self.steps.iter().map(|s| s.args.as_slice())
+    }
+
+    /// Every placeholder's value for a job on a source probed as `source`: `base` (the
+    /// paths, threads and assets), the source's durations, then each var (the farm's
+    /// `shared` ones, then the pipeline's own), chosen on the probe and expanded with
+    /// the rest.
+    pub fn step_vars<'a>(
+        &'a self,
+        shared: &'a BTreeMap<String, Var>,
+        source: &probe::Probe,
+        mut base: BTreeMap<&'a str, String>,
+    ) -> Result<BTreeMap<&'a str, String>, String> {
+        let secs = |s: Option<f64>| format!("{:.3}", s.unwrap_or(0.0));
+        base.insert("duration", secs(source.duration));
+        base.insert("video_duration", secs(source.video_duration()));
+        let mut vars = base.clone();
+        for (name, var) in shared.iter().chain(&self.vars) {
+            let text = var.pick(source)?;
+            vars.insert(name, crate::ffmpeg::template::expand(text, &base)?);
+        }
+        Ok(vars)
+    }
+
+    /// The step timeout of a job whose source lasts `source_secs`, when none is set:
+    /// the job's own estimate (duration × cost factor) times [`TIMEOUT_MARGIN`], and at
+    /// least `floor_secs` (`cell.min_step_timeout_secs`). A step that runs past it is
+    /// far off its estimate: the job fails once, as permanent, instead of every attempt
+    /// timing out.
+    pub fn derived_timeout_secs(&self, source_secs: f64, floor_secs: u64) -> u64 {
+        let estimate = source_secs.max(0.0) * self.cost_factor * TIMEOUT_MARGIN;
+        (estimate.ceil() as u64).max(floor_secs)
+    }
+}
+
+/// How far past its estimate a step may run before it fails, when no timeout is set.
+pub const TIMEOUT_MARGIN: f64 = 4.0;
+
+/// A named fragment of step arguments.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Var {
+    Text(String),
+    /// `then` when the source has the fact `when` (`!fact`: has it not), else `else`.
+    Choice {
+        when: String,
+        then: String,
+        #[serde(rename = "else", default)]
+        otherwise: String,
+    },
+}
+
+impl Var {
+    /// The condition's fact and whether it must hold, from `"fact"` or `"!fact"`.
+    pub fn condition(when: &str) -> (&str, bool) {
+        match when.trim().strip_prefix('!') {
+            Some(fact) => (fact.trim(), false),
+            None => (when.trim(), true),
+        }
+    }
+
+    /// The template this var stands for, given the source's probe. `Err` names an
+    /// unknown fact (validation refuses it first).
+    pub fn pick(&self, source: &probe::Probe) -> Result<&str, String> {
+        match self {
+            Var::Text(text) => Ok(text),
+            Var::Choice {
+                when,
+                then,
+                otherwise,
+            } => {
+                let (fact, want) = Var::condition(when);
+                let has = source
+                    .has(fact)
+                    .ok_or_else(|| format!("unknown fact {fact:?} in when = {when:?}"))?;
+                Ok(if has == want { then } else { otherwise })
+            }
+        }
+    }
+
+    /// Every template text it may stand for.
+    pub fn texts(&self) -> Vec<&str> {
+        match self {
+            Var::Text(text) => vec![text],
+            Var::Choice {
+                then, otherwise, ..
+            } => vec![then, otherwise],
+        }
+    }
+}
+
+/// A pipeline's `limits` table: a source beyond one fails at probe, once, naming it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceLimits {
+    /// Longest source, in seconds.
+    pub max_duration_secs: Option<f64>,
+    /// Most pixels in one frame (width × height); also FFmpeg's `-max_pixels`, so a
+    /// crafted header cannot make the decoder allocate beyond it.
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+    /// Most streams in the source.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    /// Largest source object, in MiB.
+    pub max_source_mib: Option<u64>,
+    /// Scratch space a job needs, as a multiple of its source's size (the source, the
+    /// outputs and intermediates). A job that does not fit on a cell's free scratch
+    /// space is handed to another cell, not failed.
+    #[serde(default = "default_scratch_factor")]
+    pub scratch_factor: f64,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        SourceLimits {
+            max_duration_secs: None,
+            max_pixels: default_max_pixels(),
+            max_streams: default_max_streams(),
+            max_source_mib: None,
+            scratch_factor: default_scratch_factor(),
+        }
     }
 }
 
@@ -359,10 +502,20 @@ pub struct OutputSpec {
     pub content_type: Option<String>,
     /// Expected video codec (`h264`, `mjpeg`, …), checked with ffprobe.
     pub video_codec: Option<String>,
+    /// The codec of the output's audio, when it has audio.
     pub audio_codec: Option<String>,
+    /// When the output has audio: `"source"` (exactly when the source has; the default
+    /// when an `audio_codec` is expected), `"always"` (the pipeline makes it) or
+    /// `"none"`.
+    pub audio: Option<probe::Audio>,
     pub width: Option<u32>,
     pub height: Option<u32>,
-    /// Expected duration: `"source"` (the probed input) or seconds.
+    /// The smaller of width and height, for outputs that keep a portrait source
+    /// upright (`720` is 1280×720 or 720×1280).
+    pub short_side: Option<u32>,
+    /// Expected pixel format (`yuv420p` for 8-bit players, whatever the source).
+    pub pixel_format: Option<String>,
+    /// Expected duration: `"source"` (each stream as long as the source's) or seconds.
     pub duration: Option<ExpectedDuration>,
 }
 
@@ -372,8 +525,11 @@ impl OutputSpec {
         probe::Expect {
             video_codec: self.video_codec.clone(),
             audio_codec: self.audio_codec.clone(),
+            audio: self.audio,
             width: self.width,
             height: self.height,
+            short_side: self.short_side,
+            pixel_format: self.pixel_format.clone(),
             duration: self.duration.as_ref().map(|d| match d {
                 ExpectedDuration::Seconds(s) => probe::Length::Seconds(*s),
                 ExpectedDuration::Named(_) => probe::Length::OfSource,
@@ -449,7 +605,8 @@ impl Config {
     }
 
     /// The longest a delivery of `pools` can stay unacknowledged in a cell with `slots`
-    /// slots, in seconds, from the step timeouts: a job lasts at most T = step timeout ×
+    /// slots, in seconds, from the step timeouts (a derived timeout counts as
+    /// [`DEFAULT_STEP_TIMEOUT_SECS`]): a job lasts at most T = step timeout ×
     /// (steps + the source probe + one probe per output), and a prefetched delivery
     /// waits for a slot before it runs, so the bound is max(2, slots) × pools × T.
     pub fn unacked_bound_secs(&self, pools: &[String], slots: usize) -> u64 {
@@ -458,7 +615,10 @@ impl Config {
             .values()
             .filter(|p| pools.contains(&p.pool))
             .map(|p| {
-                let timeout = p.step_timeout_secs.unwrap_or(self.cell.step_timeout_secs);
+                let timeout = p
+                    .step_timeout_secs
+                    .or(self.cell.step_timeout_secs)
+                    .unwrap_or(DEFAULT_STEP_TIMEOUT_SECS);
                 timeout * (p.steps.len() + 1 + p.outputs.len()) as u64
             })
             .max()

@@ -184,3 +184,64 @@ fn url_fields_are_parsed_once() {
     );
     assert_eq!(p.assets["intro"].to_string(), "s3://a/i.mp4");
 }
+
+#[test]
+fn vars_choose_on_the_probe_and_bad_ones_are_named() {
+    let text = format!(
+        "{GOOD}\n[vars]\nsdr = {{ when = \"hdr\", then = \"tonemap,\", else = \"\" }}\n\
+         [pipelines.thumbs.vars]\nsound = {{ when = \"!audio\", then = \"anullsrc,atrim=end={{video_duration}}\" }}\n"
+    )
+    .replace("\"1\", \"{out}", "\"1\", \"-vf\", \"{sdr}scale\", \"-af\", \"{sound}\", \"{out}");
+    let c = Config::parse(&text, "vars.toml").unwrap();
+    let p = &c.pipelines["thumbs"];
+    let silent = probe::Probe {
+        format: "mov".into(),
+        duration: Some(2.5),
+        streams: vec![probe::Stream {
+            kind: "video".into(),
+            duration: Some(2.0),
+            ..probe::Stream::default()
+        }],
+    };
+    let vars = p.step_vars(&c.vars, &silent, BTreeMap::new()).unwrap();
+    assert_eq!(vars["sdr"], "");
+    assert_eq!(vars["sound"], "anullsrc,atrim=end=2.000");
+    assert_eq!(vars["duration"], "2.500");
+
+    let bad = text.replace("when = \"hdr\"", "when = \"loud\"").replace(
+        "[pipelines.thumbs.vars]",
+        "[pipelines.thumbs.vars]\ninput = \"x\"",
+    );
+    let msg = Config::parse(&bad, "bad.toml").unwrap_err().to_string();
+    assert!(
+        msg.contains("vars.sdr.when: unknown fact \"loud\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("pipelines.thumbs.vars.input: shadows"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn limits_and_timeouts_are_checked_and_derived() {
+    let text = GOOD.replace(
+        "pool = \"default\"",
+        "pool = \"default\"\ncost_factor = 0.5\nlimits = { max_pixels = 0, scratch_factor = 0.5 }",
+    );
+    let msg = Config::parse(&text, "bad.toml").unwrap_err().to_string();
+    assert!(msg.contains("pipelines.thumbs.limits.max_pixels"), "{msg}");
+    assert!(
+        msg.contains("pipelines.thumbs.limits.scratch_factor"),
+        "{msg}"
+    );
+    let c = Config::parse(GOOD, "good.toml").unwrap();
+    let p = &c.pipelines["thumbs"];
+    assert_eq!(p.derived_timeout_secs(10.0, 120), 120, "the floor");
+    assert_eq!(
+        p.derived_timeout_secs(3600.0, 120),
+        14_400,
+        "4× the estimate"
+    );
+    assert_eq!(c.cell.step_timeout_secs, None, "derived unless set");
+}

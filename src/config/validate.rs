@@ -2,8 +2,10 @@
 //! One function per section; each reports through `bad(key, why)` and goes on, so that
 //! every problem is reported at once.
 
-use super::{CloudKind, Config, ExpectedDuration, OutputSpec, Pipeline};
-use crate::ffmpeg::template;
+use std::collections::BTreeMap;
+
+use super::{CloudKind, Config, ExpectedDuration, OutputSpec, Pipeline, SourceLimits, Var};
+use crate::ffmpeg::{probe, template};
 
 /// Allocation strategies CreateFleet accepts.
 const STRATEGIES: &[&str] = &[
@@ -61,7 +63,10 @@ impl Config {
         if c.max_attempts == 0 {
             bad("cell.max_attempts".into(), "must be above 0");
         }
-        if c.step_timeout_secs == 0 {
+        if c.min_step_timeout_secs == 0 {
+            bad("cell.min_step_timeout_secs".into(), "must be above 0");
+        }
+        if c.step_timeout_secs == Some(0) {
             bad("cell.step_timeout_secs".into(), "must be above 0");
         }
         if c.demuxers.is_empty() {
@@ -198,14 +203,21 @@ impl Config {
                     &format!("no pool named {:?}", p.pool),
                 );
             }
-            check_pipeline(p, &format!("pipelines.{name}"), bad);
+            check_pipeline(p, &self.vars, &format!("pipelines.{name}"), bad);
         }
+        // Shared vars may use builtins only: each pipeline has its own assets.
+        check_vars(&self.vars, "vars", &[], bad);
     }
 }
 
 /// What a pipeline must hold by itself (its `output` and `assets` are typed: serde has
 /// checked them).
-fn check_pipeline(p: &Pipeline, prefix: &str, bad: &mut impl FnMut(String, &str)) {
+fn check_pipeline(
+    p: &Pipeline,
+    shared: &BTreeMap<String, Var>,
+    prefix: &str,
+    bad: &mut impl FnMut(String, &str),
+) {
     let key = |k: &str| format!("{prefix}.{k}");
     if p.cost_factor.is_nan() || p.cost_factor <= 0.0 {
         bad(key("cost_factor"), "must be above 0");
@@ -213,7 +225,15 @@ fn check_pipeline(p: &Pipeline, prefix: &str, bad: &mut impl FnMut(String, &str)
     if p.steps.is_empty() {
         bad(key("steps"), "at least one step is needed");
     }
-    let names: Vec<&str> = p.assets.keys().map(String::as_str).collect();
+    let assets: Vec<&str> = p.assets.keys().map(String::as_str).collect();
+    check_vars(&p.vars, &format!("{prefix}.vars"), &assets, bad);
+    check_limits(&p.limits, &key("limits"), bad);
+    let names: Vec<&str> = assets
+        .iter()
+        .copied()
+        .chain(p.vars.keys().map(String::as_str))
+        .chain(shared.keys().map(String::as_str))
+        .collect();
     for (i, args) in p.step_args().enumerate() {
         if args.is_empty() {
             bad(key(&format!("steps[{i}].args")), "empty");
@@ -229,6 +249,64 @@ fn check_pipeline(p: &Pipeline, prefix: &str, bad: &mut impl FnMut(String, &str)
     }
     for (i, o) in p.outputs.iter().enumerate() {
         check_output(o, &key(&format!("outputs[{i}]")), bad);
+    }
+}
+
+/// Vars: names that shadow nothing, known facts, templates of builtins and assets only.
+fn check_vars(
+    vars: &BTreeMap<String, Var>,
+    prefix: &str,
+    assets: &[&str],
+    bad: &mut impl FnMut(String, &str),
+) {
+    for (name, var) in vars {
+        let key = format!("{prefix}.{name}");
+        if template::BUILTIN.contains(&name.as_str()) || assets.contains(&name.as_str()) {
+            bad(key.clone(), "shadows a builtin placeholder or an asset");
+        }
+        if let Var::Choice { when, .. } = var {
+            let (fact, _) = Var::condition(when);
+            if !probe::FACTS.contains(&fact) {
+                let known = probe::FACTS.join(", ");
+                bad(
+                    format!("{key}.when"),
+                    &format!("unknown fact {fact:?} (known: {known}, each may follow a !)"),
+                );
+            }
+        }
+        for text in var.texts() {
+            if let Err(e) = template::check(text, assets) {
+                bad(
+                    key.clone(),
+                    &format!("{e} (a var may use builtins and assets)"),
+                );
+            }
+        }
+    }
+}
+
+fn check_limits(l: &SourceLimits, key: &str, bad: &mut impl FnMut(String, &str)) {
+    if l.max_duration_secs.is_some_and(|d| d.is_nan() || d <= 0.0) {
+        bad(format!("{key}.max_duration_secs"), "must be above 0");
+    }
+    if l.max_pixels == 0 {
+        bad(format!("{key}.max_pixels"), "must be above 0");
+    }
+    if l.max_streams == 0 || l.max_streams > crate::ffmpeg::MAX_INPUT_STREAMS {
+        let most = crate::ffmpeg::MAX_INPUT_STREAMS;
+        bad(
+            format!("{key}.max_streams"),
+            &format!("must be 1 to {most} (the demuxer's own bound)"),
+        );
+    }
+    if l.max_source_mib == Some(0) {
+        bad(format!("{key}.max_source_mib"), "must be above 0");
+    }
+    if l.scratch_factor.is_nan() || l.scratch_factor < 1.0 {
+        bad(
+            format!("{key}.scratch_factor"),
+            "must be at least 1 (the source itself)",
+        );
     }
 }
 

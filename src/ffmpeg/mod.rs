@@ -31,6 +31,8 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Demuxers inputs may be opened with (`format_whitelist`).
     pub demuxers: Vec<String>,
+    /// Most pixels a decoder may allocate for one frame (`-max_pixels`).
+    pub max_pixels: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,25 +68,29 @@ pub enum FfmpegError {
 
 /// Streams an input may declare. Real media has a handful; a crafted file declaring
 /// thousands makes the demuxer allocate for each.
-const MAX_INPUT_STREAMS: u32 = 32;
+pub const MAX_INPUT_STREAMS: u32 = 32;
 
 /// The options put in front of every `-i`: only local files, only allowed demuxers, a
-/// bounded number of streams.
-pub fn input_guard(demuxers: &[String]) -> Vec<String> {
-    vec![
+/// bounded number of streams and of pixels per frame.
+pub fn input_guard(limits: &Limits) -> Vec<String> {
+    let mut guard: Vec<String> = vec![
         "-protocol_whitelist".into(),
         "file".into(),
         "-format_whitelist".into(),
-        demuxers.join(","),
+        limits.demuxers.join(","),
         "-max_streams".into(),
         MAX_INPUT_STREAMS.to_string(),
-    ]
+    ];
+    if let Some(pixels) = limits.max_pixels {
+        guard.extend(["-max_pixels".into(), pixels.to_string()]);
+    }
+    guard
 }
 
 /// Builds the full FFmpeg argument list from a step's expanded arguments: global flags
 /// first, then the arguments with the input guard before every `-i`.
-pub fn ffmpeg_args(step: &[String], demuxers: &[String]) -> Vec<String> {
-    let guard = input_guard(demuxers);
+pub fn ffmpeg_args(step: &[String], limits: &Limits) -> Vec<String> {
+    let guard = input_guard(limits);
     let mut args: Vec<String> = [
         "-hide_banner",
         "-nostdin",
@@ -110,7 +116,7 @@ pub fn ffmpeg_args(step: &[String], demuxers: &[String]) -> Vec<String> {
 pub fn commands<'a>(
     steps: impl IntoIterator<Item = &'a [String]>,
     vars: &std::collections::BTreeMap<&str, String>,
-    demuxers: &[String],
+    limits: &Limits,
 ) -> Result<Vec<Vec<String>>, String> {
     steps
         .into_iter()
@@ -119,7 +125,7 @@ pub fn commands<'a>(
                 .iter()
                 .map(|a| template::expand(a, vars))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(ffmpeg_args(&expanded, demuxers))
+            Ok(ffmpeg_args(&expanded, limits))
         })
         .collect()
 }
@@ -272,7 +278,13 @@ mod tests {
             .into_iter()
             .map(String::from)
             .collect();
-        let args = ffmpeg_args(&step, &["mov".to_string(), "matroska".to_string()]);
+        let limits = Limits {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 1 << 30,
+            demuxers: vec!["mov".to_string(), "matroska".to_string()],
+            max_pixels: Some(33_177_600),
+        };
+        let args = ffmpeg_args(&step, &limits);
         let guards: Vec<usize> = args
             .iter()
             .enumerate()
@@ -285,7 +297,9 @@ mod tests {
             assert_eq!(args[i + 2], "-format_whitelist");
             assert_eq!(args[i + 3], "mov,matroska");
             assert_eq!(args[i + 4], "-max_streams");
-            assert_eq!(args[i + 6], "-i");
+            assert_eq!(args[i + 6], "-max_pixels");
+            assert_eq!(args[i + 7], "33177600");
+            assert_eq!(args[i + 8], "-i");
         }
         assert_eq!(args.last().map(String::as_str), Some("/j/out/x.mp4"));
         assert!(args.contains(&"-nostdin".to_string()));

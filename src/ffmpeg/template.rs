@@ -3,17 +3,27 @@
 //!
 //! Placeholders: `{input}` (the job's local copy of the source), `{out}` (the directory
 //! whose files become outputs), `{work}` (scratch for intermediates), `{threads}` (FFmpeg
-//! threads for this job) and one per pipeline asset (`{intro}`, `{outro}`, …).
+//! threads for this job), `{duration}` and `{video_duration}` (the probed source's
+//! seconds: the file's, its video stream's), one per pipeline asset (`{intro}`,
+//! `{outro}`, …) and one per pipeline var (see [`crate::config::Var`]).
 
 use std::collections::BTreeMap;
 
 /// Placeholders every pipeline has.
-pub const BUILTIN: &[&str] = &["input", "out", "work", "threads"];
+pub const BUILTIN: &[&str] = &[
+    "input",
+    "out",
+    "work",
+    "threads",
+    "duration",
+    "video_duration",
+];
 
-/// Checks one template argument against the builtins and the pipeline's `assets`.
-pub fn check(arg: &str, assets: &[&str]) -> Result<(), String> {
+/// Checks one template argument against the builtins and `names` (the pipeline's
+/// assets and vars).
+pub fn check(arg: &str, names: &[&str]) -> Result<(), String> {
     for name in placeholders(arg)? {
-        if !BUILTIN.contains(&name) && !assets.contains(&name) {
+        if !BUILTIN.contains(&name) && !names.contains(&name) {
             return Err(format!("unknown placeholder {{{name}}} in {arg:?}"));
         }
     }

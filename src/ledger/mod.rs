@@ -371,7 +371,8 @@ impl Ledger {
     }
 
     /// Hands the job back without spending an attempt; the attempt ends as `outcome`
-    /// (`handed_back` on a stop, `interrupted` on a spot notice).
+    /// (`handed_back` on a stop, `interrupted` on a spot notice, `fault` when the farm's
+    /// own systems failed).
     pub async fn hand_back(
         &self,
         a: &AttemptId,
@@ -395,6 +396,25 @@ impl Ledger {
         }
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// How long the job has been failing for the farm's faults: seconds since the first
+    /// attempt that ended in `fault` began (this attempt's start when none did), and how
+    /// many did.
+    pub async fn fault_history(&self, a: &AttemptId) -> Result<(f64, i64), LedgerError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(started_at))::float8, 0) AS secs,
+                    count(*) FILTER (WHERE outcome = 'fault') AS faults
+             FROM job_attempts
+             WHERE job_id = $1
+               AND (outcome = 'fault' OR (attempt = $2 AND cell_id = $3 AND finished_at IS NULL))",
+        )
+        .bind(&a.job_id)
+        .bind(a.attempt)
+        .bind(&a.cell_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.get("secs"), row.get("faults")))
     }
 
     /// Ends a failed attempt in `state` (`queued` to retry, `failed`, `dead`).

@@ -100,6 +100,9 @@ words! {
         HandedBack = "handed_back",
         /// Given back after a spot notice, without spending an attempt.
         Interrupted = "interrupted",
+        /// Given back, without spending an attempt, because the farm's own systems
+        /// failed (S3, the broker, the ledger) or the job did not fit on the cell.
+        Fault = "fault",
         /// Its cell died or was cut off and the lease ran out.
         Lost = "lost",
     }

@@ -505,15 +505,26 @@ impl Farm {
         got
     }
 
-    /// Keys under this farm's outputs for `pipeline`.
+    /// Keys of the outputs under this farm's outputs for `pipeline`: every object but
+    /// the jobs' manifests (see [`Farm::manifest_keys`]).
     pub async fn output_keys(&self, pipeline: &str) -> Vec<String> {
+        self.pipeline_objects(pipeline).await.1
+    }
+
+    /// Keys of the jobs' `_manifest.json` under this farm's outputs for `pipeline`.
+    pub async fn manifest_keys(&self, pipeline: &str) -> Vec<String> {
+        self.pipeline_objects(pipeline).await.0
+    }
+
+    /// Every key under this farm's outputs for `pipeline`: (manifests, the rest).
+    async fn pipeline_objects(&self, pipeline: &str) -> (Vec<String>, Vec<String>) {
         self.store
             .list(&self.bucket, &format!("outputs/{pipeline}/"))
             .await
             .expect("list outputs")
             .into_iter()
             .map(|o| o.key)
-            .collect()
+            .partition(|k| k.ends_with("/_manifest.json"))
     }
 
     /// Downloads an object to the farm's temp dir.
