@@ -85,7 +85,9 @@ impl Local<'_> {
     /// `If-Match` are caught here).
     fn check_etag(&self, want: &str, got: Option<&str>) -> Result<(), StoreError> {
         match got {
-            Some(got) if unquote_etag(want) != unquote_etag(got) => Err(self.changed(want)),
+            Some(got) if !want.is_empty() && unquote_etag(want) != unquote_etag(got) => {
+                Err(self.changed(want))
+            }
             _ => Ok(()),
         }
     }
@@ -273,7 +275,8 @@ impl S3Store {
             .bucket(local.bucket)
             .key(local.key)
             .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .if_match(quoted(etag))
+            // A server that gave the HEAD no ETag cannot be asked to match one.
+            .set_if_match((!etag.is_empty()).then(|| quoted(etag)))
             .send()
             .await
             .map_err(|e| match failed("GET", local.bucket, local.key, e) {
