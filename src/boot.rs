@@ -77,6 +77,7 @@ impl ConfigSource {
                 path_style: s3_endpoint.is_some(),
                 endpoint: s3_endpoint.map(str::to_string),
                 region: None,
+                ..S3::default()
             };
             Some((url, S3Store::new(sdk, &s3)))
         } else {

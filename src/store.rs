@@ -1,8 +1,12 @@
 //! Objects: S3 (or any S3 server: s3s-fs, MinIO) behind the small [`ObjectStore`] trait.
 //!
 //! Downloads stream to a local file and carry `If-Match`, so an object overwritten after
-//! its job was submitted fails clearly instead of mixing versions. A single PUT is atomic
-//! in S3: a reader sees the whole object or none of it.
+//! its job was submitted fails clearly instead of mixing versions. An upload is atomic
+//! in S3, one PUT or a completed multipart upload alike: a reader sees the whole object
+//! or none of it. Files larger than `s3.part_size_mib` move in parts, in parallel
+//! ([`transfer`]).
+
+mod transfer;
 
 use std::path::Path;
 
@@ -10,8 +14,6 @@ use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
-use tokio::io::AsyncWriteExt;
 
 use crate::config::S3;
 use crate::job::unquote_etag;
@@ -56,7 +58,8 @@ pub trait ObjectStore: Send + Sync {
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError>;
     /// Every object under `prefix`, in key order.
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
-    /// Streams an object to `path`; with `if_match`, fails with `Changed` on another ETag.
+    /// Streams an object to `path` (a large one as byte ranges in parallel); with
+    /// `if_match`, fails with `Changed` on another ETag. Returns its size in bytes.
     async fn download(
         &self,
         bucket: &str,
@@ -72,6 +75,7 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         range: std::ops::Range<u64>,
     ) -> Result<Vec<u8>, StoreError>;
+    /// Uploads the file at `path` as one object (a large one in parts, in parallel).
     async fn upload(
         &self,
         bucket: &str,
@@ -85,6 +89,10 @@ pub trait ObjectStore: Send + Sync {
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
+    /// Bytes: files up to it move in one request, larger ones in parts of it.
+    part_size: u64,
+    /// Parts in flight at once per file (at least 1).
+    concurrency: usize,
 }
 
 impl S3Store {
@@ -105,6 +113,8 @@ impl S3Store {
         }
         S3Store {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
+            part_size: cfg.part_size_mib.max(1) << 20,
+            concurrency: cfg.concurrency.max(1),
         }
     }
 
@@ -245,51 +255,7 @@ impl ObjectStore for S3Store {
         if_match: Option<&str>,
         path: &Path,
     ) -> Result<u64, StoreError> {
-        let mut req = self.client.get_object().bucket(bucket).key(key);
-        if let Some(etag) = if_match {
-            req = req.if_match(format!("\"{}\"", unquote_etag(etag)));
-        }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| match failed("GET", bucket, key, e) {
-                StoreError::Changed { bucket, key, .. } => StoreError::Changed {
-                    bucket,
-                    key,
-                    etag: if_match.unwrap_or_default().into(),
-                },
-                other => other,
-            })?;
-        // Some S3 servers ignore If-Match; the ETag of what came back is checked too.
-        if let (Some(want), Some(got)) = (if_match, out.e_tag()) {
-            if unquote_etag(want) != unquote_etag(got) {
-                return Err(StoreError::Changed {
-                    bucket: bucket.into(),
-                    key: key.into(),
-                    etag: want.into(),
-                });
-            }
-        }
-        let local = |source| StoreError::Local {
-            path: path.display().to_string(),
-            bucket: bucket.into(),
-            key: key.into(),
-            source,
-        };
-        let mut file = tokio::fs::File::create(path).await.map_err(local)?;
-        let mut body = out.body;
-        let mut size = 0u64;
-        while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Failed {
-            op: "GET",
-            bucket: bucket.into(),
-            key: key.into(),
-            message: e.to_string(),
-        })? {
-            size += chunk.len() as u64;
-            file.write_all(&chunk).await.map_err(local)?;
-        }
-        file.flush().await.map_err(local)?;
-        Ok(size)
+        self.download_file(bucket, key, if_match, path).await
     }
 
     async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StoreError> {
@@ -316,23 +282,6 @@ impl ObjectStore for S3Store {
         path: &Path,
         content_type: Option<&str>,
     ) -> Result<(), StoreError> {
-        let body = ByteStream::from_path(path)
-            .await
-            .map_err(|e| StoreError::Local {
-                path: path.display().to_string(),
-                bucket: bucket.into(),
-                key: key.into(),
-                source: std::io::Error::other(e),
-            })?;
-        self.client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(body)
-            .set_content_type(content_type.map(String::from))
-            .send()
-            .await
-            .map_err(|e| failed("PUT", bucket, key, e))?;
-        Ok(())
+        self.upload_file(bucket, key, path, content_type).await
     }
 }

@@ -39,6 +39,16 @@ pub const DEFAULT_DEMUXERS: &[&str] = &[
     "jpeg_pipe",
 ];
 
+/// 64 MiB parts: few requests per file (a 4 GB output is 64 parts), 640 GB within S3's
+/// 10,000 parts, and parts small enough that a retried one costs little.
+pub(super) fn default_part_size() -> u64 {
+    64
+}
+/// Eight transfers at once fill a cell's network link to S3 without crowding the other
+/// jobs' transfers.
+pub(super) fn default_s3_concurrency() -> usize {
+    8
+}
 /// RabbitMQ's default `consumer_timeout`: 30 minutes.
 pub(super) fn default_consumer_timeout() -> u64 {
     1800

@@ -120,7 +120,7 @@ pub struct Redis {
     pub url: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3 {
     /// Custom endpoint (s3s-fs, MinIO); `None` means AWS.
@@ -128,6 +128,31 @@ pub struct S3 {
     pub region: Option<String>,
     #[serde(default)]
     pub path_style: bool,
+    /// Part size of uploads and downloads, in MiB: a file up to it is uploaded with one
+    /// PUT (atomic), a larger one in parts of this size (multipart upload); an object up
+    /// to it is downloaded with one GET, a larger one as byte ranges of this size. At
+    /// least 5 (S3's smallest part but the last) and at most 5120 (its largest). S3
+    /// takes at most 10,000 parts, so 640 GB at the default of 64; a larger file is
+    /// uploaded in larger parts.
+    #[serde(default = "default_part_size")]
+    pub part_size_mib: u64,
+    /// Parts uploaded, or ranges downloaded, at once per file. Each holds a connection
+    /// and a small buffer, not a whole part.
+    #[serde(default = "default_s3_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for S3 {
+    /// AWS S3 with the default part size and concurrency.
+    fn default() -> Self {
+        S3 {
+            endpoint: None,
+            region: None,
+            path_style: false,
+            part_size_mib: default_part_size(),
+            concurrency: default_s3_concurrency(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -565,11 +590,8 @@ impl Config {
             ("postgres.url", a.postgres.url == b.postgres.url),
             ("postgres.schema", a.postgres.schema == b.postgres.schema),
             ("redis.url", a.redis.url == b.redis.url),
-            (
-                "s3",
-                (&a.s3.endpoint, &a.s3.region, a.s3.path_style)
-                    == (&b.s3.endpoint, &b.s3.region, b.s3.path_style),
-            ),
+            // The store is built once, with its part size and concurrency.
+            ("s3", a.s3 == b.s3),
             ("cell.scratch_dir", a.cell.scratch_dir == b.cell.scratch_dir),
             ("cell.lease_secs", a.cell.lease_secs == b.cell.lease_secs),
             (

@@ -63,6 +63,24 @@ fn only_what_a_running_cell_can_change_is_changed_live() {
 }
 
 #[test]
+fn s3_parts_default_to_64_mib_8_at_once_and_stay_within_s3_limits() {
+    let c = Config::parse(GOOD, "good.toml").unwrap();
+    assert_eq!((c.s3.part_size_mib, c.s3.concurrency), (64, 8));
+    let five = GOOD.replace(
+        "[pools.default]",
+        "[s3]\npart_size_mib = 5\n[pools.default]",
+    );
+    assert_eq!(Config::parse(&five, "five").unwrap().s3.part_size_mib, 5);
+    let text = GOOD.replace(
+        "[pools.default]",
+        "[s3]\npart_size_mib = 4\nconcurrency = 0\n[pools.default]",
+    );
+    let msg = Config::parse(&text, "bad.toml").unwrap_err().to_string();
+    assert!(msg.contains("s3.part_size_mib: must be 5 to 5120"), "{msg}");
+    assert!(msg.contains("s3.concurrency: must be above 0"), "{msg}");
+}
+
+#[test]
 fn the_unacked_bound_grows_with_slots_pools_and_steps() {
     let c = Config::parse(GOOD, "c").unwrap();
     let pools = vec!["default".to_string()];

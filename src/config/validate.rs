@@ -47,6 +47,20 @@ impl Config {
         if let Some(endpoint) = &self.s3.endpoint {
             check_url(endpoint, &["http", "https"], "s3.endpoint", bad);
         }
+        self.validate_s3(bad);
+    }
+
+    /// Part size within S3's limits on a part, and at least one transfer at a time.
+    fn validate_s3(&self, bad: &mut impl FnMut(String, &str)) {
+        if !(5..=5120).contains(&self.s3.part_size_mib) {
+            bad(
+                "s3.part_size_mib".into(),
+                "must be 5 to 5120 (S3's smallest part but the last is 5 MiB, its largest 5 GiB)",
+            );
+        }
+        if self.s3.concurrency == 0 {
+            bad("s3.concurrency".into(), "must be above 0");
+        }
     }
 
     fn validate_cell(&self, bad: &mut impl FnMut(String, &str)) {

@@ -141,6 +141,7 @@ impl Farm {
             endpoint: Some(env("CELLFARM_TEST_S3", "http://127.0.0.1:8014")),
             region: Some("us-east-1".into()),
             path_style: true,
+            ..S3::default()
         })
         .await;
         store
