@@ -87,7 +87,11 @@ pub async fn run(
     };
     let bucket = &url.bucket;
     let store = systems.store.as_ref();
-    let objects = probed(config, store, bucket, objects(store, url, prefix).await?).await;
+    let found = objects(store, url, prefix).await?;
+    for u in &found.unreadable {
+        eprintln!("{u}");
+    }
+    let objects = probed(config, store, bucket, found.objects).await;
     let done = submit(
         config,
         &systems.ledger,
@@ -109,7 +113,10 @@ pub async fn run(
     if !args.json {
         println!("{} object(s) under {url}", done.len());
     }
-    Ok(())
+    match shortfall(found.unreadable.len(), done.len()) {
+        Some(e) => anyhow::bail!(e),
+        None => Ok(()),
+    }
 }
 
 pub struct Request<'a> {
@@ -120,14 +127,49 @@ pub struct Request<'a> {
     pub force: bool,
 }
 
-/// The objects a submit names: one object, or every object under a prefix.
-pub async fn objects(
-    store: &dyn ObjectStore,
-    url: &S3Url,
-    prefix: bool,
-) -> anyhow::Result<Vec<ObjectMeta>> {
+/// What a submit found to enqueue.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub objects: Vec<ObjectMeta>,
+    /// Objects under the prefix that could not be read; the others are submitted all
+    /// the same.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// An object under a prefix that could not be read, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    /// `s3://bucket/key`.
+    pub source: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    /// One line naming the object and the error, for stderr.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot submit {}: {}", self.source, self.error)
+    }
+}
+
+/// The error a prefix submit ends with when `unreadable` objects could not be read and
+/// `submitted` others were; `None` when every object was read.
+pub fn shortfall(unreadable: usize, submitted: usize) -> Option<String> {
+    (unreadable > 0).then(|| {
+        format!(
+            "{unreadable} of {} objects could not be submitted",
+            unreadable + submitted
+        )
+    })
+}
+
+/// The objects a submit names: one object, or every object under a prefix. One object
+/// that cannot be read fails the submit; under a prefix, an object that cannot be read
+/// is set aside in [`Found::unreadable`] so that one bad object (or one failed request)
+/// does not keep the others from being submitted. A prefix that cannot be listed fails
+/// at once.
+pub async fn objects(store: &dyn ObjectStore, url: &S3Url, prefix: bool) -> anyhow::Result<Found> {
     if prefix {
-        let mut objects = Vec::new();
+        let mut found = Found::default();
         for o in store.list(&url.bucket, &url.key).await? {
             // "Directory" placeholder objects are not media.
             if o.key.ends_with('/') {
@@ -135,14 +177,23 @@ pub async fn objects(
             }
             // Some S3 servers (s3s-fs) list objects without their ETag.
             if o.etag.is_empty() {
-                objects.push(store.head(&url.bucket, &o.key).await?);
+                match store.head(&url.bucket, &o.key).await {
+                    Ok(meta) => found.objects.push(meta),
+                    Err(e) => found.unreadable.push(Unreadable {
+                        source: format!("s3://{}/{}", url.bucket, o.key),
+                        error: e.to_string(),
+                    }),
+                }
             } else {
-                objects.push(o);
+                found.objects.push(o);
             }
         }
-        Ok(objects)
+        Ok(found)
     } else {
-        Ok(vec![store.head(&url.bucket, &url.key).await?])
+        Ok(Found {
+            objects: vec![store.head(&url.bucket, &url.key).await?],
+            unreadable: Vec::new(),
+        })
     }
 }
 
@@ -275,4 +326,42 @@ async fn ranged_probe(
     let never = tokio_util::sync::CancellationToken::new();
     let p = probe::probe(file.path(), &limits, &never).await?;
     Ok(p.duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submit_that_read_every_object_has_no_shortfall() {
+        assert_eq!(shortfall(0, 16), None);
+        assert_eq!(shortfall(0, 0), None);
+    }
+
+    #[test]
+    fn the_shortfall_counts_the_unread_among_all_objects() {
+        assert_eq!(
+            shortfall(2, 14).as_deref(),
+            Some("2 of 16 objects could not be submitted")
+        );
+        assert_eq!(
+            shortfall(3, 0).as_deref(),
+            Some("3 of 3 objects could not be submitted")
+        );
+    }
+
+    #[test]
+    fn an_unreadable_object_is_one_line_naming_it_and_the_error() {
+        let u = Unreadable {
+            source: "s3://media/in/a.mp4".into(),
+            error: "S3 HEAD s3://media/in/a.mp4 failed: HTTP 500 InternalError".into(),
+        };
+        let line = u.to_string();
+        assert!(
+            line.starts_with("cannot submit s3://media/in/a.mp4: "),
+            "{line}"
+        );
+        assert!(line.ends_with("HTTP 500 InternalError"), "{line}");
+        assert!(!line.contains('\n'));
+    }
 }

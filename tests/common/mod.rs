@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod edit;
+pub mod faulty_s3;
 pub mod http;
 pub mod imds;
 pub mod lambda_api;
