@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod corpus;
 pub mod edit;
 pub mod http;
 pub mod imds;
