@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod corpus;
 pub mod edit;
 pub mod faulty_s3;
 pub mod http;
