@@ -22,6 +22,7 @@ async fn store_at(endpoint: &str) -> S3Store {
         endpoint: Some(endpoint.to_string()),
         region: Some("us-east-1".into()),
         path_style: true,
+        ..S3::default()
     })
     .await
 }

@@ -225,11 +225,7 @@ async fn read_tail(stream: impl tokio::io::AsyncRead + Unpin) -> String {
             continue;
         }
         if line.len() > TAIL_LINE_BYTES {
-            let mut cut = TAIL_LINE_BYTES;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
+            line = shorten(&line);
         }
         if tail.len() == TAIL_LINES {
             tail.pop_front();
@@ -241,6 +237,20 @@ async fn read_tail(stream: impl tokio::io::AsyncRead + Unpin) -> String {
     } else {
         Vec::from(tail).join(" | ")
     }
+}
+
+/// A long line's start and end: FFmpeg echoes a whole filter graph before the reason,
+/// which comes last ("… matches no streams").
+fn shorten(line: &str) -> String {
+    let mut head = TAIL_LINE_BYTES / 4;
+    while !line.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = line.len() - (TAIL_LINE_BYTES - head);
+    while !line.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} … {}", &line[..head], &line[tail..])
 }
 
 /// Caps the child's address space and ties its life to the cell's.
@@ -311,5 +321,14 @@ mod tests {
         let tail = read_tail(text.as_bytes()).await;
         assert!(tail.starts_with("line 38 | "), "{tail}");
         assert!(tail.ends_with("line 49"), "{tail}");
+        let graph = format!("{} matches no streams", "[0:v]scale=1280:720;".repeat(100));
+        let tail = read_tail(graph.as_bytes()).await;
+        assert!(tail.ends_with("matches no streams"), "{tail}");
+        assert!(tail.starts_with("[0:v]scale"), "{tail}");
+        assert!(
+            tail.len() <= TAIL_LINE_BYTES + " … ".len(),
+            "{}",
+            tail.len()
+        );
     }
 }
