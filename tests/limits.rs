@@ -72,10 +72,10 @@ async fn cost_secs(farm: &Farm, id: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn sources_beyond_limits_fail_once_and_no_room_hands_back() {
     let mut farm = Farm::new("limits", LIMITED).await;
-    let mut doc = farm.config_doc();
-    common::edit::add(&mut doc, "cell.min_step_timeout_secs", 1);
-    common::edit::add(&mut doc, "cell.fault_budget_secs", 4);
-    std::fs::write(&farm.config_path, common::edit::to_text(&doc)).expect("write config");
+    farm.edit_config(|doc| {
+        common::edit::add(doc, "cell.min_step_timeout_secs", 1);
+        common::edit::add(doc, "cell.fault_budget_secs", 4);
+    });
     let clip = farm.clip("clip", 3.0, "testsrc2");
     farm.put_file("inbox/clip.mp4", &clip);
     let bomb = farm.dir.path().join("bomb.mp4");

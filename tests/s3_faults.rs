@@ -97,14 +97,6 @@ async fn the_proxy_forwards_requests_or_fails_them_as_told() {
     );
 }
 
-/// Points the farm's config (what its processes read) at `endpoint`; the test's own
-/// clients keep talking to S3 directly.
-fn use_s3(farm: &Farm, endpoint: &str) {
-    let mut doc = farm.config_doc();
-    edit::set(&mut doc, "s3.endpoint", endpoint);
-    std::fs::write(&farm.config_path, edit::to_text(&doc)).expect("write the config");
-}
-
 /// The job ids a submit printed, by source URL.
 fn job_ids(stdout: &str) -> BTreeMap<String, String> {
     stdout
@@ -178,7 +170,7 @@ async fn attempt_rows(farm: &Farm) -> Vec<(String, String, Option<String>)> {
 async fn s3_faults_cost_time_not_attempts_nor_encodes() {
     let mut farm = Farm::new("s3-faults", "").await;
     let proxy = FaultyS3::start(Faults::none());
-    use_s3(&farm, &proxy.url);
+    farm.edit_config(|doc| edit::set(doc, "s3.endpoint", proxy.url.as_str()));
     let clip = farm.clip("clip", 1.0, "testsrc");
     let mut flaky = Vec::new();
     for i in 0..OBJECTS {

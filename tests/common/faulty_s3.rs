@@ -35,6 +35,8 @@ pub struct Faults {
     period: u32,
     /// Only paths containing this fail; `None` means every path.
     paths: Option<String>,
+    /// How long a request the faults apply to waits before it is forwarded.
+    delay: Duration,
 }
 
 impl Faults {
@@ -52,7 +54,15 @@ impl Faults {
             failing,
             period,
             paths: None,
+            delay: Duration::ZERO,
         }
+    }
+
+    /// Holds each request these faults apply to for `delay` before forwarding it: a
+    /// slow S3, so that a test can act between two uploads.
+    pub fn delaying(mut self, delay: Duration) -> Faults {
+        self.delay = delay;
+        self
     }
 
     /// Fails only requests whose path contains `part`.
@@ -194,13 +204,19 @@ fn connection(client: TcpStream, upstream: &str, state: &Mutex<State>) {
     let mut reader = BufReader::new(client_reader);
     let mut to_server = server;
     while let Some(head) = read_head(&mut reader) {
-        let failed = state
-            .lock()
-            .expect("never poisoned")
-            .fail(&head.method, &head.path);
+        let (failed, delay) = {
+            let mut state = state.lock().expect("never poisoned");
+            let delay = if state.faults.applies(&head.method, &head.path) {
+                state.faults.delay
+            } else {
+                Duration::ZERO
+            };
+            (state.fail(&head.method, &head.path), delay)
+        };
         let done = if failed {
             answer_500(&head, &mut reader, &to_client)
         } else {
+            std::thread::sleep(delay);
             forward(&head, &mut reader, &mut to_server)
         };
         if done.is_err() {

@@ -272,6 +272,14 @@ impl Farm {
         edit::parse(&std::fs::read_to_string(&self.config_path).expect("the farm's config"))
     }
 
+    /// Edits this farm's config file, which the processes it starts from now on read
+    /// (the test's own clients keep the config they were made with).
+    pub fn edit_config(&self, change: impl FnOnce(&mut toml::Table)) {
+        let mut doc = self.config_doc();
+        change(&mut doc);
+        std::fs::write(&self.config_path, edit::to_text(&doc)).expect("write the config");
+    }
+
     /// Puts this farm's config, checked for changes every second, at `key` in its
     /// bucket; returns the text put.
     pub fn put_live_config(&self, key: &str) -> String {
