@@ -170,7 +170,7 @@ async fn upload(
     })?;
     let mut outputs = Vec::with_capacity(files.len());
     for (rel, path, content_type) in files {
-        let key = output_key(&dest.key, &job.job_id, &rel);
+        let key = output_key(&dest.key, &rel);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         ctx.store
             .upload(&dest.bucket, &key, &path, content_type.as_deref())
@@ -199,13 +199,14 @@ fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// `<prefix>/<job id>/<relative path>`, with exactly one `/` between the parts.
-pub fn output_key(prefix: &str, job_id: &str, rel: &str) -> String {
+/// `<prefix>/<relative path>`, with exactly one `/` between the parts: the prefix is the
+/// job's own, expanded at submission (see [`crate::outkey`]).
+pub fn output_key(prefix: &str, rel: &str) -> String {
     let prefix = prefix.trim_end_matches('/');
     if prefix.is_empty() {
-        format!("{job_id}/{rel}")
+        rel.to_string()
     } else {
-        format!("{prefix}/{job_id}/{rel}")
+        format!("{prefix}/{rel}")
     }
 }
 
@@ -324,12 +325,9 @@ mod tests {
 
     #[test]
     fn output_keys_join_cleanly() {
-        assert_eq!(
-            output_key("out/hls/", "j1", "hls/a.ts"),
-            "out/hls/j1/hls/a.ts"
-        );
-        assert_eq!(output_key("out", "j1", "x.mp4"), "out/j1/x.mp4");
-        assert_eq!(output_key("", "j1", "x.mp4"), "j1/x.mp4");
+        assert_eq!(output_key("out/hls/j1/", "hls/a.ts"), "out/hls/j1/hls/a.ts");
+        assert_eq!(output_key("out/j1", "x.mp4"), "out/j1/x.mp4");
+        assert_eq!(output_key("", "x.mp4"), "x.mp4");
     }
 
     #[test]

@@ -184,3 +184,16 @@ fn url_fields_are_parsed_once() {
     );
     assert_eq!(p.assets["intro"].to_string(), "s3://a/i.mp4");
 }
+
+#[test]
+fn an_unknown_output_placeholder_names_the_pipeline_output() {
+    let good = GOOD.replace("s3://out/thumbs/", "s3://out/{pipeline}/{source_stem}/");
+    assert!(Config::parse(&good, "c").is_ok());
+    let text = GOOD.replace("s3://out/thumbs/", "s3://out/{source_name}/");
+    let err = Config::parse(&text, "bad.toml").unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(
+        err.problems[0].starts_with("pipelines.thumbs.output: unknown placeholder {source_name}"),
+        "{err}"
+    );
+}

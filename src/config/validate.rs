@@ -4,6 +4,7 @@
 
 use super::{CloudKind, Config, ExpectedDuration, OutputSpec, Pipeline};
 use crate::ffmpeg::template;
+use crate::outkey;
 
 /// Allocation strategies CreateFleet accepts.
 const STRATEGIES: &[&str] = &[
@@ -204,9 +205,12 @@ impl Config {
 }
 
 /// What a pipeline must hold by itself (its `output` and `assets` are typed: serde has
-/// checked them).
+/// checked that they are `s3://` URLs; here, that `output` is a template we can expand).
 fn check_pipeline(p: &Pipeline, prefix: &str, bad: &mut impl FnMut(String, &str)) {
     let key = |k: &str| format!("{prefix}.{k}");
+    if let Err(e) = outkey::check(&p.output) {
+        bad(key("output"), &e);
+    }
     if p.cost_factor.is_nan() || p.cost_factor <= 0.0 {
         bad(key("cost_factor"), "must be above 0");
     }
