@@ -19,18 +19,26 @@ pub struct Args {
     /// Only the jobs of this object, s3://bucket/key.
     #[arg(long, value_parser = S3Url::parse, conflicts_with = "state")]
     pub source: Option<S3Url>,
-    /// Only jobs in this state: queued, running, succeeded, failed or dead.
-    #[arg(long)]
+    /// Only jobs in this state.
+    #[arg(long, value_parser = state_parser())]
     pub state: Option<JobState>,
     /// Only jobs of this pipeline.
     #[arg(long)]
     pub pipeline: Option<String>,
     /// List at most this many jobs.
-    #[arg(long, default_value_t = DEFAULT_LIMIT)]
+    #[arg(long, default_value_t = DEFAULT_LIMIT, value_parser = clap::value_parser!(i64).range(1..))]
     pub limit: i64,
     /// Print one JSON array, for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--state`: the ledger's words for a job's state, listed in `--help`.
+fn state_parser() -> impl clap::builder::TypedValueParser<Value = JobState> {
+    use clap::builder::TypedValueParser;
+    let words = JobState::ALL.iter().map(|s| s.as_str());
+    clap::builder::PossibleValuesParser::new(words)
+        .map(|word| word.parse().expect("every listed word is a state"))
 }
 
 /// One job as listed: its outputs and manifest as `s3://` URLs.
@@ -94,6 +102,9 @@ impl fmt::Display for Listed {
         if let Some(error) = &self.error {
             writeln!(f, "  error: {error}")?;
         }
+        if self.outputs.is_empty() {
+            writeln!(f, "  outputs go under {}", self.output)?;
+        }
         for output in &self.outputs {
             writeln!(f, "  {output}")?;
         }
@@ -106,7 +117,6 @@ impl fmt::Display for Listed {
 
 /// `cellfarm jobs`: prints the jobs `args` asks for, newest first.
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.limit > 0, "--limit must be above 0");
     let ledger = crate::boot::ledger(config).await?;
     ledger.check_migrated().await?;
     let filter = JobFilter {
@@ -179,11 +189,19 @@ mod tests {
     #[test]
     fn an_unfinished_job_has_no_manifest_and_shows_its_error() {
         let mut r = row(JobState::Queued);
+        r.outputs.clear();
         r.error = Some("ffprobe: invalid data".into());
         let listed = Listed::from(r);
         assert_eq!(listed.manifest, None);
-        assert!(listed
-            .to_string()
-            .contains("\n  error: ffprobe: invalid data\n"));
+        let text = listed.to_string();
+        assert!(
+            text.contains("\n  error: ffprobe: invalid data\n"),
+            "{text}"
+        );
+        let prefix = "s3://out/thumbnails/inbox/clip 1.mp4/";
+        assert!(
+            text.contains(&format!("\n  outputs go under {prefix}")),
+            "{text}"
+        );
     }
 }
