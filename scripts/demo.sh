@@ -2,8 +2,9 @@
 # End-to-end demo on local services (README command 1): generate media, put it
 # in S3 (s3s-fs), let the trigger (`watch --reconcile`) route it to every
 # pipeline, run one cell until the queues are drained, then show the ledger
-# status and the outputs. Safe to re-run: media and uploads are skipped when
-# present, and the trigger takes no object twice.
+# status, the outputs, and where each source's outputs are. Safe to re-run:
+# media and uploads are skipped when present, and the trigger takes no object
+# twice.
 #
 # Knobs: CELLFARM_BIN (use this binary and skip the build),
 #        CELLFARM_CONFIG (default examples/local.toml).
@@ -130,3 +131,20 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="
         total += obj["Size"]
 print(f"{count} objects, {total} bytes under s3://{bucket}/outputs/")
 PYEOF
+
+# Outputs are found by the source's name: <pipeline prefix>/<source key>/<job id>/.
+log "where each source's outputs are (cellfarm jobs --source)"
+"$PY" - "$BIN" "$CONFIG" "$BUCKET" <<'PYEOF'
+import json, subprocess, sys
+
+bin_, config, bucket = sys.argv[1:4]
+for i in (1, 2, 3):
+    source = f"s3://{bucket}/inbox/clip{i}.mp4"
+    out = subprocess.run([bin_, "--config", config, "jobs", "--source", source, "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    print(source)
+    for job in sorted(json.loads(out), key=lambda j: j["pipeline"]):
+        print(f"  {job['pipeline']:<12} {job['state']:<9} {job['output']} "
+              f"({len(job['outputs'])} object(s))")
+PYEOF
+log "one source's outputs, object by object: $BIN --config $CONFIG jobs --source s3://$BUCKET/inbox/clip1.mp4"

@@ -17,9 +17,15 @@ pub struct JobMessage {
     pub job_id: String,
     pub pipeline: String,
     pub source: SourceObject,
-    /// Where outputs go (`s3://bucket/prefix/`), copied from the pipeline at submission so
-    /// a config change does not move a queued job's outputs.
+    /// Where outputs go (`s3://bucket/prefix/`): the pipeline's `output` template
+    /// expanded at submission (see [`crate::outkey`]), so a config change does not move a
+    /// queued job's outputs.
     pub output: String,
+    /// True when `output` is this job's own expanded prefix; false in messages from
+    /// builds before output templates, whose `output` is the pipeline's prefix, under
+    /// which the job writes to `<job id>/` (see [`JobMessage::output_prefix`]).
+    #[serde(default)]
+    pub output_expanded: bool,
     #[serde(default)]
     pub priority: bool,
     /// Estimated work in seconds (probe duration × pipeline cost), when known.
@@ -82,6 +88,7 @@ impl JobMessage {
             pipeline: pipeline.into(),
             source,
             output: output.into(),
+            output_expanded: true,
             priority,
             work_secs: None,
             attempt: 0,
@@ -113,6 +120,19 @@ impl JobMessage {
             )));
         }
         Ok(job)
+    }
+
+    /// The key prefix, ending in `/`, this job's outputs and manifest go under.
+    pub fn output_prefix(&self) -> Result<crate::s3url::S3Url, String> {
+        let mut url = crate::s3url::S3Url::parse(&self.output)?;
+        let base = url.key.trim_end_matches('/');
+        let sep = if base.is_empty() { "" } else { "/" };
+        url.key = if self.output_expanded {
+            format!("{base}{sep}")
+        } else {
+            format!("{base}{sep}{}/", self.job_id)
+        };
+        Ok(url)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -177,6 +197,18 @@ mod tests {
         let m = JobMessage::parse(body.as_bytes()).unwrap();
         assert!(!m.priority);
         assert_eq!(m.attempt, 0);
+    }
+
+    #[test]
+    fn an_older_message_keeps_its_outputs_under_the_job_id() {
+        let mut m = JobMessage::new("hls", source(), "s3://o/hls/in/clip/j1/", false);
+        assert_eq!(m.output_prefix().unwrap().key, "hls/in/clip/j1/");
+        let body = String::from_utf8(m.to_json())
+            .unwrap()
+            .replace(",\"output_expanded\":true", "");
+        m = JobMessage::parse(body.as_bytes()).unwrap();
+        m.output = "s3://o/hls".into();
+        assert_eq!(m.output_prefix().unwrap().key, format!("hls/{}/", m.job_id));
     }
 
     #[test]

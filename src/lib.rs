@@ -22,6 +22,8 @@
 //! * [`config`] — the TOML config, parsed into typed fields and checked as a whole.
 //! * [`s3url`] — `s3://bucket/key` URLs, below both `config` and `store`.
 //! * [`job`] — the job and result messages (contract v1) and the job id.
+//! * [`outkey`] — where a job's outputs go: the pipeline's `output` template expanded
+//!   at submission, keys kept as data, and the manifest's key.
 //! * [`failure`] — a failed attempt's fate (hand back, retry, fail, dead): one pure
 //!   classification.
 //! * [`mitosis`] — how many cells a pool needs ([`mitosis::decide`], pure) and the tick
@@ -34,6 +36,7 @@
 //! * [`trigger`] — new objects become jobs by the config's routes: a Lambda on S3
 //!   events, or `cellfarm watch`.
 //! * [`status`] — `cellfarm status`: the farm at a glance.
+//! * [`jobs`] — `cellfarm jobs`: the ledger's jobs and where their outputs are.
 //! * [`simulate`] — `cellfarm simulate`: the real mitosis tick on a virtual clock
 //!   against a model of spot instances and a workload, beside a message-count policy.
 //! * [`args`] — `cellfarm args`: the FFmpeg command lines of a pipeline.
@@ -53,10 +56,12 @@ pub mod config;
 pub mod failure;
 pub mod ffmpeg;
 pub mod job;
+pub mod jobs;
 pub mod ledger;
 pub mod locks;
 pub mod metadata;
 pub mod mitosis;
+pub mod outkey;
 pub mod queue;
 pub mod s3url;
 pub mod simulate;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cellfarm::boot::{self, ConfigSource};
-use cellfarm::{args, cell, simulate, status, submit, trigger};
+use cellfarm::{args, cell, jobs, simulate, status, submit, trigger};
 
 /// Exit code for a bad config or command line (BSD `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
@@ -61,6 +61,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List jobs, newest first, with their outputs' s3:// URLs: by source object, state or
+    /// pipeline.
+    Jobs(jobs::Args),
     /// The trigger without Lambda: poll s3://bucket/prefix/ and turn each new object
     /// into jobs by the config's routes, once.
     Watch(trigger::watch::Args),
@@ -136,6 +139,7 @@ async fn run(
         Command::Watch(a) => trigger::watch::run(&config, &location, sdk, a).await,
         Command::Lambda => trigger::lambda::run(config, &location, sdk).await,
         Command::Status { json } => status::run(&config, sdk, json).await,
+        Command::Jobs(a) => jobs::run(&config, a).await,
         // Handled before the config is loaded; kept here so the match stays whole.
         Command::Simulate(_) => unreachable!("main runs the simulator before loading a config"),
     }

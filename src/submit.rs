@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::ffmpeg::{probe, Limits};
 use crate::job::{JobMessage, SourceObject};
 use crate::ledger::{Ledger, SubmitOutcome};
+use crate::outkey;
 use crate::queue::{Names, Publisher};
 use crate::s3url::S3Url;
 use crate::store::{ObjectMeta, ObjectStore};
@@ -209,7 +210,6 @@ pub async fn submit(
     let pool = req.pool.unwrap_or(&pipeline.pool);
     let names = Names::new(&config.farm.name);
     let lane = names.lane(pool, req.priority);
-    let output = pipeline.output.to_string();
     let mut done = Vec::with_capacity(objects.len());
     for Source {
         meta: o,
@@ -226,7 +226,9 @@ pub async fn submit(
             key: o.key.clone(),
             etag: o.etag.clone(),
         };
-        let mut job = JobMessage::new(req.pipeline, source, &output, req.priority);
+        let mut job = JobMessage::new(req.pipeline, source, "", req.priority);
+        // Expanded once, here: a config change later does not move a queued job's outputs.
+        job.output = outkey::for_job(&pipeline.output, &job)?;
         // What mitosis weighs the queued job by, before any cell has probed it.
         job.work_secs = duration_secs.map(|secs| secs * pipeline.cost_factor);
         let outcome = if ledger.insert(&job, pool).await? {

@@ -67,8 +67,8 @@ async fn corrupt_inputs_fail_with_a_reason_and_the_cell_goes_on() {
     assert_eq!(
         keys,
         [
-            format!("outputs/h264_ladder/{ok}/480p.mp4"),
-            format!("outputs/h264_ladder/{ok}/720p.mp4"),
+            format!("outputs/h264_ladder/inbox/good.mp4/{ok}/480p.mp4"),
+            format!("outputs/h264_ladder/inbox/good.mp4/{ok}/720p.mp4"),
         ],
         "the good job's outputs and nothing of the bad ones"
     );

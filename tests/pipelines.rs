@@ -42,7 +42,10 @@ async fn every_example_pipeline_produces_verified_outputs() {
 
     // One frame at 25 fps, plus a millisecond for the rounding of printed durations.
     let frame = 1.0 / 25.0 + 0.001;
-    let key = |pipeline: &str, id: &str, name: &str| format!("outputs/{pipeline}/{id}/{name}");
+    // Outputs are found by the source's name: <prefix>/<source key>/<job id>/<name>.
+    let key = |pipeline: &str, id: &str, name: &str| {
+        format!("outputs/{pipeline}/inbox/clip.mp4/{id}/{name}")
+    };
     for (name, height) in [("720p.mp4", 720), ("480p.mp4", 480)] {
         let p = probe(&farm.fetch(&key("h264_ladder", &ids[0], name)).await);
         let v = video_stream(&p);

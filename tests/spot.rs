@@ -129,7 +129,7 @@ async fn a_spot_notice_hands_back_a_job_that_cannot_finish_and_another_cell_comp
     assert_eq!(counted, 1, "the interruption spent no attempt");
     assert_eq!(
         farm.output_keys("spot").await,
-        vec![format!("outputs/spot/{id}/out.mp4")]
+        vec![format!("outputs/spot/in/long.mp4/{id}/out.mp4")]
     );
 
     let interruptions = farm.cell_events("interruption").await;

@@ -13,7 +13,6 @@ use crate::config::{Config, OutputSpec, Pipeline, SourceLimits, TIMEOUT_MARGIN};
 use crate::failure::JobFailure;
 use crate::ffmpeg::{self, probe, FfmpegError, Limits};
 use crate::job::{JobMessage, OutputObject};
-use crate::s3url::S3Url;
 use crate::store::{ObjectStore, StoreError};
 
 use super::attempt::Attempt;
@@ -301,14 +300,14 @@ async fn publish(
     scratch: &Scratch,
 ) -> Result<Produced, JobFailure> {
     let job = &attempt.job;
-    let dest = S3Url::parse(&job.output).map_err(|reason| JobFailure::Pipeline {
+    let dest = job.output_prefix().map_err(|reason| JobFailure::Pipeline {
         pipeline: job.pipeline.clone(),
         reason,
     })?;
     let mut outputs = Vec::with_capacity(files.len());
     let mut entries = Vec::with_capacity(files.len());
     for file in files {
-        let key = output_key(&dest.key, &job.job_id, &file.rel);
+        let key = output_key(&dest.key, &file.rel);
         let (size, sha256) = digest(&file.path).map_err(|source| JobFailure::Scratch {
             path: file.path.display().to_string(),
             source,
@@ -347,7 +346,7 @@ async fn publish(
         path: path.display().to_string(),
         source,
     })?;
-    let key = output_key(&dest.key, &job.job_id, MANIFEST);
+    let key = crate::outkey::manifest_key(&dest.key);
     upload_patiently(ctx, &dest.bucket, &key, &path, Some("application/json")).await?;
     let manifest = OutputObject {
         bucket: dest.bucket,
@@ -356,9 +355,6 @@ async fn publish(
     };
     Ok(Produced { outputs, manifest })
 }
-
-/// The manifest's name under a job's output prefix.
-pub const MANIFEST: &str = "_manifest.json";
 
 /// Tries an upload whose SDK retries all failed again, with backoff, before the attempt
 /// gives up the outputs it made: an S3 hiccup must not cost an encode.
@@ -426,13 +422,14 @@ fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// `<prefix>/<job id>/<relative path>`, with exactly one `/` between the parts.
-pub fn output_key(prefix: &str, job_id: &str, rel: &str) -> String {
+/// `<prefix>/<relative path>`, with exactly one `/` between the parts: the prefix is the
+/// job's own, expanded at submission (see [`crate::outkey`]).
+pub fn output_key(prefix: &str, rel: &str) -> String {
     let prefix = prefix.trim_end_matches('/');
     if prefix.is_empty() {
-        format!("{job_id}/{rel}")
+        rel.to_string()
     } else {
-        format!("{prefix}/{job_id}/{rel}")
+        format!("{prefix}/{rel}")
     }
 }
 
@@ -562,12 +559,9 @@ mod tests {
 
     #[test]
     fn output_keys_join_cleanly() {
-        assert_eq!(
-            output_key("out/hls/", "j1", "hls/a.ts"),
-            "out/hls/j1/hls/a.ts"
-        );
-        assert_eq!(output_key("out", "j1", "x.mp4"), "out/j1/x.mp4");
-        assert_eq!(output_key("", "j1", "x.mp4"), "j1/x.mp4");
+        assert_eq!(output_key("out/hls/j1/", "hls/a.ts"), "out/hls/j1/hls/a.ts");
+        assert_eq!(output_key("out/j1", "x.mp4"), "out/j1/x.mp4");
+        assert_eq!(output_key("", "x.mp4"), "x.mp4");
     }
 
     #[test]

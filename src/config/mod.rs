@@ -361,7 +361,11 @@ pub struct Ec2 {
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     pub pool: String,
-    /// Where outputs go: `s3://bucket/prefix/`; each job writes under `<prefix><job id>/`.
+    /// Where outputs go: an `s3://bucket/key` template, expanded once per job at
+    /// submission (see [`crate::outkey`]) with `{source_key}`, `{source_stem}`,
+    /// `{source_dir}`, `{pipeline}` and `{job_id}`. A plain prefix without placeholders
+    /// means `<prefix>/{source_key}/{job_id}/`. A job writes each output at its expanded
+    /// prefix + the output's `path`.
     pub output: S3Url,
     /// Work-seconds per second of source: the wall seconds one job slot spends on each
     /// second of source. It weighs the backlog for work-aware mitosis, and tells a cell

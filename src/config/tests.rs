@@ -263,3 +263,16 @@ fn limits_and_timeouts_are_checked_and_derived() {
     );
     assert_eq!(c.cell.step_timeout_secs, None, "derived unless set");
 }
+
+#[test]
+fn an_unknown_output_placeholder_names_the_pipeline_output() {
+    let good = GOOD.replace("s3://out/thumbs/", "s3://out/{pipeline}/{source_stem}/");
+    assert!(Config::parse(&good, "c").is_ok());
+    let text = GOOD.replace("s3://out/thumbs/", "s3://out/{source_name}/");
+    let err = Config::parse(&text, "bad.toml").unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(
+        err.problems[0].starts_with("pipelines.thumbs.output: unknown placeholder {source_name}"),
+        "{err}"
+    );
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::{CloudKind, Config, ExpectedDuration, OutputSpec, Pipeline, SourceLimits, Var};
 use crate::ffmpeg::{probe, template};
+use crate::outkey;
 
 /// Allocation strategies CreateFleet accepts.
 const STRATEGIES: &[&str] = &[
@@ -225,7 +226,7 @@ impl Config {
 }
 
 /// What a pipeline must hold by itself (its `output` and `assets` are typed: serde has
-/// checked them).
+/// checked that they are `s3://` URLs; here, that `output` is a template we can expand).
 fn check_pipeline(
     p: &Pipeline,
     shared: &BTreeMap<String, Var>,
@@ -233,6 +234,9 @@ fn check_pipeline(
     bad: &mut impl FnMut(String, &str),
 ) {
     let key = |k: &str| format!("{prefix}.{k}");
+    if let Err(e) = outkey::check(&p.output) {
+        bad(key("output"), &e);
+    }
     if p.cost_factor.is_nan() || p.cost_factor <= 0.0 {
         bad(key("cost_factor"), "must be above 0");
     }

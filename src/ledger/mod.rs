@@ -12,7 +12,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Executor, Row};
 
 use crate::config::Postgres;
-use crate::job::{JobMessage, ResultMessage};
+use crate::job::{JobMessage, OutputObject, ResultMessage};
 
 mod words;
 
@@ -86,6 +86,30 @@ pub struct Failure {
     pub attempts: i32,
     pub error: String,
     pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Which jobs [`Ledger::jobs`] lists; every field set narrows the list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// The source object: (bucket, key).
+    pub source: Option<(String, String)>,
+    pub state: Option<JobState>,
+    pub pipeline: Option<String>,
+}
+
+/// One job as the ledger holds it, for `cellfarm jobs`.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// The message as published: source, pipeline, output prefix.
+    pub message: JobMessage,
+    pub pool: String,
+    pub state: JobState,
+    pub attempts: i32,
+    pub error: Option<String>,
+    /// The objects written, once the job has succeeded.
+    pub outputs: Vec<OutputObject>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Clone)]
@@ -657,6 +681,47 @@ impl Ledger {
                     attempts: r.get("attempts"),
                     error: r.get("error"),
                     at: r.get("updated_at"),
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` jobs that pass `filter`, newest (by submission) first.
+    pub async fn jobs(&self, filter: &JobFilter, limit: i64) -> Result<Vec<JobRow>, LedgerError> {
+        let (bucket, key) = filter
+            .source
+            .as_ref()
+            .map(|(b, k)| (b.as_str(), k.as_str()))
+            .unzip();
+        let rows = sqlx::query(
+            "SELECT message, pool, state, attempts, error, outputs, created_at, updated_at
+             FROM jobs
+             WHERE ($1::text IS NULL OR source_bucket = $1)
+               AND ($2::text IS NULL OR source_key = $2)
+               AND ($3::text IS NULL OR state = $3)
+               AND ($4::text IS NULL OR pipeline = $4)
+             ORDER BY created_at DESC, id LIMIT $5",
+        )
+        .bind(bucket)
+        .bind(key)
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.pipeline.as_deref())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let message: sqlx::types::Json<JobMessage> = r.get("message");
+                let outputs: Option<sqlx::types::Json<Vec<OutputObject>>> = r.get("outputs");
+                Ok(JobRow {
+                    message: message.0,
+                    pool: r.get("pool"),
+                    state: r.get::<String, _>("state").parse()?,
+                    attempts: r.get("attempts"),
+                    error: r.get("error"),
+                    outputs: outputs.map(|o| o.0).unwrap_or_default(),
+                    created_at: r.get("created_at"),
+                    updated_at: r.get("updated_at"),
                 })
             })
             .collect()
