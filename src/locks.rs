@@ -32,8 +32,8 @@ pub struct Beat {
     /// launch id on `local`); `None` for a cell started by hand.
     #[serde(default)]
     pub machine: Option<String>,
-    /// The cell leaves on a spot notice or rebalance recommendation: its machine is
-    /// going away, and does not hold a place under the ceiling.
+    /// The cell leaves for a replacement (a spot notice, a rebalance recommendation, or
+    /// sick): its machine is going away, and does not hold a place under the ceiling.
     #[serde(default)]
     pub leaving: bool,
 }

@@ -97,6 +97,7 @@ async fn odd_keys_give_outputs_under_their_names_and_nowhere_else() {
         check_listing(&farm, key, id, &want, &prefix);
         expected.insert(key.clone());
         expected.extend(want);
+        expected.insert(cellfarm::outkey::manifest_key(&prefix));
     }
     let stored: BTreeSet<String> = farm
         .store
@@ -108,7 +109,7 @@ async fn odd_keys_give_outputs_under_their_names_and_nowhere_else() {
         .collect();
     assert_eq!(
         stored, expected,
-        "the bucket holds the sources, the assets and the outputs, nothing else"
+        "the bucket holds the sources, the assets, the outputs and their manifests, nothing else"
     );
 }
 

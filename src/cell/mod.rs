@@ -35,6 +35,7 @@ use tracing::Instrument;
 
 use crate::boot::Systems;
 use crate::config::Config;
+use crate::failure;
 use crate::job::{JobMessage, ResultMessage};
 use crate::queue::{Names, Publisher, QueueError, REASON_HEADER};
 
@@ -74,6 +75,9 @@ enum Exit {
     Notice(String),
     /// A live config named a newer binary, fetched and verified: re-execute with it.
     Update(std::path::PathBuf),
+    /// Its last jobs all failed for the farm's own systems as this cell reaches them
+    /// (the reason): its machine ends, and a replacement is launched in its place.
+    Sick(String),
 }
 
 /// Who a cell is and where it came from.
@@ -171,9 +175,19 @@ impl Cell {
         }
     }
 
-    /// True once the cell no longer counts as alive: it is dying or leaving on a notice.
+    /// True once the cell no longer counts as alive: it is dying, leaving on a notice,
+    /// or sick.
     fn deregistered(&self) -> bool {
-        matches!(self.exit(), Some(Exit::Die | Exit::Notice(_)))
+        matches!(
+            self.exit(),
+            Some(Exit::Die | Exit::Notice(_) | Exit::Sick(_))
+        )
+    }
+
+    /// True when the cell leaves work behind that another cell must take: on a notice,
+    /// or sick.
+    fn needs_replacement(&self) -> bool {
+        matches!(self.exit(), Some(Exit::Notice(_) | Exit::Sick(_)))
     }
 
     /// Publishes through the current connection, waiting up to `patience` for a
@@ -249,6 +263,9 @@ impl Cell {
         };
         let produced = work::execute(&ctx, &attempt).await;
         self.untrack(&job_id);
+        let fault = matches!(&produced, Err(f) if failure::class(f) == failure::Class::Fault)
+            && !attempt.cancel.is_cancelled();
+        self.work.record_fault(fault);
         let notice = self.notice();
         let ending = Ending {
             max_attempts: max,

@@ -23,6 +23,9 @@ pub(super) struct WorkState {
     pub(super) jobs: BTreeMap<String, Running>,
     /// When the last delivery was done with, or the cell started: the one idle clock.
     last_busy: Instant,
+    /// Attempts in a row that failed for the farm's own systems (S3, the broker, the
+    /// ledger, scratch): a run of them says this cell cannot reach or hold its work.
+    faults_in_a_row: u32,
 }
 
 /// One job running in this cell.
@@ -41,6 +44,7 @@ impl Work {
                 handling: 0,
                 jobs: BTreeMap::new(),
                 last_busy: Instant::now(),
+                faults_in_a_row: 0,
             }),
         }
     }
@@ -51,6 +55,18 @@ impl Work {
 
     pub(super) fn begin(&self) {
         self.state().handling += 1;
+    }
+
+    /// Counts an attempt's end: a fault of the farm's systems adds to the run, anything
+    /// else (a success, the media's own failure) ends it.
+    pub(super) fn record_fault(&self, fault: bool) {
+        let mut s = self.state();
+        s.faults_in_a_row = if fault { s.faults_in_a_row + 1 } else { 0 };
+    }
+
+    /// Attempts in a row that ended in a fault of the farm's systems.
+    pub(super) fn faults_in_a_row(&self) -> u32 {
+        self.state().faults_in_a_row
     }
 
     pub(super) fn end(&self) {

@@ -122,7 +122,7 @@ impl Cell {
         self.stop_consuming(&channels, [&mut priority, &mut work])
             .await;
         self.slots.wait_idle().await;
-        if self.notice().is_some() {
+        if self.needs_replacement() {
             // The jobs this cell gave back need a cell: it no longer counts as alive, so
             // the tick launches a replacement (zero to one if it was the last).
             self.replace(&broker).await;

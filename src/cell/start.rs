@@ -86,7 +86,7 @@ pub async fn run(
     // Death comes last, after the drain and the flush; a cell that had a spot notice
     // leaves too rather than wait for the reclaim.
     match (cell.exit(), &cell.systems.cloud) {
-        (Some(Exit::Die | Exit::Notice(_)), Some(cloud)) => {
+        (Some(Exit::Die | Exit::Notice(_) | Exit::Sick(_)), Some(cloud)) => {
             tracing::info!(cell = %cell.cell_id, "terminating this cell's machine");
             cloud.terminate_self().await?;
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::{hostname, Cell, Exit, Shutdown};
 use crate::cloud::Cloud;
 use crate::config::Config;
+use crate::ledger::EventKind;
 use crate::locks::Beat;
 use crate::mitosis::{LiveFarm, Me, Ticker};
 use crate::queue::Publisher;
@@ -54,6 +55,9 @@ impl Cell {
             self.resend_results().await;
             self.republish_expired().await;
             if !shutdown.drain.is_cancelled() {
+                self.check_health(&shutdown).await;
+            }
+            if !shutdown.drain.is_cancelled() {
                 self.mitosis(&shutdown).await;
             }
         }
@@ -74,7 +78,7 @@ impl Cell {
             started_at: self.started_at,
             draining: shutdown.drain.is_cancelled() || self.deregistered(),
             machine: self.machine.clone(),
-            leaving: self.notice().is_some(),
+            leaving: self.needs_replacement(),
         };
         let ttl = 3 * self.config().cell.heartbeat_secs;
         match self.systems.locks.beat(&beat, ttl).await {
@@ -163,6 +167,37 @@ impl Cell {
                     error = format!("{e:#}"),
                     "cannot tick for a replacement"
                 ),
+            }
+        }
+    }
+
+    /// Drains a cell whose last `cell.max_faults_in_a_row` attempts all failed for the
+    /// farm's own systems: a machine that cannot reach S3 or keep its scratch disk
+    /// should not go on taking jobs only to hand them back. It is recorded as a death
+    /// with its reason, and replaced once drained (see [`Cell::needs_replacement`]).
+    ///
+    /// Only where a cloud can launch the replacement: a cell run by hand is better kept
+    /// handing jobs back than gone.
+    async fn check_health(&self, shutdown: &Shutdown) {
+        let most = self.config().cell.max_faults_in_a_row;
+        let faults = self.work.faults_in_a_row();
+        if most == 0 || faults < most || self.systems.cloud.is_none() {
+            return;
+        }
+        let reason = format!(
+            "sick: its last {faults} attempts failed for the farm's systems (S3, the broker, the ledger or scratch)"
+        );
+        tracing::error!(%reason, "draining this cell for a replacement");
+        self.leave(Exit::Sick(reason.clone()));
+        shutdown.drain.cancel();
+        for pool in &self.pools {
+            let recorded = self
+                .systems
+                .ledger
+                .record_event(pool, EventKind::Death, &self.cell_id, 1, &reason)
+                .await;
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "cannot record the death");
             }
         }
     }

@@ -90,6 +90,10 @@ pub(super) fn default_heartbeat() -> u64 {
 pub(super) fn default_fault_budget() -> u64 {
     6 * 3600
 }
+/// Five: one S3 hiccup spans a job or two; five in a row is this machine.
+pub(super) fn default_max_faults_in_a_row() -> u32 {
+    5
+}
 pub(super) fn default_max_attempts() -> u32 {
     DEFAULT_MAX_ATTEMPTS
 }

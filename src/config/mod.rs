@@ -176,6 +176,10 @@ pub struct CellConfig {
     /// ledger, no room on a cell) before it is given up; such failures spend no attempt.
     #[serde(default = "default_fault_budget")]
     pub fault_budget_secs: u64,
+    /// A cell whose last this many attempts all failed for the farm's own systems
+    /// drains, ends its machine and is replaced; 0 never.
+    #[serde(default = "default_max_faults_in_a_row")]
+    pub max_faults_in_a_row: u32,
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
     /// Per-step timeout for every pipeline that sets none. Unset, each job's timeout is
@@ -206,6 +210,7 @@ impl Default for CellConfig {
             heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             fault_budget_secs: default_fault_budget(),
+            max_faults_in_a_row: default_max_faults_in_a_row(),
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
             step_timeout_secs: None,
             min_step_timeout_secs: default_min_step_timeout(),
