@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use aws_sdk_ec2::types::{
     Filter, InstanceLifecycleType, LaunchTemplateInstanceMarketOptionsRequest, MarketType,
     RequestLaunchTemplateData,
@@ -14,7 +16,7 @@ use cellfarm::cloud::{Cloud, Ec2Cloud};
 use cellfarm::config::Ec2;
 use cellfarm::s3url::S3Url;
 use common::ec2_proxy::{Ec2Proxy, Market};
-use common::env;
+use common::{edit, env, Farm};
 
 const TYPES: [&str; 3] = ["c6i.xlarge", "c5.xlarge", "m6i.xlarge"];
 
@@ -363,4 +365,147 @@ async fn the_fleet_asks_for_the_configured_allocation_strategy() {
             Some(strategy)
         );
     }
+}
+
+/// A pool kept at one cell when idle: a job a cell, two at most, quick deaths above
+/// the floor. Its pipeline takes one frame: the jobs are over at once.
+const FLOORED: &str = r#"
+[cloud]
+kind = "local"
+
+[pools.floored]
+jobs_per_cell = 1
+floor = 1
+ceiling = 2
+cooldown_secs = 0
+idle_grace_secs = 2
+launch_timeout_secs = 60
+
+[pipelines.floored]
+pool = "floored"
+output = "s3://cellfarm-demo/outputs/floored/"
+steps = [{ args = ["-i", "{input}", "-frames:v", "1", "{out}/poster.jpg"] }]
+outputs = [{ path = "poster.jpg", video_codec = "mjpeg" }]
+"#;
+
+/// The `mitosis tick` debug lines of every sibling's log that decided to stay while
+/// alone in the pool and idle for at least `idle` seconds.
+fn stays_alone_idle(farm: &Farm, idle: u64) -> usize {
+    let dir = farm.dir.path().join("scratch/cells");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        n += text
+            .lines()
+            .filter(|l| l.contains("mitosis tick") && l.contains("decision=Stay"))
+            .filter(|l| l.contains("alive: 1,"))
+            .filter(|l| {
+                l.split("idle_secs: Some(")
+                    .nth(1)
+                    .and_then(|r| r.split(')').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|secs| secs >= idle)
+            })
+            .count();
+    }
+    n
+}
+
+/// Property: a pool with `floor = 1` keeps one cell when idle instead of dying to
+/// zero: two jobs grow it to two cells (its ceiling); once they are done, the extra
+/// cell dies back to the floor, and the last one, alone and idle past its grace, decides
+/// at its next ticks to stay, and is still running.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_pool_dies_back_to_its_floor_and_no_further() {
+    let farm = Farm::new("floor", FLOORED).await;
+    let clip = farm.clip("clip", 1.0, "testsrc");
+    for i in 0..2 {
+        farm.put_file(&format!("floored/clip{i}.mp4"), &clip);
+    }
+    let url = format!("s3://{}/floored/", farm.bucket);
+    // The siblings inherit the environment: their ticks are logged at debug.
+    let out = farm
+        .cellfarm()
+        .env("RUST_LOG", "cellfarm=debug")
+        .args(["submit", "--prefix", &url, "--pipeline", "floored"])
+        .output()
+        .expect("submit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    farm.wait_until(Duration::from_secs(60), "two cells launched", || async {
+        farm.cells_launched().await == 2
+    })
+    .await;
+    farm.wait_until(Duration::from_secs(120), "both jobs to succeed", || async {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(farm.ledger.pool())
+            .await
+            .expect("count");
+        done == 2
+    })
+    .await;
+    farm.wait_until(Duration::from_secs(60), "the extra cell to die", || async {
+        !farm.cell_events("death").await.is_empty()
+    })
+    .await;
+    // Three ticks of the survivor, alone and idle past the grace, that kept it.
+    farm.wait_until(
+        Duration::from_secs(60),
+        "the last cell to tick alone and idle past its grace, and stay",
+        || async { stays_alone_idle(&farm, 2) >= 3 },
+    )
+    .await;
+    let deaths = farm.cell_events("death").await;
+    assert_eq!(deaths.len(), 1, "one death, down to the floor: {deaths:?}");
+    assert_eq!(farm.siblings().len(), 1, "the floor's cell still runs");
+    assert_eq!(farm.cells_launched().await, 2);
+}
+
+/// Property: with a backlog in a pool's work queue, a job submitted afterwards with
+/// `--priority` is the first one a cell starts: the priority lane is consumed before
+/// the work queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_priority_job_starts_before_the_backlog() {
+    let mut farm = Farm::new(
+        "priority",
+        FLOORED
+            .replace("kind = \"local\"", "kind = \"none\"")
+            .as_str(),
+    )
+    .await;
+    // One slot: the cell starts one job at a time, so the order is the ledger's.
+    farm.edit_config(|doc| edit::set(doc, "cell.slots", 1));
+    let clip = farm.clip("clip", 1.0, "testsrc");
+    for i in 0..6 {
+        farm.put_file(&format!("in/backlog{i}.mp4"), &clip);
+    }
+    farm.put_file("in/urgent.mp4", &clip);
+    for i in 0..6 {
+        farm.submit(&format!("in/backlog{i}.mp4"), "floored");
+    }
+    let url = format!("s3://{}/in/urgent.mp4", farm.bucket);
+    let out = farm.run(&["submit", &url, "--pipeline", "floored", "--priority"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let urgent = stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("submit prints a job id")
+        .to_string();
+
+    let status = farm.run_cell_until_idle();
+    assert!(status.success(), "{}", farm.logs());
+    let order: Vec<String> = sqlx::query_scalar("SELECT job_id FROM job_attempts ORDER BY id")
+        .fetch_all(farm.ledger.pool())
+        .await
+        .expect("attempts");
+    assert_eq!(order.len(), 7, "every job ran once: {order:?}");
+    assert_eq!(order[0], urgent, "the priority job first: {order:?}");
 }
