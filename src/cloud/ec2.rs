@@ -1,9 +1,9 @@
 //! The `ec2` cloud: a sibling cell is an EC2 spot instance booted from the farm's AMI.
 //!
 //! With a launch template, one CreateFleet `instant` request spreads the cells over every
-//! configured instance type and subnet with a capacity-optimized allocation. Without one,
-//! RunInstances is tried per instance type and subnet, in the configured order, until
-//! the cells are launched. A capacity refusal moves on to the next choice at once (it is
+//! configured instance type and subnet with the configured allocation strategy. Without
+//! one, RunInstances is tried per instance type and subnet, in the configured order,
+//! until the cells are launched. A capacity refusal moves on to the next choice at once (it is
 //! not retried in the same place); any other error stops the launch. With
 //! `on_demand_fallback`, what spot refused everywhere is launched on-demand, as long as
 //! the pool's on-demand instances stay within `on_demand_ceiling`: the cloud counts
