@@ -108,6 +108,7 @@ fn ec2_config(subnets: &[String], sg: &str) -> Ec2 {
         key_name: None,
         allocation_strategy: "capacity-optimized".into(),
         on_demand_fallback: false,
+        on_demand_ceiling: 0,
         // Never power off the machine the tests run on.
         poweroff_fallback: false,
     }

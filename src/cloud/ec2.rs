@@ -1,10 +1,14 @@
 //! The `ec2` cloud: a sibling cell is an EC2 spot instance booted from the farm's AMI.
 //!
 //! With a launch template, one CreateFleet `instant` request spreads the cells over every
-//! configured instance type and subnet with a capacity-optimized allocation. Without one,
-//! RunInstances is tried per instance type and subnet, in the configured order, until
-//! the cells are launched. Capacity refusals move on to the next choice (and, with
-//! `on_demand_fallback`, to on-demand); any other error stops the launch.
+//! configured instance type and subnet with the configured allocation strategy. Without
+//! one, RunInstances is tried per instance type and subnet, in the configured order,
+//! until the cells are launched. A capacity refusal moves on to the next choice at once (it is
+//! not retried in the same place); any other error stops the launch. With
+//! `on_demand_fallback`, what spot refused everywhere is launched on-demand, as long as
+//! the pool's on-demand instances stay within `on_demand_ceiling`: the cloud counts
+//! them by their lifecycle (every instance of the pool that is not spot), so the bound
+//! holds across cells and restarts.
 //!
 //! Every instance carries the tags `cellfarm:farm`, `cellfarm:pool` and
 //! `cellfarm:launched-by`; its user data is the config URL and nothing else (credentials
@@ -13,15 +17,18 @@
 //! ceiling holds even when Redis forgot the pending launches.
 
 use async_trait::async_trait;
+use aws_sdk_ec2::config::interceptors::InterceptorContext;
+use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     DefaultTargetCapacityType, Filter, FleetLaunchTemplateConfigRequest,
     FleetLaunchTemplateOverridesRequest, FleetLaunchTemplateSpecificationRequest, FleetType,
-    HttpTokensState, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
-    InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
-    InstanceType, MarketType, ResourceType, ShutdownBehavior, SpotAllocationStrategy,
-    SpotInstanceType, SpotMarketOptions, SpotOptionsRequest, Tag, TagSpecification,
-    TargetCapacitySpecificationRequest,
+    HttpTokensState, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior,
+    InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest,
+    InstanceMetadataTagsState, InstanceType, MarketType, ResourceType, ShutdownBehavior,
+    SpotAllocationStrategy, SpotInstanceType, SpotMarketOptions, SpotOptionsRequest, Tag,
+    TagSpecification, TargetCapacitySpecificationRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -167,8 +174,13 @@ impl Ec2Cloud {
             .tag_specifications(self.tags(pool))
             .client_token(client_token(token, "fleet"))
             .send()
-            .await
-            .map_err(describe)?;
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            // The whole request refused for capacity: nothing launched, try elsewhere.
+            Err(e) if is_capacity(&e) => return Ok((Vec::new(), vec![describe(e)])),
+            Err(e) => return Err(describe(e)),
+        };
         let ids = out
             .instances()
             .iter()
@@ -197,8 +209,7 @@ impl Ec2Cloud {
         subnet: Option<&str>,
         market: Market,
         token: &str,
-    ) -> Result<Vec<String>, SdkError<aws_sdk_ec2::operation::run_instances::RunInstancesError>>
-    {
+    ) -> Result<Vec<String>, SdkError<RunInstancesError>> {
         let mut req = self
             .client
             .run_instances()
@@ -247,7 +258,13 @@ impl Ec2Cloud {
                     .build(),
             );
         }
-        let out = req.send().await?;
+        let out = req
+            .customize()
+            .config_override(
+                aws_sdk_ec2::config::Builder::new().retry_classifier(NoRetryOnCapacity),
+            )
+            .send()
+            .await?;
         Ok(out
             .instances()
             .iter()
@@ -294,6 +311,64 @@ impl Ec2Cloud {
         Ok(ids)
     }
 
+    /// The pool's instances that exist (booting or running), by their tags.
+    async fn instances(&self, pool: &str) -> Result<Vec<Instance>, String> {
+        let filter = |name: &str, values: &[&str]| {
+            Filter::builder()
+                .name(name)
+                .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
+                .build()
+        };
+        let mut instances = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .describe_instances()
+                .filters(filter(&format!("tag:{FARM_TAG}"), &[&self.farm]))
+                .filters(filter(&format!("tag:{POOL_TAG}"), &[pool]))
+                .filters(filter("instance-state-name", &["pending", "running"]))
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| format!("DescribeInstances: {}", describe(e)))?;
+            instances.extend(
+                out.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances().iter().cloned()),
+            );
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                _ => return Ok(instances),
+            }
+        }
+    }
+
+    /// How many of `wanted` cells may be launched on-demand: what `on_demand_ceiling`
+    /// leaves after the pool's existing on-demand instances. A full ceiling is recorded
+    /// in `refusals`, so the launch error says why nothing came of the fallback.
+    async fn on_demand_room(
+        &self,
+        pool: &str,
+        wanted: u32,
+        refusals: &mut Vec<String>,
+    ) -> Result<u32, String> {
+        let on_demand = self
+            .instances(pool)
+            .await?
+            .iter()
+            .filter(|i| i.instance_lifecycle() != Some(&InstanceLifecycleType::Spot))
+            .count() as u32;
+        let room = self.cfg.on_demand_ceiling.saturating_sub(on_demand);
+        if room < wanted {
+            refusals.push(format!(
+                "on-demand ceiling: {on_demand} of {} on-demand cells already run",
+                self.cfg.on_demand_ceiling
+            ));
+        }
+        Ok(room.min(wanted))
+    }
+
     async fn launch_market(
         &self,
         pool: &str,
@@ -331,14 +406,19 @@ impl Cloud for Ec2Cloud {
             .await
             .map_err(fail)?;
         if (ids.len() as u32) < n && self.cfg.on_demand_fallback {
-            tracing::warn!(pool, wanted = n, spot = ids.len(), refusals = ?refusals,
-                "spot capacity refused; launching on-demand");
-            let rest = n - ids.len() as u32;
-            ids.extend(
-                self.launch_market(pool, rest, Market::OnDemand, token, &mut refusals)
-                    .await
-                    .map_err(fail)?,
-            );
+            let rest = self
+                .on_demand_room(pool, n - ids.len() as u32, &mut refusals)
+                .await
+                .map_err(fail)?;
+            if rest > 0 {
+                tracing::warn!(pool, wanted = n, spot = ids.len(), on_demand = rest,
+                    refusals = ?refusals, "spot capacity refused; launching on-demand");
+                ids.extend(
+                    self.launch_market(pool, rest, Market::OnDemand, token, &mut refusals)
+                        .await
+                        .map_err(fail)?,
+                );
+            }
         }
         if ids.is_empty() {
             return Err(fail(format!(
@@ -362,37 +442,18 @@ impl Cloud for Ec2Cloud {
             pool: pool.into(),
             reason,
         };
-        let filter = |name: &str, values: &[&str]| {
-            Filter::builder()
-                .name(name)
-                .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
-                .build()
-        };
-        let mut machines = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .describe_instances()
-                .filters(filter(&format!("tag:{FARM_TAG}"), &[&self.farm]))
-                .filters(filter(&format!("tag:{POOL_TAG}"), &[pool]))
-                .filters(filter("instance-state-name", &["pending", "running"]))
-                .set_next_token(next.take())
-                .send()
-                .await
-                .map_err(|e| fail(format!("DescribeInstances: {}", describe(e))))?;
-            let instances = out.reservations().iter().flat_map(|r| r.instances());
-            machines.extend(instances.filter_map(|i| {
-                Some(Machine {
-                    id: i.instance_id()?.to_string(),
-                    launched_at: i.launch_time().map_or(0, |t| t.secs()),
+        let instances = self.instances(pool).await.map_err(fail)?;
+        Ok(Some(
+            instances
+                .iter()
+                .filter_map(|i| {
+                    Some(Machine {
+                        id: i.instance_id()?.to_string(),
+                        launched_at: i.launch_time().map_or(0, |t| t.secs()),
+                    })
                 })
-            }));
-            match out.next_token() {
-                Some(t) if !t.is_empty() => next = Some(t.to_string()),
-                _ => return Ok(Some(machines)),
-            }
-        }
+                .collect(),
+        ))
     }
 
     async fn terminate(&self, ids: &[String]) -> Result<(), CloudError> {
@@ -457,6 +518,32 @@ impl Cloud for Ec2Cloud {
 fn client_token(token: &str, request: &str) -> String {
     let digest = Sha256::digest(format!("{token}/{request}"));
     hex::encode(&digest[..16])
+}
+
+/// Makes a RunInstances refused for capacity fail at once instead of being retried in
+/// the same place: EC2 answers capacity refusals with HTTP 500, which the SDK would
+/// otherwise retry with backoff before the launch could move on.
+#[derive(Debug)]
+struct NoRetryOnCapacity;
+
+impl ClassifyRetry for NoRetryOnCapacity {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let code = ctx
+            .output_or_error()
+            .and_then(Result::err)
+            .and_then(|e| e.as_operation_error())
+            .and_then(|e| e.downcast_ref::<RunInstancesError>())
+            .and_then(ProvideErrorMetadata::code);
+        if code.is_some_and(|c| CAPACITY_ERRORS.contains(&c)) {
+            RetryAction::RetryForbidden
+        } else {
+            RetryAction::NoActionIndicated
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "no retry on capacity refusals"
+    }
 }
 
 fn is_capacity<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {

@@ -353,9 +353,15 @@ pub struct Ec2 {
     /// CreateFleet spot allocation strategy.
     #[serde(default = "default_allocation")]
     pub allocation_strategy: String,
-    /// Launch on-demand for what spot capacity refused.
+    /// Launch on-demand for what spot capacity refused, within `on_demand_ceiling`.
     #[serde(default)]
     pub on_demand_fallback: bool,
+    /// How many of a pool's cells may be on-demand instances at once (counted by
+    /// DescribeInstances: every instance of the pool that is not spot). Default 0: no
+    /// on-demand at all, so spending at on-demand prices is always a number someone
+    /// wrote down; `on_demand_fallback = true` needs it above 0.
+    #[serde(default)]
+    pub on_demand_ceiling: u32,
     /// When TerminateInstances on itself fails, power the machine off (its shutdown
     /// behaviour is `terminate`). Off only for tests on a machine that is not a cell.
     #[serde(default = "default_true")]

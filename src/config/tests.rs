@@ -276,3 +276,23 @@ fn an_unknown_output_placeholder_names_the_pipeline_output() {
         "{err}"
     );
 }
+
+#[test]
+fn the_on_demand_fallback_needs_its_own_ceiling() {
+    let ec2 = |extra: &str| {
+        format!("{GOOD}\n[cloud]\nkind = \"ec2\"\n[cloud.ec2]\nimage_id = \"ami-1\"\ninstance_types = [\"c6i.xlarge\"]\n{extra}")
+    };
+    let c = Config::parse(&ec2(""), "good.toml").unwrap();
+    let e = c.cloud.ec2.unwrap();
+    assert!(!e.on_demand_fallback);
+    assert_eq!(
+        e.on_demand_ceiling, 0,
+        "no on-demand unless a ceiling is written"
+    );
+    let err = Config::parse(&ec2("on_demand_fallback = true"), "bad.toml").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("cloud.ec2.on_demand_ceiling"), "{msg}");
+    let text = ec2("on_demand_fallback = true\non_demand_ceiling = 3");
+    let c = Config::parse(&text, "good.toml").unwrap();
+    assert_eq!(c.cloud.ec2.unwrap().on_demand_ceiling, 3);
+}

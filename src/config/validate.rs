@@ -123,6 +123,12 @@ impl Config {
                 );
             }
         }
+        if ec2.on_demand_fallback && ec2.on_demand_ceiling == 0 {
+            bad(
+                "cloud.ec2.on_demand_ceiling".into(),
+                "on_demand_fallback needs it above 0: how many of a pool's cells may be on-demand at once",
+            );
+        }
         if !STRATEGIES.contains(&ec2.allocation_strategy.as_str()) {
             bad(
                 "cloud.ec2.allocation_strategy".into(),

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod ec2_proxy;
 pub mod edit;
 pub mod faulty_s3;
 pub mod http;
