@@ -13,9 +13,6 @@ pub(super) const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// How long SIGTERM waits for running jobs before handing them back. Below systemd's
 /// default stop timeout and the two-minute spot notice.
 pub(super) const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 90;
-/// What the unacknowledged-delivery bound assumes of a step whose timeout is derived
-/// from its source (one hour of encoding per step).
-pub const DEFAULT_STEP_TIMEOUT_SECS: u64 = 3600;
 /// Address-space cap per FFmpeg process: generous for 1080p x264, fatal for a decoder
 /// bomb.
 pub(super) const DEFAULT_FFMPEG_MEMORY_MIB: u64 = 4096;

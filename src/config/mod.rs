@@ -24,7 +24,7 @@ use crate::ffmpeg::probe;
 use crate::s3url::S3Url;
 use defaults::*;
 
-pub use defaults::{DEFAULT_DEMUXERS, DEFAULT_STEP_TIMEOUT_SECS};
+pub use defaults::DEFAULT_DEMUXERS;
 pub use read::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -642,21 +642,19 @@ impl Config {
     }
 
     /// The longest a delivery of `pools` can stay unacknowledged in a cell with `slots`
-    /// slots, in seconds, from the step timeouts (a derived timeout counts as
-    /// [`DEFAULT_STEP_TIMEOUT_SECS`]): a job lasts at most T = step timeout ×
-    /// (steps + the source probe + one probe per output), and a prefetched delivery
-    /// waits for a slot before it runs, so the bound is max(2, slots) × pools × T.
+    /// slots, in seconds, from the step timeouts set by hand: a job lasts at most T =
+    /// step timeout × (steps + the source probe + one probe per output), and a
+    /// prefetched delivery waits for a slot before it runs, so the bound is
+    /// max(2, slots) × pools × T. A pipeline whose timeouts are derived from each source
+    /// has no bound before the source is probed, and is left out.
     pub fn unacked_bound_secs(&self, pools: &[String], slots: usize) -> u64 {
         let longest = self
             .pipelines
             .values()
             .filter(|p| pools.contains(&p.pool))
-            .map(|p| {
-                let timeout = p
-                    .step_timeout_secs
-                    .or(self.cell.step_timeout_secs)
-                    .unwrap_or(DEFAULT_STEP_TIMEOUT_SECS);
-                timeout * (p.steps.len() + 1 + p.outputs.len()) as u64
+            .filter_map(|p| {
+                let timeout = p.step_timeout_secs.or(self.cell.step_timeout_secs)?;
+                Some(timeout * (p.steps.len() + 1 + p.outputs.len()) as u64)
             })
             .max()
             .unwrap_or(0);
