@@ -9,53 +9,17 @@ mod common;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
-    Filter, InstanceLifecycleType, LaunchTemplateInstanceMarketOptionsRequest, MarketType,
+    InstanceLifecycleType, LaunchTemplateInstanceMarketOptionsRequest, MarketType,
     RequestLaunchTemplateData,
 };
 use cellfarm::cloud::{Cloud, Ec2Cloud};
 use cellfarm::config::Ec2;
 use cellfarm::s3url::S3Url;
 use common::ec2_proxy::{Ec2Proxy, Market};
-use common::{edit, env, Farm};
+use common::moto::{client, subnets};
+use common::{edit, Farm};
 
 const TYPES: [&str; 3] = ["c6i.xlarge", "c5.xlarge", "m6i.xlarge"];
-
-fn moto() -> String {
-    env("CELLFARM_TEST_EC2", "http://127.0.0.1:5000")
-}
-
-/// An EC2 client straight to moto, to look at what was launched.
-async fn client() -> aws_sdk_ec2::Client {
-    let shared = cellfarm::aws::sdk_config().await;
-    let conf = aws_sdk_ec2::config::Builder::from(&shared)
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(moto())
-        .build();
-    aws_sdk_ec2::Client::from_conf(conf)
-}
-
-/// Two default subnets of moto's default VPC.
-async fn subnets(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
-    let out = ec2
-        .describe_subnets()
-        .filters(
-            Filter::builder()
-                .name("default-for-az")
-                .values("true")
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeSubnets (is moto_server running? scripts/services.sh)");
-    let mut subnets: Vec<String> = out
-        .subnets()
-        .iter()
-        .filter_map(|s| s.subnet_id().map(String::from))
-        .collect();
-    subnets.sort();
-    subnets.truncate(2);
-    subnets
-}
 
 /// A launch template of its own (spot in its data, as a farm's would be).
 async fn template(ec2: &aws_sdk_ec2::Client, farm: &str) -> String {

@@ -17,43 +17,12 @@ use cellfarm::config::Ec2;
 use cellfarm::metadata::POOL_TAG;
 use cellfarm::s3url::S3Url;
 use common::imds::MetadataServer;
-use common::{env, Farm};
-
-fn moto() -> String {
-    env("CELLFARM_TEST_EC2", "http://127.0.0.1:5000")
-}
-
-async fn client() -> aws_sdk_ec2::Client {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .load()
-        .await;
-    let conf = aws_sdk_ec2::config::Builder::from(&shared)
-        .endpoint_url(moto())
-        .build();
-    aws_sdk_ec2::Client::from_conf(conf)
-}
+use common::moto::{client, subnets, url as moto};
+use common::Farm;
 
 /// Two default subnets and the default security group of moto's default VPC.
 async fn network(ec2: &aws_sdk_ec2::Client) -> (Vec<String>, String) {
-    let subnets = ec2
-        .describe_subnets()
-        .filters(
-            Filter::builder()
-                .name("default-for-az")
-                .values("true")
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeSubnets (is moto_server running? scripts/services.sh)");
-    let mut subnets: Vec<String> = subnets
-        .subnets()
-        .iter()
-        .filter_map(|s| s.subnet_id().map(String::from))
-        .collect();
-    subnets.sort();
-    subnets.truncate(2);
+    let subnets = subnets(ec2).await;
     let groups = ec2
         .describe_security_groups()
         .filters(

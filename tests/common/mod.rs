@@ -11,6 +11,7 @@ pub mod faulty_s3;
 pub mod http;
 pub mod imds;
 pub mod lambda_api;
+pub mod moto;
 pub mod wait;
 
 use std::cell::RefCell;

@@ -1,0 +1,42 @@
+//! moto_server's EC2 API (scripts/services.sh starts it on 127.0.0.1:5000), as the EC2
+//! tests reach it directly: to set up a network and look at what was launched.
+
+use aws_sdk_ec2::types::Filter;
+
+/// moto_server's address.
+pub fn url() -> String {
+    super::env("CELLFARM_TEST_EC2", "http://127.0.0.1:5000")
+}
+
+/// An EC2 client straight to moto.
+pub async fn client() -> aws_sdk_ec2::Client {
+    let shared = cellfarm::aws::sdk_config().await;
+    let conf = aws_sdk_ec2::config::Builder::from(&shared)
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(url())
+        .build();
+    aws_sdk_ec2::Client::from_conf(conf)
+}
+
+/// Two default subnets of moto's default VPC.
+pub async fn subnets(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
+    let out = ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("default-for-az")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSubnets (is moto_server running? scripts/services.sh)");
+    let mut subnets: Vec<String> = out
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id().map(String::from))
+        .collect();
+    subnets.sort();
+    subnets.truncate(2);
+    subnets
+}
