@@ -15,6 +15,7 @@
 //! commit through the ledger, and their late acks fail harmlessly.
 
 mod attempt;
+mod reconcile;
 mod reload;
 mod running;
 mod session;
