@@ -7,13 +7,14 @@
 //! lane. Every publish is persistent, `mandatory` and waits for the publisher confirm; a
 //! returned or nacked message is a failed publish.
 
+use lapin::message::Delivery;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use crate::config::Config;
 
@@ -22,6 +23,8 @@ use crate::config::Config;
 const DELIVERY_LIMIT_SLACK: u32 = 10;
 /// Header carrying why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-cellfarm-reason";
+/// Header carrying the job id of a message a cell dead-lettered.
+pub const JOB_ID_HEADER: &str = "x-cellfarm-job-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -283,26 +286,97 @@ impl Publisher {
     }
 }
 
-/// Opens a consumer on `queue` with `prefetch` unacked deliveries at most.
-pub async fn consume(
-    conn: &Connection,
+/// Takes the next ready message of `queue`, if there is one (`basic.get`): a delivery is
+/// only ever taken for a slot that starts it at once. See [`crate::cell`]'s session for
+/// why a cell does not keep consumers with a prefetch.
+pub async fn take(channel: &Channel, queue: &str) -> Result<Option<Delivery>, QueueError> {
+    let got = channel.basic_get(queue, BasicGetOptions::default()).await?;
+    Ok(got.map(|m| m.delivery))
+}
+
+/// A message in a dead-letter queue, as [`browse`] saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The job id: the `x-cellfarm-job-id` header, else the body's; empty if neither.
+    pub job_id: String,
+    /// Why it is there: the cell's `x-cellfarm-reason`, else the broker's `x-death`.
+    pub reason: String,
+}
+
+/// Looks at up to `limit` messages at the head of `queue` without taking them: each is
+/// fetched unacknowledged and all are returned at once (nack, requeue), as RabbitMQ's
+/// own "get messages, requeue" does. The queue keeps every message, in order.
+pub async fn browse(
+    channel: &Channel,
     queue: &str,
-    tag: &str,
-    prefetch: u16,
-) -> Result<(Channel, Consumer), QueueError> {
-    let channel = conn.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            queue,
-            tag,
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((channel, consumer))
+    limit: usize,
+) -> Result<Vec<DeadLetter>, QueueError> {
+    let mut seen = Vec::new();
+    let mut last = None;
+    while seen.len() < limit {
+        let Some(m) = channel.basic_get(queue, BasicGetOptions::default()).await? else {
+            break;
+        };
+        last = Some(m.delivery.delivery_tag);
+        seen.push(dead_letter(&m.delivery.data, &m.delivery.properties));
+    }
+    if let Some(tag) = last {
+        let back = BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        };
+        channel.basic_nack(tag, back).await?;
+    }
+    Ok(seen)
+}
+
+fn dead_letter(body: &[u8], props: &BasicProperties) -> DeadLetter {
+    let header = props
+        .headers()
+        .as_ref()
+        .and_then(|h| match h.inner().get(JOB_ID_HEADER) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        })
+        .filter(|id| !id.is_empty());
+    let job_id = header.unwrap_or_else(|| {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("job_id")?.as_str().map(str::to_string))
+            .unwrap_or_default()
+    });
+    let reason = reason(props)
+        .or_else(|| broker_death(props))
+        .unwrap_or_else(|| "no reason given".into());
+    DeadLetter { job_id, reason }
+}
+
+/// What the broker's `x-death` header says of a message it dead-lettered by itself:
+/// the first entry's reason, queue and count, e.g. `delivery_limit in t.default.work
+/// (1 time)`.
+pub fn broker_death(props: &BasicProperties) -> Option<String> {
+    let headers = props.headers().as_ref()?;
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let text = |key: &str| match first.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        _ => "?".into(),
+    };
+    let count = match first.inner().get("count") {
+        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
+        Some(AMQPValue::LongInt(n)) => n.to_string(),
+        _ => "?".into(),
+    };
+    Some(format!(
+        "{} in {} ({count} time(s))",
+        text("reason"),
+        text("queue")
+    ))
 }
 
 /// The reason header of a dead-lettered delivery, if any.

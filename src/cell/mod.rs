@@ -15,6 +15,7 @@
 //! commit through the ledger, and their late acks fail harmlessly.
 
 mod attempt;
+mod reconcile;
 mod reload;
 mod running;
 mod session;
@@ -52,6 +53,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a publish waits for the broker to come back before the job is left to its
 /// lease.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(120);
+/// How long an ack or nack may take: a frame written on a live connection, at once.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(5);
 /// How much longer than its publish patience a cell keeps the claim on a result it
 /// committed: the outbox must not re-send a result whose publish is still waiting.
 const RESULT_CLAIM_MARGIN: Duration = Duration::from_secs(10);
@@ -338,17 +341,28 @@ impl Cell {
 /// Acks a delivery, or returns it to its queue. A failure means the channel is gone: the
 /// broker redelivers, and the ledger makes a redelivered finished job a no-op.
 async fn settle_delivery(delivery: &Delivery, ack: bool) {
-    let result = if ack {
-        delivery.acker.ack(BasicAckOptions::default()).await
-    } else {
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        };
-        delivery.acker.nack(requeue).await
+    let settled = async {
+        if ack {
+            delivery.acker.ack(BasicAckOptions::default()).await
+        } else {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            delivery.acker.nack(requeue).await
+        }
     };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, ack, "settling failed; the delivery will come back");
+    // lapin 2.5 never answers the ack of a `basic.get` delivery whose connection is gone
+    // (its acker holds no channel error): bounded, so that the slot is freed.
+    match tokio::time::timeout(SETTLE_PATIENCE, settled).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, ack, "settling failed; the delivery will come back")
+        }
+        Err(_) => tracing::warn!(
+            ack,
+            "settling got no answer (its connection is gone); the delivery will come back"
+        ),
     }
 }
 

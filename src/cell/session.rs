@@ -1,19 +1,44 @@
 //! The cell's consuming: one broker connection per session, reconnecting with backoff
-//! when it is lost; a free slot takes the next delivery, priority lanes first; on a stop,
-//! the consumers are cancelled and what was prefetched but not started goes back.
+//! when it is lost; a free slot takes the next message, priority lanes first.
+//!
+//! # A delivery is only taken for a free slot
+//!
+//! A cell holds no message it cannot start. A message a cell holds unstarted is hidden
+//! backlog: the broker counts it as unacknowledged, not ready, the ledger as queued, not
+//! running, so mitosis would let an idle neighbour die beside a busy cell sitting on long
+//! jobs, and the job would wait for a slot of that cell when another is free. So a slot
+//! first waits to be free, then takes one message (`basic.get`) from the priority lanes,
+//! then the work queues, and starts it; when every lane is empty it looks again after a
+//! short wait ([`FIRST_POLL`], doubling to [`MAX_POLL`]). The cell's unacknowledged
+//! deliveries are its running jobs, no more.
+//!
+//! Consumers with a prefetch cannot give that. RabbitMQ's prefetch (`basic.qos`) is per
+//! consumer, and a cell has one consumer per lane and pool: up to 2 × pools × prefetch
+//! deliveries, whatever its free slots. A per-channel ("global") prefetch equal to the
+//! slots would bound them all together, but quorum queues refuse global QoS. A prefetch
+//! that follows the free slots cannot reach zero (`prefetch_count = 0` means
+//! unlimited), and pausing consumption (cancelling consumers while every slot is busy)
+//! still hands a slot that frees one delivery per lane, the surplus of which must be
+//! returned, and each return counts toward the queue's delivery limit. `basic.get`
+//! costs a round trip per job and a few polls of an empty queue a second while a slot is
+//! free: nothing beside jobs of seconds to hours, and an idle cell dies or is at its
+//! pool's floor.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{select_all, SelectAll};
-use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::Channel;
 
-use super::{settle_delivery, Cell, Shutdown, MAX_BACKOFF};
+use super::{Cell, Shutdown, MAX_BACKOFF};
 
 /// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// The first wait before looking again at queues that were all empty; it doubles up to
+/// [`MAX_POLL`] while they stay empty. A job submitted to an idle cell starts within it.
+const FIRST_POLL: Duration = Duration::from_millis(100);
+/// The longest wait between looks at empty queues.
+const MAX_POLL: Duration = Duration::from_secs(1);
 use crate::queue::{self, Broker, QueueError};
 
 impl Cell {
@@ -73,43 +98,37 @@ impl Cell {
         let notify = lost.clone();
         broker.connection().on_error(move |_| notify.notify_one());
         *self.publisher.write().await = Some(broker.publisher().clone());
-        let (mut priority, mut work, channels) = self.consumers(&broker).await?;
+        let channel = broker.connection().create_channel().await?;
         tracing::info!(cell = %self.cell_id, "consuming");
-        let mut idle_check = tokio::time::interval(Duration::from_secs(1));
+        let mut poll = FIRST_POLL;
+        let mut turn = 0;
         loop {
             let permit = tokio::select! {
                 p = self.slots.acquire() => p,
                 _ = shutdown.drain.cancelled() => break,
                 _ = lost.notified() => return Err(connection_lost(&broker)),
             };
-            let delivery = tokio::select! {
-                biased;
-                _ = shutdown.drain.cancelled() => break,
+            if shutdown.drain.is_cancelled() {
+                break;
+            }
+            // Not cut short by a stop: a message the broker has sent must reach a slot.
+            let taken = tokio::select! {
                 _ = lost.notified() => return Err(connection_lost(&broker)),
-                _ = self.slots.resized.notified() => {
-                    for (channel, _) in &channels {
-                        channel.basic_qos(self.slots.prefetch(), Default::default()).await?;
-                    }
-                    continue;
-                }
-                d = priority.next() => d,
-                d = work.next() => d,
-                _ = idle_check.tick() => {
-                    let idle = self.work.idle_for();
-                    if let (Some(limit), Some(idle)) = (until_idle, idle) {
-                        if idle >= limit && self.drained(&broker).await? {
-                            tracing::info!(idle_secs = limit.as_secs(), "queues drained and idle; stopping");
-                            shutdown.drain.cancel();
-                        }
-                    }
-                    continue;
-                }
+                t = self.take(&channel, turn) => t?,
             };
-            let (pool, delivery) = match delivery {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(connection_lost(&broker)),
+            turn = turn.wrapping_add(1);
+            let Some((pool, delivery)) = taken else {
+                drop(permit);
+                self.stop_if_idle(&broker, shutdown, until_idle).await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = shutdown.drain.cancelled() => break,
+                    _ = lost.notified() => return Err(connection_lost(&broker)),
+                }
+                poll = (poll * 2).min(MAX_POLL);
+                continue;
             };
+            poll = FIRST_POLL;
             let cell = self.clone();
             let abort = shutdown.abort.clone();
             self.work.begin();
@@ -119,8 +138,6 @@ impl Cell {
                 drop(permit);
             });
         }
-        self.stop_consuming(&channels, [&mut priority, &mut work])
-            .await;
         self.slots.wait_idle().await;
         if self.needs_replacement() {
             // The jobs this cell gave back need a cell: it no longer counts as alive, so
@@ -131,49 +148,46 @@ impl Cell {
         Ok(())
     }
 
-    /// Cancels the consumers and returns what was prefetched but not started, so that
-    /// other cells (or a replacement) can take it while the running jobs finish.
-    async fn stop_consuming(&self, channels: &[(Channel, String)], lanes: [&mut Lane; 2]) {
-        for (channel, tag) in channels {
-            let cancel = lapin::options::BasicCancelOptions::default();
-            if let Err(e) = channel.basic_cancel(tag, cancel).await {
-                tracing::warn!(error = %e, "cannot cancel a consumer; its deliveries return at close");
-            }
-        }
-        let unstarted = async {
-            for lane in lanes {
-                while let Some(Ok((_, d))) = lane.next().await {
-                    settle_delivery(&d, false).await;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), unstarted).await;
-    }
-
-    /// One merged stream per lane (priority, work), each delivery tagged with its pool,
-    /// and each consumer's channel and tag (to cancel it).
-    async fn consumers(
+    /// With `until_idle`, stops the cell once it has been idle that long and its queues
+    /// are drained.
+    async fn stop_if_idle(
         &self,
         broker: &Broker,
-    ) -> Result<(Lane, Lane, Vec<(Channel, String)>), QueueError> {
-        let prefetch = self.slots.prefetch();
-        let mut priority = Vec::new();
-        let mut work = Vec::new();
-        let mut channels = Vec::new();
-        for pool in &self.pools {
-            for (lane, out) in [
-                (self.names.priority(pool), &mut priority),
-                (self.names.work(pool), &mut work),
-            ] {
-                let tag = format!("{}:{lane}", self.cell_id);
-                let (channel, consumer) =
-                    queue::consume(broker.connection(), &lane, &tag, prefetch).await?;
-                channels.push((channel, tag));
-                let pool = pool.clone();
-                out.push(consumer.map(move |d| d.map(|d| (pool.clone(), d))).boxed());
+        shutdown: &Shutdown,
+        until_idle: Option<Duration>,
+    ) -> Result<(), QueueError> {
+        let (Some(limit), Some(idle)) = (until_idle, self.work.idle_for()) else {
+            return Ok(());
+        };
+        if idle >= limit && self.drained(broker).await? {
+            tracing::info!(
+                idle_secs = limit.as_secs(),
+                "queues drained and idle; stopping"
+            );
+            shutdown.drain.cancel();
+        }
+        Ok(())
+    }
+
+    /// The next message for a free slot, tagged with its pool: the priority lanes of
+    /// every pool first, then their work queues; `turn` rotates which pool is asked first,
+    /// so that no pool of a cell starves another.
+    async fn take(
+        &self,
+        channel: &Channel,
+        turn: usize,
+    ) -> Result<Option<(String, Delivery)>, QueueError> {
+        let n = self.pools.len();
+        for priority in [true, false] {
+            for i in 0..n {
+                let pool = &self.pools[(turn + i) % n];
+                let lane = self.names.lane(pool, priority);
+                if let Some(d) = queue::take(channel, &lane).await? {
+                    return Ok(Some((pool.clone(), d)));
+                }
             }
         }
-        Ok((select_all(priority), select_all(work), channels))
+        Ok(None)
     }
 
     /// True when the cell's queues hold no ready message and the ledger no unfinished
@@ -194,11 +208,6 @@ impl Cell {
         }
     }
 }
-
-/// One lane (priority or work) of every pool the cell serves, each delivery tagged with
-/// its pool.
-type Lane =
-    SelectAll<futures_util::stream::BoxStream<'static, Result<(String, Delivery), lapin::Error>>>;
 
 fn connection_lost(broker: &Broker) -> QueueError {
     let state = broker.connection().status().state();

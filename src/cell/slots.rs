@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 
@@ -14,13 +14,13 @@ pub fn vcpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The slots of a cell: one semaphore permit per free slot.
+/// The slots of a cell: one semaphore permit per free slot. A slot takes a message only
+/// once it holds a permit, so the cell never holds a message it cannot start (see the
+/// session).
 pub struct Slots {
     permits: Arc<Semaphore>,
     count: AtomicUsize,
     threads: AtomicUsize,
-    /// Tells the consuming session that the count changed (its prefetch follows).
-    pub resized: Notify,
 }
 
 impl Slots {
@@ -30,7 +30,6 @@ impl Slots {
             permits: Arc::new(Semaphore::new(count)),
             count: AtomicUsize::new(count),
             threads: AtomicUsize::new(config.cell.threads_for(vcpus())),
-            resized: Notify::new(),
         }
     }
 
@@ -41,11 +40,6 @@ impl Slots {
     /// FFmpeg threads per job.
     pub fn threads(&self) -> usize {
         self.threads.load(Ordering::SeqCst)
-    }
-
-    /// Unacked deliveries per consumer: one per slot.
-    pub fn prefetch(&self) -> u16 {
-        u16::try_from(self.count()).unwrap_or(u16::MAX)
     }
 
     /// Waits for a free slot.
@@ -79,9 +73,6 @@ impl Slots {
                     p.forget();
                 }
             });
-        }
-        if slots != old {
-            self.resized.notify_one();
         }
         slots
     }

@@ -1,7 +1,7 @@
 //! Every heartbeat, two loops: the pulse (beat, renew the leases of running jobs) and,
 //! on a task of its own so that its slow calls never hold the pulse up, the tick (apply
-//! a changed config, re-send unpublished results, re-publish jobs of dead cells, and run
-//! mitosis for each pool the cell serves).
+//! a changed config, re-send unpublished results, re-publish jobs of dead cells,
+//! reconcile queued jobs with the queues, and run mitosis for each pool the cell serves).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +54,7 @@ impl Cell {
             }
             self.resend_results().await;
             self.republish_expired().await;
+            self.reconcile().await;
             if !shutdown.drain.is_cancelled() {
                 self.check_health(&shutdown).await;
             }

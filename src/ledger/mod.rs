@@ -61,6 +61,9 @@ pub enum Claim {
 pub struct PipelineLoad {
     pub pipeline: String,
     pub running: u64,
+    /// Jobs queued: waiting for a cell, whether the broker shows their message as
+    /// ready or not.
+    pub queued: u64,
     /// Sum of the messages' own estimates, already in work-seconds.
     pub estimated_secs: f64,
     /// Seconds of source of the probed jobs without an estimate.
@@ -184,7 +187,8 @@ impl Ledger {
     /// Returns false for a job that is queued or running now.
     pub async fn reset(&self, job_id: &str) -> Result<bool, LedgerError> {
         let done = sqlx::query(
-            "UPDATE jobs SET state = 'queued', attempts = 0, error = NULL, outputs = NULL,
+            "UPDATE jobs SET state = 'queued', attempts = 0, republished = 0, error = NULL,
+                    outputs = NULL,
                     result = NULL, result_sent = false,
                     cell_id = NULL, lease_expires = NULL, updated_at = now()
              WHERE id = $1 AND state IN ('succeeded', 'failed', 'dead')",
@@ -546,6 +550,7 @@ impl Ledger {
         let rows = sqlx::query(
             "SELECT pipeline,
                     count(*) FILTER (WHERE state = 'running') AS running,
+                    count(*) FILTER (WHERE state = 'queued') AS queued,
                     coalesce(sum((message->>'work_secs')::float8), 0) AS estimated,
                     coalesce(sum((probe->>'duration')::float8)
                              FILTER (WHERE message->>'work_secs' IS NULL), 0) AS probed,
@@ -562,11 +567,69 @@ impl Ledger {
             .map(|row| PipelineLoad {
                 pipeline: row.get("pipeline"),
                 running: row.get::<i64, _>("running").max(0) as u64,
+                queued: row.get::<i64, _>("queued").max(0) as u64,
                 estimated_secs: row.get("estimated"),
                 probed_secs: row.get("probed"),
                 unknown: row.get::<i64, _>("unknown").max(0) as u64,
             })
             .collect())
+    }
+
+    /// Up to 100 jobs of `pool` that have been `queued`, untouched, for longer than
+    /// `older_than`, each with how many times it was re-published for a lost message.
+    /// Only meaningful while the pool's queues hold no ready message (see
+    /// [`crate::cell`]'s reconciliation).
+    pub async fn stale_queued(
+        &self,
+        pool: &str,
+        older_than: Duration,
+    ) -> Result<Vec<(JobMessage, i32)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT message, republished FROM jobs
+             WHERE pool = $1 AND state = 'queued'
+               AND updated_at < now() - make_interval(secs => $2)
+             ORDER BY updated_at LIMIT 100",
+        )
+        .bind(pool)
+        .bind(older_than.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let message: sqlx::types::Json<JobMessage> = row.get("message");
+                (message.0, row.get("republished"))
+            })
+            .collect())
+    }
+
+    /// Ends a job still `queued` as `dead` with `reason` (its message is dead-lettered
+    /// or lost for good); false if it is no longer queued.
+    pub async fn bury_queued(&self, job_id: &str, reason: &str) -> Result<bool, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'dead', error = $2, updated_at = now(), finished_at = now()
+             WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(job_id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records that a `queued` job's message was published again because it was in no
+    /// queue: one more re-publish, `note` as its error, and a fresh `updated_at`, so that
+    /// it is not looked at again before the bound; false if it is no longer queued.
+    pub async fn republished(&self, job_id: &str, note: &str) -> Result<bool, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET republished = republished + 1, error = $2, updated_at = now()
+             WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(job_id)
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// The version of `bucket/key` the trigger last took, and its event sequencer.

@@ -14,6 +14,9 @@ pub use tick::{Cells, Farm, LiveFarm, Me, TickOutcome, Ticker};
 pub struct Observation {
     /// Ready messages in the pool's queues (the broker's count: in-flight excluded).
     pub ready: u64,
+    /// Jobs the ledger holds as queued: ready ones, and any whose message a cell holds
+    /// unstarted or the broker lost, which the ready count misses.
+    pub queued: u64,
     /// Jobs running now (from the ledger).
     pub in_flight: u64,
     /// Estimated work of queued and running jobs, in seconds of encoding.
@@ -67,7 +70,7 @@ pub enum Decision {
 /// Cells the pool's work calls for, within floor and ceiling; at least one while there is
 /// any work at all.
 pub fn wanted(obs: &Observation, policy: &Policy) -> u32 {
-    let jobs = obs.ready + obs.in_flight;
+    let jobs = waiting(obs) + obs.in_flight;
     let by_work = match policy.work_secs_per_cell {
         Some(per_cell) if per_cell > 0.0 => (obs.work_secs / per_cell).ceil() as u64,
         _ => jobs.div_ceil(u64::from(policy.jobs_per_cell.max(1))),
@@ -75,6 +78,14 @@ pub fn wanted(obs: &Observation, policy: &Policy) -> u32 {
     let by_work = if jobs > 0 { by_work.max(1) } else { by_work };
     let wanted = u32::try_from(by_work).unwrap_or(u32::MAX);
     wanted.max(policy.floor).min(policy.ceiling)
+}
+
+/// Jobs waiting for a cell: the larger of the broker's ready count and the ledger's
+/// queued count. Not their sum: a ready job is also queued in the ledger. The broker's
+/// count can be the larger one (a message published before its row, a duplicate), the
+/// ledger's too (a message a cell holds but has not started, or one the broker lost).
+pub fn waiting(obs: &Observation) -> u64 {
+    obs.ready.max(obs.queued)
 }
 
 pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
@@ -94,7 +105,7 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
     let idle_past_grace = obs
         .idle_secs
         .is_some_and(|idle| idle >= policy.idle_grace_secs);
-    if idle_past_grace && obs.ready == 0 && obs.alive > policy.floor && obs.alive > want {
+    if idle_past_grace && waiting(obs) == 0 && obs.alive > policy.floor && obs.alive > want {
         return Decision::Die;
     }
     Decision::Stay
@@ -123,6 +134,10 @@ mod tests {
             pending,
             ..Default::default()
         }
+    }
+
+    fn queued(o: Observation, queued: u64) -> Observation {
+        Observation { queued, ..o }
     }
 
     #[test]
@@ -176,6 +191,21 @@ mod tests {
             ),
             ("surplus cells die", idle(obs(0, 5, 3, 0), 300), Die),
             ("a non-cell decider never dies", obs(0, 0, 2, 0), Stay),
+            (
+                "never while the ledger has jobs queued (a hidden backlog)",
+                idle(queued(obs(0, 1, 2, 0), 1), 300),
+                Stay,
+            ),
+            (
+                "queued jobs are work: they call for cells like ready ones",
+                queued(obs(0, 10, 1, 0), 30),
+                Launch(3),
+            ),
+            (
+                "a ready job is also queued: not counted twice",
+                queued(obs(20, 0, 2, 0), 20),
+                Stay,
+            ),
         ];
         for (why, o, want) in cases {
             assert_eq!(decide(&o, &p), want, "{why}: {o:?}");

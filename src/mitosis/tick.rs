@@ -5,6 +5,11 @@
 //! pending launches, cooldowns, events) and [`Cloud`], so its rules (cooldown, zero to
 //! one, the last look before death) are tested here without a server; [`LiveFarm`] is the
 //! farm on RabbitMQ, PostgreSQL and Redis.
+//!
+//! A pool's waiting work is the broker's ready count or the ledger's queued count,
+//! whichever is larger ([`super::waiting`]): a job the broker does not show as ready (a
+//! message a cell holds, or one lost) is still queued in the ledger, and a cell must not
+//! die beside it; rows whose message is in no queue are reconciled by the cells' ticks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -36,7 +41,8 @@ pub trait Farm: Send + Sync {
     async fn unlock(&self, pool: &str) -> anyhow::Result<()>;
     /// Ready messages in the pool's queues (the broker's count: deliveries excluded).
     async fn ready(&self, pool: &str) -> anyhow::Result<u64>;
-    /// The pool's queued and running jobs, per pipeline.
+    /// The pool's queued and running jobs, per pipeline: the ledger's count, which sees
+    /// the jobs the broker's ready count misses.
     async fn load(&self, pool: &str) -> anyhow::Result<Vec<PipelineLoad>>;
     /// The cells with a fresh heartbeat: those serving the pool, and every machine a
     /// cell beats on.
@@ -217,7 +223,7 @@ impl Ticker<'_> {
         reap: bool,
     ) -> anyhow::Result<Observation> {
         let ready = self.farm.ready(pool).await?;
-        let (in_flight, work_secs) = weigh(self.config, &self.farm.load(pool).await?);
+        let (in_flight, queued, work_secs) = weigh(self.config, &self.farm.load(pool).await?);
         let cells = self.farm.cells(pool).await?;
         let mut pending = self.farm.pending(pool).await?;
         // The cloud's own machines are the backstop when Redis lost the pending launches.
@@ -245,6 +251,7 @@ impl Ticker<'_> {
         }
         Ok(Observation {
             ready,
+            queued,
             in_flight,
             work_secs,
             alive: cells.alive,
@@ -320,8 +327,8 @@ impl Ticker<'_> {
             .launched(pool, &ids, p.launch_timeout_secs, p.cooldown_secs)
             .await?;
         let reason = format!(
-            "{} ready, {} running, {:.0} s of work; {} alive, {} pending",
-            obs.ready, obs.in_flight, obs.work_secs, obs.alive, obs.pending
+            "{} ready, {} queued, {} running, {:.0} s of work; {} alive, {} pending",
+            obs.ready, obs.queued, obs.in_flight, obs.work_secs, obs.alive, obs.pending
         );
         tracing::info!(pool, cells = n, %reason, "mitosis: launching");
         let decider = me.map_or(self.who, |m| m.cell_id);
@@ -341,7 +348,7 @@ impl Ticker<'_> {
     ) -> anyhow::Result<(TickOutcome, Observation)> {
         self.farm.deregister(me.cell_id).await?;
         let last_look = self.observe(pool, None, false).await?;
-        if last_look.ready > 0 {
+        if super::waiting(&last_look) > 0 {
             return Ok((TickOutcome::Stayed, last_look));
         }
         let reason = format!(
@@ -357,10 +364,11 @@ impl Ticker<'_> {
     }
 }
 
-/// Jobs running and seconds of work waiting, from a pool's load per pipeline. A
-/// pipeline gone from the config still has work: it weighs as plain seconds.
-fn weigh(config: &Config, loads: &[PipelineLoad]) -> (u64, f64) {
+/// Jobs running, jobs queued and seconds of work waiting, from a pool's load per
+/// pipeline. A pipeline gone from the config still has work: it weighs as plain seconds.
+fn weigh(config: &Config, loads: &[PipelineLoad]) -> (u64, u64, f64) {
     let mut in_flight = 0;
+    let mut queued = 0;
     let mut work_secs = 0.0;
     for load in loads {
         let cost = config
@@ -368,10 +376,11 @@ fn weigh(config: &Config, loads: &[PipelineLoad]) -> (u64, f64) {
             .get(&load.pipeline)
             .map_or(1.0, |p| p.cost_factor);
         in_flight += load.running;
+        queued += load.queued;
         work_secs += load.estimated_secs
             + cost * (load.probed_secs + load.unknown as f64 * UNKNOWN_JOB_SECS);
     }
-    (in_flight, work_secs)
+    (in_flight, queued, work_secs)
 }
 
 /// The farm on its real systems: ready counts from RabbitMQ (through `publisher`'s

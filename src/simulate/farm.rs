@@ -63,6 +63,7 @@ impl Farm for Sim {
         Ok(vec![PipelineLoad {
             pipeline: PIPELINE.into(),
             running,
+            queued: self.world().queue.len() as u64,
             estimated_secs,
             probed_secs: 0.0,
             unknown,

@@ -1,5 +1,6 @@
 //! The tick's rules on a farm and a cloud in memory: cooldown, zero to one, the cloud's
-//! count as a backstop, and the last look before death.
+//! count as a backstop, the last look before death, and the ledger's queued jobs counted
+//! as waiting work.
 
 use std::sync::Mutex;
 
@@ -42,6 +43,11 @@ struct State {
     ready_elsewhere: std::collections::BTreeMap<String, u64>,
     /// Ready messages seen after a deregistration (a job published meanwhile).
     ready_after_deregister: Option<u64>,
+    /// Jobs the ledger holds as queued whose message is not ready: held by a cell that
+    /// has not started it, or lost.
+    hidden: u64,
+    /// Hidden jobs seen after a deregistration.
+    hidden_after_deregister: Option<u64>,
     running: u64,
     alive: u32,
     /// Machines cells beat on.
@@ -92,12 +98,17 @@ impl Farm for MemFarm {
     }
     async fn load(&self, _: &str) -> anyhow::Result<Vec<PipelineLoad>> {
         let s = self.state();
+        let hidden = match (s.deregistered.is_empty(), s.hidden_after_deregister) {
+            (false, Some(n)) => n,
+            _ => s.hidden,
+        };
         Ok(vec![PipelineLoad {
             pipeline: "x".into(),
             running: s.running,
+            queued: s.ready + hidden,
             estimated_secs: 0.0,
             probed_secs: 0.0,
-            unknown: s.ready + s.running,
+            unknown: s.ready + hidden + s.running,
         }])
     }
     async fn cells(&self, _: &str) -> anyhow::Result<Cells> {
@@ -419,4 +430,44 @@ async fn a_cell_of_two_pools_dies_only_when_neither_needs_it() {
     };
     assert!(ticker.tick_cell(&pools, me).await, "neither pool needs it");
     assert_eq!(quiet.state().deregistered, ["me"]);
+}
+
+/// Property: jobs the ledger holds as queued count as waiting work even when the broker
+/// shows none ready (a cell holds their messages unstarted, or they are lost): an idle
+/// cell does not die beside them, neither on the decision nor on the last look, and they
+/// call for cells as ready ones do.
+#[tokio::test]
+async fn queued_jobs_the_broker_does_not_show_are_waiting_work() {
+    let cloud = MemCloud::blind();
+    // A busy cell runs one long job with another queued behind it; its neighbour idles.
+    let farm = MemFarm::with(|s| {
+        s.alive = 2;
+        s.running = 1;
+        s.hidden = 1;
+    });
+    assert_eq!(tick(&farm, &cloud, idle(300)).await, TickOutcome::Stayed);
+    assert!(farm.state().deregistered.is_empty(), "the neighbour stays");
+
+    // A job queued between the decision and the last look keeps the cell too.
+    let farm = MemFarm::with(|s| {
+        s.alive = 2;
+        s.hidden_after_deregister = Some(1);
+    });
+    assert_eq!(tick(&farm, &cloud, idle(60)).await, TickOutcome::Stayed);
+    assert!(farm.state().events.is_empty(), "no death recorded");
+
+    // Thirty queued, ten running, one cell: four cells wanted, three launched.
+    let farm = MemFarm::with(|s| {
+        s.alive = 1;
+        s.running = 10;
+        s.hidden = 30;
+    });
+    assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Launched(3));
+
+    // A ready job is queued in the ledger too: twenty of them want two cells, not four.
+    let farm = MemFarm::with(|s| {
+        s.alive = 2;
+        s.ready = 20;
+    });
+    assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Stayed);
 }
