@@ -38,7 +38,7 @@ use crate::boot::Systems;
 use crate::config::Config;
 use crate::failure;
 use crate::job::{JobMessage, ResultMessage};
-use crate::queue::{Names, Publisher, QueueError, REASON_HEADER};
+use crate::queue::{Names, Publisher, QueueError, JOB_ID_HEADER, REASON_HEADER};
 
 use attempt::{Attempt, Ending, Settle};
 use reload::Reload;
@@ -294,7 +294,7 @@ impl Cell {
                 let queue = self.names.dead(pool);
                 let headers = [
                     (REASON_HEADER, reason.as_str()),
-                    ("x-cellfarm-job-id", job_id.as_str()),
+                    (JOB_ID_HEADER, job_id.as_str()),
                 ];
                 let published = self
                     .publish(&queue, &delivery.data, &headers, PUBLISH_PATIENCE)

@@ -8,7 +8,6 @@ use anyhow::Context;
 use aws_config::SdkConfig;
 
 use super::reload::Reload;
-use super::slots::Slots;
 use super::{Cell, Exit, Identity, Shutdown};
 use crate::boot::{self, ConfigSource, Systems};
 use crate::config::{CloudKind, Config};
@@ -154,15 +153,15 @@ async fn pools(
 
 /// Warns when a delivery can stay unacked longer than RabbitMQ's `consumer_timeout`.
 fn warn_if_deliveries_outlast_the_broker(config: &Config, pools: &[String]) {
-    let bound = config.unacked_bound_secs(pools, Slots::new(config).count());
+    let bound = config.unacked_bound_secs(pools);
     if bound > config.amqp.consumer_timeout_secs {
         tracing::warn!(
             consumer_timeout_secs = config.amqp.consumer_timeout_secs,
             needed_secs = bound,
-            "RabbitMQ's consumer_timeout may be shorter than a delivery can wait and run here \
-             (slots x pools x step timeouts): long jobs would be returned and count toward \
-             the delivery limit; raise consumer_timeout in rabbitmq.conf (and \
-             amqp.consumer_timeout_secs), or lower step_timeout_secs"
+            "RabbitMQ's consumer_timeout may be shorter than a job can run here (its step \
+             timeouts): long jobs would be returned and count toward the delivery limit; \
+             raise consumer_timeout in rabbitmq.conf (and amqp.consumer_timeout_secs), or \
+             lower step_timeout_secs"
         );
     }
 }

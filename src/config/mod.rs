@@ -641,15 +641,14 @@ impl Config {
         .collect()
     }
 
-    /// The longest a delivery of `pools` can stay unacknowledged in a cell with `slots`
-    /// slots, in seconds, from the step timeouts set by hand: a job lasts at most T =
-    /// step timeout × (steps + the source probe + one probe per output), and a
-    /// prefetched delivery waits for a slot before it runs, so the bound is
-    /// max(2, slots) × pools × T. A pipeline whose timeouts are derived from each source
-    /// has no bound before the source is probed, and is left out.
-    pub fn unacked_bound_secs(&self, pools: &[String], slots: usize) -> u64 {
-        let longest = self
-            .pipelines
+    /// The longest a delivery of `pools` can stay unacknowledged, in seconds, from the
+    /// step timeouts set by hand. A cell takes a message only for a free slot, so a
+    /// delivery is unacknowledged only while its job runs: at most T = step timeout ×
+    /// (steps + the source probe + one probe per output). A pipeline whose timeouts are
+    /// derived from each source has no bound before the source is probed, and is left
+    /// out.
+    pub fn unacked_bound_secs(&self, pools: &[String]) -> u64 {
+        self.pipelines
             .values()
             .filter(|p| pools.contains(&p.pool))
             .filter_map(|p| {
@@ -657,8 +656,7 @@ impl Config {
                 Some(timeout * (p.steps.len() + 1 + p.outputs.len()) as u64)
             })
             .max()
-            .unwrap_or(0);
-        slots.max(2) as u64 * pools.len().max(1) as u64 * longest
+            .unwrap_or(0)
     }
 
     /// The pipeline named `name`, or an error that names it.

@@ -81,20 +81,19 @@ fn s3_parts_default_to_64_mib_8_at_once_and_stay_within_s3_limits() {
 }
 
 #[test]
-fn the_unacked_bound_grows_with_slots_pools_and_steps() {
+fn the_unacked_bound_is_the_longest_job_with_timeouts_set_by_hand() {
     let derived = Config::parse(GOOD, "c").unwrap();
     let pools = vec!["default".to_string()];
     assert_eq!(
-        derived.unacked_bound_secs(&pools, 4),
+        derived.unacked_bound_secs(&pools),
         0,
         "no bound before a probe"
     );
     let text = format!("{GOOD}\n[cell]\nstep_timeout_secs = 3600\n");
     let c = Config::parse(&text, "c").unwrap();
-    // One step, the source probe, one output probe: 3 × 3600 s; 2 slots.
-    assert_eq!(c.unacked_bound_secs(&pools, 1), 2 * 3 * 3600);
-    assert_eq!(c.unacked_bound_secs(&pools, 4), 4 * 3 * 3600);
-    assert_eq!(c.unacked_bound_secs(&["other".to_string()], 4), 0);
+    // One step, the source probe, one output probe: 3 × 3600 s.
+    assert_eq!(c.unacked_bound_secs(&pools), 3 * 3600);
+    assert_eq!(c.unacked_bound_secs(&["other".to_string()]), 0);
 }
 
 #[test]
