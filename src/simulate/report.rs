@@ -26,7 +26,8 @@ pub struct RunReport {
     /// Steps after which serving instances exceeded the ceiling (must be 0).
     pub steps_over_ceiling: u64,
     pub spend_usd: f64,
-    /// The pool's daily budget (cellfarm's tick holds to it; the other policies do not).
+    /// The pool's daily budget, for the runs that hold to it (cellfarm's tick; not the
+    /// message-count controller, nor the fixed farm).
     pub budget_per_day_usd: Option<f64>,
     /// The costliest UTC day's spend.
     pub peak_day_spend_usd: f64,
@@ -90,7 +91,9 @@ pub fn run_report(variant: &Variant, outcome: &mut Outcome) -> RunReport {
         ceiling: outcome.ceiling,
         steps_over_ceiling: t.over_ceiling,
         spend_usd: t.spend_usd,
-        budget_per_day_usd: outcome.budget_per_day,
+        budget_per_day_usd: outcome.budget_per_day.filter(|_| {
+            variant.controller == Controller::Cellfarm && variant.fixed_cells.is_none()
+        }),
         peak_day_spend_usd: w.days.iter().map(|d| d.closed_usd).fold(0.0, f64::max),
         spend_vs_fixed_on_demand: f64::NAN,
         spend_vs_on_demand_same_policy: f64::NAN,

@@ -270,10 +270,7 @@ fn the_ceiling_and_the_budget_are_never_exceeded() {
             market,
             ..both_policies()[0]
         };
-        let o = run(
-            &over_budget("budget_per_day = 1.0\nprice_per_hour = 0.07"),
-            &v,
-        );
+        let o = run(&over_budget("budget_per_day = 1.0"), &v);
         let w = &o.world;
         let why = format!("{market:?}");
         assert_eq!(o.ceiling, 5, "{why}: the vCPU quota lowers the ceiling");
