@@ -102,3 +102,47 @@ async fn a_spent_budget_stops_launches_and_status_says_so() {
     )
     .await;
 }
+
+/// Property: the ledger's spend query carries the cells launched and not ended before
+/// UTC midnight into the day (launches less deaths, reaps and notices; other pools and
+/// kinds apart), and gives the day's changes after it, oldest first, ends negative.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledger_carries_yesterdays_cells_into_today() {
+    let farm = Farm::new("budget-carry", BUDGET).await;
+    let midnight = cellfarm::mitosis::budget::day_start(chrono::Utc::now().timestamp());
+    let rows: &[(i64, &str, &str, i32)] = &[
+        (-7200, "budget", "launch", 5),
+        (-3600, "budget", "death", 1),
+        (-3500, "budget", "reap", 1),
+        (-3400, "budget", "rebalance", 1),
+        (-3300, "other", "launch", 7),
+        (1, "budget", "interruption", 1),
+        (2, "budget", "launch", 3),
+        (3, "other", "death", 1),
+    ];
+    for &(offset, pool, kind, cells) in rows {
+        sqlx::query(
+            "INSERT INTO cell_events (at, pool, kind, cell_id, cells, reason)
+             VALUES (to_timestamp($1), $2, $3, 'test', $4, 'test')",
+        )
+        .bind((midnight + offset) as f64)
+        .bind(pool)
+        .bind(kind)
+        .bind(cells)
+        .execute(farm.ledger.pool())
+        .await
+        .expect("insert");
+    }
+    let day = farm
+        .ledger
+        .cell_changes("budget", midnight)
+        .await
+        .expect("query");
+    assert_eq!(day.carried, 2, "5 launched, 3 ended before midnight");
+    let changes: Vec<(i64, i32)> = day
+        .changes
+        .iter()
+        .map(|c| (c.at - midnight, c.cells))
+        .collect();
+    assert_eq!(changes, [(1, -1), (2, 3)]);
+}
