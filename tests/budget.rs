@@ -54,7 +54,7 @@ fn status(farm: &Farm) -> (String, serde_json::Value) {
 
 /// Property: once the ledger's cell events bill a pool's day at its budget (20 cells
 /// that each lived under a minute: 20 × 60 s × $0.001 = $1.20 of $1.00), a submission
-/// launches no cell and `cellfarm status` shows the spend, the budget and "launches
+/// launches no cell, its tick logs why, and `cellfarm status` shows the spend, the budget and "launches
 /// stopped: budget spent"; with the budget raised, the same submission launches a cell.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spent_budget_stops_launches_and_status_says_so() {
@@ -69,7 +69,14 @@ async fn a_spent_budget_stops_launches_and_status_says_so() {
         }
     }
     farm.put_file("budget/a.mp4", &farm.clip("a", 1.0, "testsrc"));
-    farm.submit("budget/a.mp4", "budget");
+    let url = format!("s3://{}/budget/a.mp4", farm.bucket);
+    let out = farm.run(&["submit", &url, "--pipeline", "budget"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("launches stopped: budget spent ($1.20 of $1.00 today)"),
+        "submit's tick says why: {log}"
+    );
     assert_eq!(farm.cells_launched().await, 20, "no launch past the budget");
     assert!(farm.siblings().is_empty());
     let (text, pool) = status(&farm);

@@ -298,7 +298,7 @@ impl Ticker<'_> {
             .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
         let obs = self.observe(pool, me, true).await?;
         let decision = decide(&obs, &Policy::from(p));
-        let decision = self.gate(pool, p, decision, &obs).await?;
+        let decision = self.gate(pool, p, decision, &obs, me.is_none()).await?;
         tracing::debug!(pool, ?obs, ?decision, "mitosis tick");
         let outcome = match decision {
             Decision::Stay => TickOutcome::Stayed,
@@ -312,13 +312,16 @@ impl Ticker<'_> {
     }
 
     /// The cost guardrails after the decision ([`budget::gate`]): a launch is a stay,
-    /// logged with why, once the pool's budget for today is spent.
+    /// logged with why, once the pool's budget for today is spent. `loud` logs it at
+    /// info (submit, the trigger); a cell, which ticks every heartbeat, logs it at
+    /// debug, and `cellfarm status` shows it.
     async fn gate(
         &self,
         pool: &str,
         p: &crate::config::Pool,
         decision: Decision,
         obs: &Observation,
+        loud: bool,
     ) -> anyhow::Result<Decision> {
         let (Decision::Launch(_), Some(budget_usd), Some(price)) =
             (decision, p.budget_per_day, p.price_per_hour)
@@ -334,8 +337,10 @@ impl Ticker<'_> {
                 budget_usd,
             }),
         );
-        if let Some(hold) = hold {
-            tracing::info!(pool, %hold, "mitosis: not launching");
+        match hold {
+            Some(hold) if loud => tracing::info!(pool, %hold, "mitosis: not launching"),
+            Some(hold) => tracing::debug!(pool, %hold, "mitosis: not launching"),
+            None => {}
         }
         Ok(decision)
     }
