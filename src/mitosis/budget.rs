@@ -73,14 +73,7 @@ pub struct Spend {
 }
 
 impl Spend {
-    /// Dollars of `billed_secs` cell-seconds at `price_per_hour` against `budget_usd`.
-    pub fn of(billed_secs: f64, price_per_hour: f64, budget_usd: f64) -> Spend {
-        Spend {
-            spent_usd: billed_secs * price_per_hour / 3600.0,
-            budget_usd,
-        }
-    }
-
+    /// The budget is spent: no more launches today.
     pub fn spent(&self) -> bool {
         self.spent_usd >= self.budget_usd
     }
@@ -188,7 +181,7 @@ mod tests {
                 2,
                 vec![at(0, 1)],
                 1,
-                3600.0 + 0.0 + 0.0,
+                3600.0,
             ),
         ];
         for (why, carried, changes, running_now, want) in cases {
@@ -199,8 +192,11 @@ mod tests {
 
     #[test]
     fn the_gate_stops_launches_only_when_the_budget_is_spent() {
-        let under = Spend::of(3600.0 * 9.0, 1.0, 10.0);
-        let spent = Spend::of(3600.0 * 10.0, 1.0, 10.0);
+        let spend = |spent_usd| Spend {
+            spent_usd,
+            budget_usd: 10.0,
+        };
+        let (under, spent) = (spend(9.99), spend(10.0));
         let cases = [
             ("no budget", Decision::Launch(3), None, Decision::Launch(3)),
             (
