@@ -6,6 +6,7 @@ use crate::boot::Systems;
 use crate::config::Config;
 use crate::ledger::{Failure, Ledger, StateCount};
 use crate::locks::{Beat, Coordinator};
+use crate::mitosis::budget::{self, Spend};
 use crate::queue::{Broker, Names};
 
 #[derive(Debug, Serialize)]
@@ -14,7 +15,21 @@ pub struct Status {
     pub queues: Vec<QueueDepth>,
     pub jobs: Vec<StateCount>,
     pub cells: Vec<Beat>,
+    pub pools: Vec<PoolCost>,
     pub failures: Vec<Failure>,
+}
+
+/// A pool's cost guardrails now.
+#[derive(Debug, Serialize)]
+pub struct PoolCost {
+    pub pool: String,
+    /// The most cells the pool may have (its ceiling, lowered by `max_vcpus`).
+    pub ceiling: u32,
+    /// Dollars spent since UTC midnight, when the pool has a `price_per_hour`.
+    pub spent_today_usd: Option<f64>,
+    pub budget_per_day_usd: Option<f64>,
+    /// Today's budget is spent: the pool launches no new cells until midnight.
+    pub launches_stopped: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,13 +77,75 @@ pub async fn gather(
             });
         }
     }
+    let cells = beats.alive().await?;
+    let mut pools = Vec::new();
+    for (name, pool) in &config.pools {
+        pools.push(pool_cost(name, pool, ledger, beats, &cells).await?);
+    }
     Ok(Status {
         farm: config.farm.name.clone(),
         queues,
         jobs: ledger.state_counts().await?,
-        cells: beats.alive().await?,
+        cells,
+        pools,
         failures: ledger.recent_failures(FAILURES_SHOWN).await?,
     })
+}
+
+/// The pool's spend today, billed from the ledger as its tick bills it
+/// ([`budget::billed_secs`]), and whether its budget stops launches.
+async fn pool_cost(
+    name: &str,
+    pool: &crate::config::Pool,
+    ledger: &Ledger,
+    beats: &Coordinator,
+    cells: &[Beat],
+) -> anyhow::Result<PoolCost> {
+    let mut spent_today_usd = None;
+    if let Some(price) = pool.price_per_hour {
+        let now = chrono::Utc::now().timestamp();
+        let since = budget::day_start(now);
+        let serving = cells
+            .iter()
+            .filter(|b| !b.leaving && b.pools.iter().any(|p| p == name))
+            .count() as u32;
+        let running = serving + beats.pending(name).await?;
+        let changes = ledger.cell_changes(name, since).await?;
+        let secs = budget::billed_secs(changes.carried, &changes.changes, since, now, running);
+        spent_today_usd = Some(secs * price / 3600.0);
+    }
+    let launches_stopped = match (spent_today_usd, pool.budget_per_day) {
+        (Some(spent_usd), Some(budget_usd)) => Spend {
+            spent_usd,
+            budget_usd,
+        }
+        .spent(),
+        _ => false,
+    };
+    Ok(PoolCost {
+        pool: name.to_string(),
+        ceiling: pool.effective_ceiling(),
+        spent_today_usd,
+        budget_per_day_usd: pool.budget_per_day,
+        launches_stopped,
+    })
+}
+
+impl std::fmt::Display for PoolCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "  {:<20} ceiling {:>4} cells", self.pool, self.ceiling)?;
+        if let Some(spent) = self.spent_today_usd {
+            write!(f, "  spent today ${spent:.2}")?;
+        }
+        match self.budget_per_day_usd {
+            Some(budget) => write!(f, " of ${budget:.2}")?,
+            None => write!(f, "  no budget")?,
+        }
+        if self.launches_stopped {
+            write!(f, "  launches stopped: budget spent")?;
+        }
+        writeln!(f)
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -100,6 +177,10 @@ impl std::fmt::Display for Status {
                 "  {:<40} running {}/{}{draining}",
                 c.cell_id, c.running, c.slots
             )?;
+        }
+        writeln!(f, "pools (cost guardrails, UTC day):")?;
+        for p in &self.pools {
+            write!(f, "{p}")?;
         }
         if !self.failures.is_empty() {
             writeln!(f, "recent failures:")?;

@@ -136,10 +136,19 @@ async fn a_dead_lettered_jobs_row_leaves_queued() {
     let id = submit(&farm, "inbox/clip.mp4", false);
     exhaust_deliveries(&farm, &farm.names.work("default")).await;
     let dead = farm.names.dead("default");
-    let (in_dead, _) = queue::ready(farm.publisher.channel(), &dead)
-        .await
-        .expect("the dead-letter queue");
-    assert_eq!(in_dead, 1, "the broker dead-lettered the message");
+    // The broker moves a dead letter on its own time: wait for it to land.
+    let landed = || async {
+        let (in_dead, _) = queue::ready(farm.publisher.channel(), &dead)
+            .await
+            .expect("the dead-letter queue");
+        in_dead == 1
+    };
+    farm.wait_until(
+        Duration::from_secs(10),
+        "the broker to dead-letter the message",
+        landed,
+    )
+    .await;
     assert_eq!(farm.job(&id).await.expect("a row").0, "queued");
 
     let status = farm.run_cell_with_env(&["--until-idle", "2"], &[], Duration::from_secs(120));

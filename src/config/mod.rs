@@ -8,9 +8,11 @@
 //! * this file: the types, one per table, and what the rest of the crate asks of them;
 //! * `defaults`: default values and why;
 //! * `read`: TOML to types, every unknown key and bad value reported at once;
-//! * `validate`: the checks serde cannot make, one function per section.
+//! * `validate`: the checks serde cannot make, one function per section;
+//! * `guardrails`: the pools' vCPU ceiling and budget keys.
 
 mod defaults;
+mod guardrails;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -271,6 +273,29 @@ pub struct Pool {
     /// Seconds a launched cell counts as pending before it must be alive.
     #[serde(default = "default_launch_timeout")]
     pub launch_timeout_secs: u64,
+    /// Most vCPUs the pool's cells may hold together (the EC2 vCPU quota); with it the
+    /// pool's ceiling is `min(ceiling, max_vcpus / vcpus_per_cell)`.
+    pub max_vcpus: Option<u32>,
+    /// vCPUs of one cell, for `max_vcpus`. Default: `ec2`, the largest of
+    /// `cloud.ec2.instance_types` (known families only); `local`, this machine's.
+    pub vcpus_per_cell: Option<u32>,
+    /// Dollars the pool may spend per UTC day; once spent, no new launches until
+    /// midnight (running cells finish their work). Needs `price_per_hour`.
+    pub budget_per_day: Option<f64>,
+    /// Dollars one cell costs an hour (the spot price of its instance type), for
+    /// `budget_per_day`.
+    pub price_per_hour: Option<f64>,
+    /// The cells `max_vcpus` allows, worked out when the config is read.
+    #[serde(skip)]
+    pub vcpu_ceiling: Option<u32>,
+}
+
+impl Pool {
+    /// The most cells the pool may have: `ceiling`, or fewer if `max_vcpus` says so.
+    pub fn effective_ceiling(&self) -> u32 {
+        self.vcpu_ceiling
+            .map_or(self.ceiling, |cells| cells.min(self.ceiling))
+    }
 }
 
 /// Where sibling cells come from.

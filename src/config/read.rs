@@ -51,9 +51,10 @@ impl Config {
         };
         let value: toml::Value = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
         let mut problems = Vec::new();
-        let config = read(value, &mut problems);
-        if let Some(config) = &config {
+        let mut config = read(value, &mut problems);
+        if let Some(config) = &mut config {
             config.validate(&mut problems);
+            config.resolve_guardrails(&mut problems);
         }
         match config {
             Some(config) if problems.is_empty() => Ok(config),

@@ -14,8 +14,10 @@ use sqlx::{Executor, Row};
 use crate::config::Postgres;
 use crate::job::{JobMessage, OutputObject, ResultMessage};
 
+mod spend;
 mod words;
 
+pub use spend::{CellChange, CellChanges};
 pub use words::{AttemptOutcome, EventKind, JobState, SubmitOutcome, UnknownWord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -2,11 +2,15 @@
 //!
 //! [`decide`] turns an [`Observation`] of a pool and its [`Policy`] into a [`Decision`].
 //! It has no I/O, so the cell, `submit` (zero to one) and tests run the very same code;
-//! [`tick`] gathers the observation and carries the decision out.
+//! [`tick`] gathers the observation and carries the decision out. The cost guardrails
+//! follow the decision, as pure: the vCPU quota lowers the [`Policy`]'s ceiling, and
+//! [`gate`] holds launches back once the pool's daily budget is spent.
 
+pub mod budget;
 pub mod reap;
 mod tick;
 
+pub use budget::gate;
 pub use tick::{Cells, Farm, LiveFarm, Me, TickOutcome, Ticker};
 
 /// What a pool looks like now.
@@ -39,6 +43,7 @@ pub struct Policy {
     /// `jobs_per_cell` (a long video is more work than a short one).
     pub work_secs_per_cell: Option<f64>,
     pub floor: u32,
+    /// The pool's ceiling, lowered by its vCPU quota if that holds fewer cells.
     pub ceiling: u32,
     /// Most cells launched by one tick.
     pub step: u32,
@@ -52,7 +57,7 @@ impl From<&crate::config::Pool> for Policy {
             jobs_per_cell: pool.jobs_per_cell,
             work_secs_per_cell: pool.work_secs_per_cell,
             floor: pool.floor,
-            ceiling: pool.ceiling,
+            ceiling: pool.effective_ceiling(),
             step: pool.step,
             idle_grace_secs: pool.idle_grace_secs,
         }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::budget::{self, Spend};
 use super::{decide, Decision, Observation, Policy};
 use crate::cloud::Cloud;
 use crate::config::Config;
@@ -71,6 +72,15 @@ pub trait Farm: Send + Sync {
         cells: u32,
         reason: &str,
     ) -> anyhow::Result<()>;
+    /// Dollars the pool's cells have cost since UTC midnight (of [`Farm::now`]), at
+    /// `price_per_hour` a cell where the farm knows no better (the simulator bills at its
+    /// markets' prices); `running_now` is how many cells the pool has now.
+    async fn spent_today(
+        &self,
+        pool: &str,
+        price_per_hour: f64,
+        running_now: u32,
+    ) -> anyhow::Result<f64>;
     /// The farm's time, in seconds since the Unix epoch: the wall clock, or a simulator's.
     fn now(&self) -> i64 {
         chrono::Utc::now().timestamp()
@@ -295,6 +305,7 @@ impl Ticker<'_> {
             .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
         let obs = self.observe(pool, me, true).await?;
         let decision = decide(&obs, &Policy::from(p));
+        let decision = self.gate(pool, p, decision, &obs, me.is_none()).await?;
         tracing::debug!(pool, ?obs, ?decision, "mitosis tick");
         let outcome = match decision {
             Decision::Stay => TickOutcome::Stayed,
@@ -305,6 +316,40 @@ impl Ticker<'_> {
             },
         };
         Ok((outcome, obs))
+    }
+
+    /// The cost guardrails after the decision ([`budget::gate`]): a launch is a stay,
+    /// logged with why, once the pool's budget for today is spent. `loud` logs it at
+    /// info (submit, the trigger); a cell, which ticks every heartbeat, logs it at
+    /// debug, and `cellfarm status` shows it.
+    async fn gate(
+        &self,
+        pool: &str,
+        p: &crate::config::Pool,
+        decision: Decision,
+        obs: &Observation,
+        loud: bool,
+    ) -> anyhow::Result<Decision> {
+        let (Decision::Launch(_), Some(budget_usd), Some(price)) =
+            (decision, p.budget_per_day, p.price_per_hour)
+        else {
+            return Ok(decision);
+        };
+        let running = obs.alive + obs.pending;
+        let spent_usd = self.farm.spent_today(pool, price, running).await?;
+        let (decision, hold) = budget::gate(
+            decision,
+            Some(Spend {
+                spent_usd,
+                budget_usd,
+            }),
+        );
+        match hold {
+            Some(hold) if loud => tracing::info!(pool, %hold, "mitosis: not launching"),
+            Some(hold) => tracing::debug!(pool, %hold, "mitosis: not launching"),
+            None => {}
+        }
+        Ok(decision)
     }
 
     /// Launches `n` cells unless the pool is cooling down after a launch; zero to one
@@ -489,6 +534,19 @@ impl Farm for LiveFarm<'_> {
 
     async fn deregister(&self, cell_id: &str) -> anyhow::Result<()> {
         Ok(self.locks.remove(cell_id).await?)
+    }
+
+    async fn spent_today(
+        &self,
+        pool: &str,
+        price_per_hour: f64,
+        running_now: u32,
+    ) -> anyhow::Result<f64> {
+        let now = self.now();
+        let since = budget::day_start(now);
+        let cells = self.ledger.cell_changes(pool, since).await?;
+        let secs = budget::billed_secs(cells.carried, &cells.changes, since, now, running_now);
+        Ok(secs * price_per_hour / 3600.0)
     }
 
     async fn record(

@@ -39,6 +39,8 @@ pub struct Outcome {
     pub hit_horizon: bool,
     pub floor: u32,
     pub ceiling: u32,
+    /// The pool's `budget_per_day`, which cellfarm's tick holds to.
+    pub budget_per_day: Option<f64>,
 }
 
 pub async fn run(scenario: &Scenario, variant: &Variant) -> Result<Outcome, ScenarioError> {
@@ -77,6 +79,7 @@ pub async fn run(scenario: &Scenario, variant: &Variant) -> Result<Outcome, Scen
         hit_horizon,
         floor: policy.floor,
         ceiling: policy.ceiling,
+        budget_per_day: config.pools[POOL].budget_per_day,
     })
 }
 

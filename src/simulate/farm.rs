@@ -136,6 +136,11 @@ impl Farm for Sim {
         Ok(())
     }
 
+    async fn spent_today(&self, _: &str, _: f64, _: u32) -> anyhow::Result<f64> {
+        // The world bills each instance at its market's price.
+        Ok(self.world().spent_today())
+    }
+
     async fn record(&self, _: &str, _: EventKind, _: &str, _: u32, _: &str) -> anyhow::Result<()> {
         // Launches and deaths are counted where they happen (the cloud, the engine).
         Ok(())

@@ -14,10 +14,10 @@
 //! Each scenario runs five times on the same seed: cellfarm and message-count on spot,
 //! both on on-demand, and a fixed on-demand farm of cellfarm's peak.
 //!
-//! A daily budget (issue 10, item 4) is not modelled yet: when the budget lands in the
-//! tick, `World::tally.spend_usd` (billed so far) plus the running instances' accrued
-//! cost is what `farm::Sim` answers it with, and a "budget never exceeded" test joins
-//! `tests.rs`.
+//! The pool's daily budget (`[pool] budget_per_day`) is held by the real tick:
+//! `farm::Sim` answers its spend with the world's own billing of the UTC day so far
+//! (each instance at its market's price), and the report shows the costliest day
+//! against the budget.
 
 mod engine;
 mod farm;

@@ -26,6 +26,11 @@ pub struct RunReport {
     /// Steps after which serving instances exceeded the ceiling (must be 0).
     pub steps_over_ceiling: u64,
     pub spend_usd: f64,
+    /// The pool's daily budget, for the runs that hold to it (cellfarm's tick; not the
+    /// message-count controller, nor the fixed farm).
+    pub budget_per_day_usd: Option<f64>,
+    /// The costliest UTC day's spend.
+    pub peak_day_spend_usd: f64,
     /// This run's spend ÷ the fixed on-demand farm's.
     pub spend_vs_fixed_on_demand: f64,
     /// This run's spend ÷ the same policy's on-demand run.
@@ -86,6 +91,10 @@ pub fn run_report(variant: &Variant, outcome: &mut Outcome) -> RunReport {
         ceiling: outcome.ceiling,
         steps_over_ceiling: t.over_ceiling,
         spend_usd: t.spend_usd,
+        budget_per_day_usd: outcome.budget_per_day.filter(|_| {
+            variant.controller == Controller::Cellfarm && variant.fixed_cells.is_none()
+        }),
+        peak_day_spend_usd: w.days.iter().map(|d| d.closed_usd).fold(0.0, f64::max),
         spend_vs_fixed_on_demand: f64::NAN,
         spend_vs_on_demand_same_policy: f64::NAN,
         billed_cell_hours: t.billed_secs / 3600.0,
@@ -169,6 +178,10 @@ const ROWS: &[Row] = &[
         format!("{} / {}", r.peak_cells, r.ceiling)
     }),
     ("spend", |r| format!("${:.2}", r.spend_usd)),
+    ("costliest day / budget", |r| match r.budget_per_day_usd {
+        Some(b) => format!("${:.2} / ${b:.2}", r.peak_day_spend_usd),
+        None => format!("${:.2} / none", r.peak_day_spend_usd),
+    }),
     ("spend ÷ fixed on-demand", |r| {
         format!("{:.1} %", 100.0 * r.spend_vs_fixed_on_demand)
     }),

@@ -268,6 +268,14 @@ impl Scenario {
         for (key, value) in pool {
             table.insert((*key).into(), toml::Value::Integer(i64::from(*value)));
         }
+        if table.contains_key("budget_per_day") && !table.contains_key("price_per_hour") {
+            // The config needs a price with a budget; the simulated farm bills each
+            // instance at its own type's price instead.
+            let most = (self.instance_types.iter())
+                .map(|t| t.on_demand_usd_per_hour)
+                .fold(0.0, f64::max);
+            table.insert("price_per_hour".into(), toml::Value::Float(most.max(0.001)));
+        }
         let text = format!(
             r#"
 [farm]

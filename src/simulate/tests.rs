@@ -230,3 +230,84 @@ fn a_pool_reclaimed_all_at_once_is_replaced() {
     assert!(o.world.tally.correlated_reclaims > 0);
     assert_exactly_once(&o, "cellfarm");
 }
+
+/// Demand far above what the pool may hold or spend: ten jobs a minute for two days on
+/// a pool of 5 cells (a ceiling of 8 lowered by a quota of 20 vCPUs at 4 a cell) that
+/// serves about eleven, with a budget of $1 a day (about three hours of the full pool
+/// on spot), under interruptions that take cells away for the budget to not replace.
+fn over_budget(budget: &str) -> Scenario {
+    let mut s = stressed();
+    s.max_hours = 48.0;
+    s.jobs.backlog = 0;
+    s.jobs.arrivals_per_min = vec![[0.0, 10.0], [2880.0, 10.0]];
+    let pool = format!("ceiling = 8\nmax_vcpus = 20\nvcpus_per_cell = 4\n{budget}");
+    for (key, value) in pool.parse::<toml::Table>().unwrap() {
+        s.pool.insert(key, value);
+    }
+    s
+}
+
+/// Property: the ceiling and the budget are never exceeded, for cellfarm on spot and on
+/// on-demand prices. The ceiling (the vCPU quota's 5 cells here) holds after every
+/// event. The budget stops launches: every launch of a UTC day came while the day's
+/// spend (ended instances and running ones so far, with their minute's minimum) was
+/// below the budget `B`. What a day may spend past `B` is what the instances that
+/// existed at its last launch go on to cost: with `t` that launch, `S(t) < B` the
+/// day's spend then, `n` the instances right after it, `p` the highest price and `E`
+/// the day's end (or the run's), the day's spend is at most
+/// `S(t) + n · p · max(60 s, E − t)`, and so below `B + n · p · max(60 s, E − t)`, where
+/// `n` is at most the ceiling plus the instances leaving on a spot notice (each gone
+/// within its notice); a day without a launch has `t` its start, `S(t)` = 0 and `n` the
+/// previous last launch's. Running cells are not stopped: on-demand, never interrupted
+/// and never idle, the pool's 5 cells spend about $20 a day against the $1. Without the
+/// budget, the spot run spends more than twice as much on its first day.
+#[test]
+fn the_ceiling_and_the_budget_are_never_exceeded() {
+    const DAY_MS: u64 = 86_400_000;
+    let budget = 1.0;
+    for market in [Market::Spot, Market::OnDemand] {
+        let v = Variant {
+            market,
+            ..both_policies()[0]
+        };
+        let o = run(&over_budget("budget_per_day = 1.0"), &v);
+        let w = &o.world;
+        let why = format!("{market:?}");
+        assert_eq!(o.ceiling, 5, "{why}: the vCPU quota lowers the ceiling");
+        assert_eq!(w.tally.over_ceiling, 0, "{why}: checked at every step");
+        assert_eq!(w.tally.peak_cells, 5, "{why}: demand fills the ceiling");
+        assert_eq!(w.days.len(), 2, "{why}: two days");
+        let p = w.markets.iter().map(|m| m.usd_per_hour).fold(0.0, f64::max);
+        // A day without a launch bills only instances that existed at its start: those
+        // of the last launch before it, at most.
+        let mut instances = 0;
+        for (d, day) in w.days.iter().enumerate() {
+            let start = d as u64 * DAY_MS;
+            let (t, spent, n) = day.last_launch.unwrap_or((start, 0.0, instances));
+            instances = n;
+            assert!(
+                spent < budget,
+                "{why} day {d}: a launch at ${spent:.3} spent"
+            );
+            let end = ((d as u64 + 1) * DAY_MS).min(o.end);
+            let after = ((end - t) as f64 / 1000.0).max(60.0);
+            let bound = spent + f64::from(n) * p * after / 3600.0;
+            assert!(
+                day.closed_usd <= bound + 1e-9,
+                "{why} day {d}: ${:.3} spent, bound ${bound:.3}",
+                day.closed_usd
+            );
+            assert!(
+                day.closed_usd >= budget,
+                "{why} day {d}: the budget is reached"
+            );
+        }
+        if market == Market::Spot {
+            let unbounded = run(&over_budget(""), &v);
+            assert!(
+                unbounded.world.days[0].closed_usd > 2.0 * w.days[0].closed_usd,
+                "{why}: the budget held spend back"
+            );
+        }
+    }
+}

@@ -113,6 +113,34 @@ pub struct Tally {
     pub turnaround_secs: Vec<f32>,
 }
 
+/// One UTC day of the run (virtual time 0 is a midnight), for the daily budget.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Day {
+    /// Dollars billed within the day by instances that have ended.
+    pub closed_usd: f64,
+    /// The day's last launch: when, what the day had cost then (running instances
+    /// included), and the instances that existed right after it.
+    pub last_launch: Option<(Ms, f64, u32)>,
+}
+
+const DAY_MS: Ms = 86_400_000;
+
+/// An instance's billed span (running from `start` to `end`, at least the minimum), as
+/// seconds per day.
+fn per_day(start: Ms, end: Ms, minimum: Ms) -> impl Iterator<Item = (usize, f64)> {
+    let end = end.max(start + minimum);
+    let mut t = start;
+    std::iter::from_fn(move || {
+        (t < end).then(|| {
+            let day = t / DAY_MS;
+            let until = end.min((day + 1) * DAY_MS);
+            let secs = (until - t) as f64 / 1000.0;
+            t = until;
+            (day as usize, secs)
+        })
+    })
+}
+
 /// One chart sample.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -161,6 +189,8 @@ pub struct World {
     /// Cells leaving on a notice whose last job just ended: each ticks once more for
     /// its replacement (the engine runs those ticks).
     pub drained: Vec<u32>,
+    /// The run's UTC days, for the daily budget.
+    pub days: Vec<Day>,
 }
 
 impl World {
@@ -196,7 +226,36 @@ impl World {
             samples: Vec::new(),
             launch_tokens: 0,
             drained: Vec::new(),
+            days: Vec::new(),
         }
+    }
+
+    fn day(&mut self, day: usize) -> &mut Day {
+        if self.days.len() <= day {
+            self.days.resize(day + 1, Day::default());
+        }
+        &mut self.days[day]
+    }
+
+    /// Dollars billed within the day of `now` so far: ended instances, and running ones
+    /// up to now (their minute's minimum included).
+    pub fn spent_today(&self) -> f64 {
+        let today = (self.now / DAY_MS) as usize;
+        let minimum = ms(self.scenario.spot.billing_minimum_secs as f64);
+        let running = self.live.iter().map(|&c| {
+            let cell = &self.cells[c as usize];
+            if cell.running_at >= self.now {
+                return 0.0;
+            }
+            let price = self.markets[cell.market as usize].usd_per_hour;
+            let secs: f64 = per_day(cell.running_at, self.now, minimum)
+                .filter(|&(day, _)| day == today)
+                .map(|(_, secs)| secs)
+                .sum();
+            secs * price / 3600.0
+        });
+        let closed = self.days.get(today).map_or(0.0, |d| d.closed_usd);
+        closed + running.sum::<f64>()
     }
 
     pub fn at(&mut self, t: Ms, event: Event) {
@@ -271,7 +330,11 @@ impl World {
     /// Launches `n` instances; each runs after the API latency and is a cell after its
     /// own start. Spot instances get their interruption drawn.
     pub fn launch_cells(&mut self, n: u32) -> Vec<String> {
-        (0..n).map(|_| self.launch_one()).collect()
+        let spent = self.spent_today();
+        let ids: Vec<String> = (0..n).map(|_| self.launch_one()).collect();
+        let (now, live) = (self.now, self.live.len() as u32);
+        self.day((now / DAY_MS) as usize).last_launch = Some((now, spent, live));
+        ids
     }
 
     fn launch_one(&mut self) -> String {
@@ -438,15 +501,20 @@ impl World {
             return;
         }
         let cell = &self.cells[c as usize];
-        if self.now > cell.running_at {
-            let secs = (self.now - cell.running_at) as f64 / 1000.0;
-            let billed = secs.max(self.scenario.spot.billing_minimum_secs as f64);
-            let price = self.markets[cell.market as usize].usd_per_hour;
-            self.tally.billed_secs += billed;
-            self.tally.billed_slot_secs += billed * f64::from(cell.slots);
-            self.tally.spend_usd += billed * price / 3600.0;
-        }
         debug_assert!(cell.jobs.is_empty(), "a terminated cell holds no job");
+        let (running_at, slots) = (cell.running_at, cell.slots);
+        let price = self.markets[cell.market as usize].usd_per_hour;
+        if self.now > running_at {
+            let secs = (self.now - running_at) as f64 / 1000.0;
+            let billed = secs.max(self.scenario.spot.billing_minimum_secs as f64);
+            self.tally.billed_secs += billed;
+            self.tally.billed_slot_secs += billed * f64::from(slots);
+            self.tally.spend_usd += billed * price / 3600.0;
+            let minimum = ms(self.scenario.spot.billing_minimum_secs as f64);
+            for (day, secs) in per_day(running_at, self.now, minimum) {
+                self.day(day).closed_usd += secs * price / 3600.0;
+            }
+        }
     }
 
     /// A cell of the pool to tick as the pool's busy (or idle) representative: the

@@ -58,6 +58,8 @@ struct State {
     cooling: bool,
     deregistered: Vec<String>,
     events: Vec<(EventKind, String, u32)>,
+    /// Dollars spent today.
+    spent_usd: f64,
 }
 
 #[derive(Default)]
@@ -137,6 +139,9 @@ impl Farm for MemFarm {
     async fn deregister(&self, cell_id: &str) -> anyhow::Result<()> {
         self.state().deregistered.push(cell_id.into());
         Ok(())
+    }
+    async fn spent_today(&self, _: &str, _: f64, _: u32) -> anyhow::Result<f64> {
+        Ok(self.state().spent_usd)
     }
     async fn record(
         &self,
@@ -470,4 +475,37 @@ async fn queued_jobs_the_broker_does_not_show_are_waiting_work() {
         s.ready = 20;
     });
     assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Stayed);
+}
+
+/// Once the pool's budget for today is spent, the tick launches nothing, zero to one
+/// included; under it, it launches as the decision says.
+#[tokio::test]
+async fn a_spent_budget_stops_launches() {
+    let text = CONFIG.replace(
+        "cooldown_secs = 30\n",
+        "cooldown_secs = 30\n    budget_per_day = 10.0\n    price_per_hour = 0.5\n",
+    );
+    let config = Config::parse(&text, "budget test").unwrap();
+    assert_eq!(config.pools["p"].budget_per_day, Some(10.0));
+    let cases = [
+        ("under budget", 9.99, TickOutcome::Launched(4)),
+        ("budget spent", 10.0, TickOutcome::Stayed),
+    ];
+    for (why, spent_usd, want) in cases {
+        let farm = MemFarm::with(|s| {
+            s.ready = 40;
+            s.spent_usd = spent_usd;
+        });
+        let cloud = MemCloud::blind();
+        let ticker = Ticker {
+            config: &config,
+            farm: &farm,
+            cloud: &cloud,
+            who: "test",
+        };
+        let (outcome, _) = ticker.tick("p", None).await.unwrap();
+        assert_eq!(outcome, want, "{why}");
+        let launched = *cloud.launched.lock().unwrap();
+        assert_eq!(launched > 0, spent_usd < 10.0, "{why}");
+    }
 }
