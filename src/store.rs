@@ -67,6 +67,15 @@ pub trait ObjectStore: Send + Sync {
         if_match: Option<&str>,
         path: &Path,
     ) -> Result<u64, StoreError>;
+    /// Streams `object`, as a [`ObjectStore::head`] of `bucket` just found it, to `path`,
+    /// pinned to its ETag (a change since fails with `Changed`), without asking S3 for
+    /// it again.
+    async fn download_found(
+        &self,
+        bucket: &str,
+        object: &ObjectMeta,
+        path: &Path,
+    ) -> Result<u64, StoreError>;
     async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StoreError>;
     /// The bytes of `range` (end exclusive, within the object).
     async fn get_range(
@@ -256,6 +265,20 @@ impl ObjectStore for S3Store {
         path: &Path,
     ) -> Result<u64, StoreError> {
         self.download_file(bucket, key, if_match, path).await
+    }
+
+    async fn download_found(
+        &self,
+        bucket: &str,
+        object: &ObjectMeta,
+        path: &Path,
+    ) -> Result<u64, StoreError> {
+        let local = transfer::Local {
+            bucket,
+            key: &object.key,
+            path,
+        };
+        self.fetch(&local, object, Some(&object.etag)).await
     }
 
     async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StoreError> {

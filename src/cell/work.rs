@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, OutputSpec, Pipeline, SourceLimits, TIMEOUT_MARGIN};
 use crate::failure::JobFailure;
 use crate::ffmpeg::{self, probe, FfmpegError, Limits};
-use crate::job::{JobMessage, OutputObject};
-use crate::store::{ObjectStore, StoreError};
+use crate::job::{unquote_etag, JobMessage, OutputObject};
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
 use super::attempt::Attempt;
 
@@ -74,9 +74,9 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         "{}-{}-{}",
         job.job_id, attempt.id.attempt, attempt.id.cell_id
     ));
-    make_room(ctx, job, pipeline, &root).await?;
+    let source = make_room(ctx, job, pipeline, &root).await?;
     let scratch = Scratch::create(root)?;
-    let source_probe = fetch_source(ctx, attempt, pipeline, &limits, &scratch).await?;
+    let source_probe = fetch_source(ctx, attempt, &source, pipeline, &limits, &scratch).await?;
     let base = fetch_assets(ctx, pipeline, &scratch).await?;
     let vars = pipeline
         .step_vars(&ctx.config.vars, &source_probe, base)
@@ -129,15 +129,26 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
     publish(ctx, attempt, &source_probe, files, &scratch).await
 }
 
-/// Checks the source object's size against the pipeline's limit and this cell's free
-/// scratch space, before downloading anything.
+/// Looks the source object up (one HEAD, which the download then goes by), and checks
+/// that it is the version submitted, and its size against the pipeline's limit and this
+/// cell's free scratch space, before downloading anything.
 async fn make_room(
     ctx: &Context<'_>,
     job: &JobMessage,
     pipeline: &Pipeline,
     root: &Path,
-) -> Result<(), JobFailure> {
-    let meta = ctx.store.head(&job.source.bucket, &job.source.key).await?;
+) -> Result<ObjectMeta, JobFailure> {
+    let src = &job.source;
+    let meta = ctx.store.head(&src.bucket, &src.key).await?;
+    let want = unquote_etag(&src.etag);
+    if !want.is_empty() && meta.etag != want {
+        return Err(StoreError::Changed {
+            bucket: src.bucket.clone(),
+            key: src.key.clone(),
+            etag: src.etag.clone(),
+        }
+        .into());
+    }
     let mib = meta.size.div_ceil(1 << 20);
     if let Some(max) = pipeline.limits.max_source_mib {
         if mib > max {
@@ -166,7 +177,7 @@ async fn make_room(
             free_mib,
         });
     }
-    Ok(())
+    Ok(meta)
 }
 
 /// Bytes free to unprivileged users on the file system holding `dir`.
@@ -180,6 +191,7 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 async fn fetch_source(
     ctx: &Context<'_>,
     attempt: &Attempt<'_>,
+    source: &ObjectMeta,
     pipeline: &Pipeline,
     limits: &Limits,
     scratch: &Scratch,
@@ -187,7 +199,7 @@ async fn fetch_source(
     let input = scratch.0.join("in/source");
     let src = &attempt.job.source;
     ctx.store
-        .download(&src.bucket, &src.key, Some(&src.etag), &input)
+        .download_found(&src.bucket, source, &input)
         .await?;
     let source_probe = probe::probe(&input, limits, &attempt.cancel)
         .await

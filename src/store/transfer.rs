@@ -36,10 +36,10 @@ pub fn parts(size: u64, part_size: u64) -> Vec<Range<u64>> {
 }
 
 /// What to say about the local file of a transfer.
-struct Local<'a> {
-    bucket: &'a str,
-    key: &'a str,
-    path: &'a Path,
+pub(super) struct Local<'a> {
+    pub(super) bucket: &'a str,
+    pub(super) key: &'a str,
+    pub(super) path: &'a Path,
 }
 
 impl Local<'_> {
@@ -184,9 +184,21 @@ impl S3Store {
     ) -> Result<u64, StoreError> {
         let local = Local { bucket, key, path };
         let object = self.head_if_match(&local, if_match).await?;
+        self.fetch(&local, &object, if_match).await
+    }
+
+    /// Downloads `object`, as a HEAD found it, to `local.path`: one GET up to the part
+    /// size (checked against `if_match`), else byte ranges pinned to its ETag.
+    pub(super) async fn fetch(
+        &self,
+        local: &Local<'_>,
+        object: &ObjectMeta,
+        if_match: Option<&str>,
+    ) -> Result<u64, StoreError> {
         if object.size <= self.part_size {
-            return self.get_whole(&local, if_match).await;
+            return self.get_whole(local, if_match).await;
         }
+        let path = local.path;
         let file = tokio::fs::File::create(path)
             .await
             .map_err(|e| local.error(e))?;
@@ -196,7 +208,7 @@ impl S3Store {
         drop(file);
         stream::iter(parts(object.size, self.part_size).into_iter().map(Ok))
             .try_for_each_concurrent(self.concurrency, |range| {
-                self.get_range_into(&local, &object.etag, range)
+                self.get_range_into(local, &object.etag, range)
             })
             .await?;
         Ok(object.size)
