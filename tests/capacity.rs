@@ -8,39 +8,15 @@ mod common;
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{
-    InstanceLifecycleType, LaunchTemplateInstanceMarketOptionsRequest, MarketType,
-    RequestLaunchTemplateData,
-};
+use aws_sdk_ec2::types::InstanceLifecycleType;
 use cellfarm::cloud::{Cloud, Ec2Cloud};
 use cellfarm::config::Ec2;
 use cellfarm::s3url::S3Url;
 use common::ec2_proxy::{Ec2Proxy, Market};
-use common::moto::{client, subnets};
+use common::moto::{client, launch_template, subnets};
 use common::{edit, Farm};
 
 const TYPES: [&str; 3] = ["c6i.xlarge", "c5.xlarge", "m6i.xlarge"];
-
-/// A launch template of its own (spot in its data, as a farm's would be).
-async fn template(ec2: &aws_sdk_ec2::Client, farm: &str) -> String {
-    let name = format!("cellfarm-{farm}");
-    ec2.create_launch_template()
-        .launch_template_name(&name)
-        .launch_template_data(
-            RequestLaunchTemplateData::builder()
-                .image_id("ami-12c6146b")
-                .instance_market_options(
-                    LaunchTemplateInstanceMarketOptionsRequest::builder()
-                        .market_type(MarketType::Spot)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .expect("CreateLaunchTemplate");
-    name
-}
 
 /// How the cloud launches: a fleet (launch template) or RunInstances per type.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,7 +57,7 @@ async fn setup(test: &str, via: Via, tune: impl FnOnce(&mut Ec2)) -> Setup {
         poweroff_fallback: false,
     };
     if via == Via::Fleet {
-        cfg.launch_template = Some(template(&ec2, &farm).await);
+        cfg.launch_template = Some(launch_template(&ec2, &farm, None).await);
         cfg.image_id = None;
     }
     tune(&mut cfg);

@@ -9,15 +9,14 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{
     DefaultTargetCapacityType, Filter, FleetData, FleetType, InstanceAttributeName,
-    InstanceStateName, LaunchTemplateInstanceMarketOptionsRequest, MarketType,
-    RequestLaunchTemplateData,
+    InstanceStateName,
 };
 use cellfarm::cloud::{Cloud, Ec2Cloud, FARM_TAG, LAUNCHED_BY_TAG};
 use cellfarm::config::Ec2;
 use cellfarm::metadata::POOL_TAG;
 use cellfarm::s3url::S3Url;
 use common::imds::MetadataServer;
-use common::moto::{client, subnets, url as moto};
+use common::moto::{client, launch_template, subnets, url as moto};
 use common::Farm;
 
 /// Two default subnets and the default security group of moto's default VPC.
@@ -236,25 +235,7 @@ async fn a_fleet_launch_spreads_spot_cells_over_the_configured_types() {
     let ec2 = client().await;
     let (subnets, sg) = network(&ec2).await;
     let farm = farm_name("fleet");
-    let template = format!("cellfarm-{farm}");
-    ec2.create_launch_template()
-        .launch_template_name(&template)
-        .launch_template_data(
-            RequestLaunchTemplateData::builder()
-                .image_id("ami-12c6146b")
-                .user_data(aws_smithy_types::base64::encode(
-                    "s3://cellfarm-config/farm.toml",
-                ))
-                .instance_market_options(
-                    LaunchTemplateInstanceMarketOptionsRequest::builder()
-                        .market_type(MarketType::Spot)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .expect("CreateLaunchTemplate");
+    let template = launch_template(&ec2, &farm, Some("s3://cellfarm-config/farm.toml")).await;
     let mut cfg = ec2_config(&subnets, &sg);
     cfg.launch_template = Some(template);
     cfg.image_id = None;

@@ -1,7 +1,9 @@
 //! moto_server's EC2 API (scripts/services.sh starts it on 127.0.0.1:5000), as the EC2
 //! tests reach it directly: to set up a network and look at what was launched.
 
-use aws_sdk_ec2::types::Filter;
+use aws_sdk_ec2::types::{
+    Filter, LaunchTemplateInstanceMarketOptionsRequest, MarketType, RequestLaunchTemplateData,
+};
 
 /// moto_server's address.
 pub fn url() -> String {
@@ -39,4 +41,31 @@ pub async fn subnets(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
     subnets.sort();
     subnets.truncate(2);
     subnets
+}
+
+/// Creates the launch template `cellfarm-<farm>` (spot in its data, as a farm's would
+/// be, with `user_data` when given) and returns its name.
+pub async fn launch_template(
+    ec2: &aws_sdk_ec2::Client,
+    farm: &str,
+    user_data: Option<&str>,
+) -> String {
+    let name = format!("cellfarm-{farm}");
+    ec2.create_launch_template()
+        .launch_template_name(&name)
+        .launch_template_data(
+            RequestLaunchTemplateData::builder()
+                .image_id("ami-12c6146b")
+                .set_user_data(user_data.map(aws_smithy_types::base64::encode))
+                .instance_market_options(
+                    LaunchTemplateInstanceMarketOptionsRequest::builder()
+                        .market_type(MarketType::Spot)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateLaunchTemplate");
+    name
 }
