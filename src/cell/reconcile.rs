@@ -4,7 +4,8 @@
 //! its publish) would leave a row that keeps a cell alive (mitosis counts queued rows)
 //! and a `cell --until-idle` running, forever.
 //!
-//! Every tick, for each pool it serves, one cell at a time (a lock per pool) looks at the
+//! For each pool, one cell per lease period (a lock per pool, held until it expires, so
+//! that a farm of many cells does not repeat the pass every heartbeat) looks at the
 //! jobs queued and untouched for longer than a lease, and only while the pool's queues
 //! hold no ready message. A cell holds no message it has not started (see
 //! [`super::session`]), so the pool's messages are then all running jobs' — and a queued
@@ -32,8 +33,6 @@ const MAX_REPUBLISHES: i32 = 3;
 /// dead letter lies deeper is re-published instead (and ends as above if it keeps
 /// being dead-lettered).
 const DEAD_SCAN: usize = 1000;
-/// The reconciliation lock outlives any pass by far; it only matters if its holder dies.
-const LOCK_TTL_MS: u64 = 30_000;
 
 impl Cell {
     /// Reconciles the queued jobs of each pool this cell serves (see the module's doc).
@@ -52,19 +51,22 @@ impl Cell {
         }
     }
 
+    /// One pass over `pool`, unless another cell made one within the last lease: the
+    /// lock is left to expire, which spaces passes a lease apart across the farm (a
+    /// queued job is only looked at once it is a lease old anyway). A pass that runs
+    /// longer than that may overlap the next, which is harmless: a re-published
+    /// duplicate is dropped by the ledger's claim.
     async fn reconcile_pool(&self, pool: &str, publisher: &Publisher) -> anyhow::Result<()> {
-        let locks = &self.systems.locks;
-        let Some(lock) = locks
-            .try_lock(&format!("reconcile:{pool}"), LOCK_TTL_MS)
-            .await?
-        else {
+        let period_ms = self.config().cell.lease_secs.saturating_mul(1000);
+        let taken = self
+            .systems
+            .locks
+            .try_lock(&format!("reconcile:{pool}"), period_ms)
+            .await?;
+        if taken.is_none() {
             return Ok(());
-        };
-        let result = self.reconcile_locked(pool, publisher).await;
-        if let Err(e) = locks.unlock(lock).await {
-            tracing::warn!(pool, error = %e, "cannot release the reconciliation lock");
         }
-        result
+        self.reconcile_locked(pool, publisher).await
     }
 
     async fn reconcile_locked(&self, pool: &str, publisher: &Publisher) -> anyhow::Result<()> {
