@@ -191,6 +191,9 @@ impl Cell {
         tracing::error!(%reason, "draining this cell for a replacement");
         self.leave(Exit::Sick(reason.clone()));
         shutdown.drain.cancel();
+        // Beat as leaving now, as a spot notice does: the replacement tick must not find
+        // this machine still holding its place under the ceiling.
+        self.beat(shutdown).await;
         for pool in &self.pools {
             let recorded = self
                 .systems
