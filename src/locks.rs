@@ -1,4 +1,5 @@
-//! Redis: cell heartbeats, the per-pool mitosis lock, pending launches and cooldowns.
+//! Redis: cell heartbeats, the per-pool mitosis lock and round, the deaths a round
+//! offers, pending launches and cooldowns.
 //!
 //! A heartbeat is a key with a time-to-live of three beats: a cell that stops beating
 //! drops out of the live set by itself, with nobody to clean up after it.
@@ -62,18 +63,53 @@ impl Coordinator {
         format!("{}:cell:{cell_id}", self.farm)
     }
 
+    fn serving_key(&self, pool: &str) -> String {
+        format!("{}:serving:{pool}", self.farm)
+    }
+
+    /// Records the beat for `ttl_secs`, and the cell in each of its pools' serving sets
+    /// (until the same time), or out of them when it is draining.
     pub async fn beat(&self, beat: &Beat, ttl_secs: u64) -> Result<(), LocksError> {
         let json = serde_json::to_string(beat).expect("a beat always serializes");
+        let until = chrono::Utc::now().timestamp() + ttl_secs as i64;
+        let mut pipe = redis::pipe();
+        pipe.set_ex(self.key(&beat.cell_id), json, ttl_secs)
+            .ignore();
+        for pool in &beat.pools {
+            if beat.draining {
+                pipe.zrem(self.serving_key(pool), &beat.cell_id).ignore();
+            } else {
+                (pipe.zadd(self.serving_key(pool), &beat.cell_id, until)).ignore();
+            }
+        }
         let mut conn = self.conn.clone();
-        conn.set_ex::<_, _, ()>(self.key(&beat.cell_id), json, ttl_secs)
-            .await?;
+        pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
+    /// Takes the cell out of the live set and its pools' serving sets.
     pub async fn remove(&self, cell_id: &str) -> Result<(), LocksError> {
         let mut conn = self.conn.clone();
-        conn.del::<_, ()>(self.key(cell_id)).await?;
+        let beat: Option<String> = conn.get(self.key(cell_id)).await?;
+        let pools = beat
+            .and_then(|b| serde_json::from_str::<Beat>(&b).ok())
+            .map(|b| b.pools)
+            .unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.del(self.key(cell_id)).ignore();
+        for pool in &pools {
+            pipe.zrem(self.serving_key(pool), cell_id).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
         Ok(())
+    }
+
+    /// How many cells serve `pool` now (fresh beats, not draining): one call, whatever
+    /// the farm's size.
+    pub async fn serving(&self, pool: &str) -> Result<u64, LocksError> {
+        let now = chrono::Utc::now().timestamp();
+        let mut conn = self.conn.clone();
+        Ok(conn.zcount(self.serving_key(pool), now, "+inf").await?)
     }
 
     /// Every cell with a fresh heartbeat.
@@ -116,6 +152,20 @@ if redis.call("GET", KEYS[1]) == ARGV[1] then
     return redis.call("DEL", KEYS[1])
 end
 return 0
+"#;
+
+/// Takes one from every key, or from none if any is missing or zero; keeps each key's
+/// time to live.
+const TAKE_DEATHS: &str = r#"
+for _, key in ipairs(KEYS) do
+    if (tonumber(redis.call("GET", key)) or 0) < 1 then
+        return 0
+    end
+end
+for _, key in ipairs(KEYS) do
+    redis.call("DECR", key)
+end
+return 1
 "#;
 
 impl Coordinator {
@@ -197,6 +247,58 @@ impl Coordinator {
         conn.set_ex::<_, _, ()>(format!("{}:cooldown:{pool}", self.farm), 1, secs)
             .await?;
         Ok(())
+    }
+
+    /// Claims `pool`'s mitosis round for `ms`: true for the one caller a round that
+    /// observes and decides for the pool; the claim is never released, it expires.
+    pub async fn claim_round(&self, pool: &str, ms: u64) -> Result<bool, LocksError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:round:{pool}", self.farm))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms.max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    fn deaths_key(&self, pool: &str) -> String {
+        format!("{}:deaths:{pool}", self.farm)
+    }
+
+    /// Offers `n` deaths in `pool` for `ms`, replacing any earlier offer (zero withdraws
+    /// it).
+    pub async fn offer_deaths(&self, pool: &str, n: u32, ms: u64) -> Result<(), LocksError> {
+        let mut conn = self.conn.clone();
+        if n == 0 {
+            conn.del::<_, ()>(self.deaths_key(pool)).await?;
+        } else {
+            redis::cmd("SET")
+                .arg(self.deaths_key(pool))
+                .arg(n)
+                .arg("PX")
+                .arg(ms.max(1))
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes one death offered in every pool of `pools`, or none: true when taken.
+    pub async fn take_deaths(&self, pools: &[String]) -> Result<bool, LocksError> {
+        if pools.is_empty() {
+            return Ok(false);
+        }
+        let mut conn = self.conn.clone();
+        let script = redis::Script::new(TAKE_DEATHS);
+        let mut invocation = script.prepare_invoke();
+        for pool in pools {
+            invocation.key(self.deaths_key(pool));
+        }
+        let taken: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(taken == 1)
     }
 
     /// A number that grows with every launch of `pool`: the launches' idempotency token.

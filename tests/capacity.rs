@@ -340,7 +340,7 @@ fn stays_alone_idle(farm: &Farm, idle: u64) -> usize {
             .filter(|l| l.contains("mitosis tick") && l.contains("decision=Stay"))
             .filter(|l| l.contains("alive: 1,"))
             .filter(|l| {
-                l.split("idle_secs: Some(")
+                l.split("idle_secs=Some(")
                     .nth(1)
                     .and_then(|r| r.split(')').next())
                     .and_then(|n| n.parse::<u64>().ok())

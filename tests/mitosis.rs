@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use cellfarm::cloud::{Cloud, LocalCloud};
-use cellfarm::locks::Coordinator;
+use cellfarm::locks::{Beat, Coordinator};
 use cellfarm::mitosis::{self, TickOutcome};
 use common::{edit, Farm, Lazy};
 
@@ -222,4 +222,98 @@ async fn an_idle_cell_dies_after_its_grace_period() {
     );
     let deaths = farm.cell_events("death").await;
     assert_eq!(deaths.len(), 1, "{deaths:?}");
+}
+
+/// How many of `calls`, run at once, said yes.
+async fn yeses<F>(calls: impl Iterator<Item = F>) -> usize
+where
+    F: std::future::Future<Output = Result<bool, cellfarm::locks::LocksError>>,
+{
+    let answers = futures_util::future::join_all(calls).await;
+    answers
+        .into_iter()
+        .filter(|a| *a.as_ref().expect("redis"))
+        .count()
+}
+
+/// Property, on the real Redis: a cell counts as serving its pools from its beat until
+/// it beats as draining or is removed, so the trigger's cheap look sees exactly the
+/// cells whose last look before death is still to come.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cell_serves_its_pools_from_its_beat_until_it_drains() {
+    let redis = common::env("CELLFARM_TEST_REDIS", "redis://127.0.0.1:6379");
+    let farm = format!("serving-{}", std::process::id());
+    let locks = Coordinator::connect(&redis, &farm).await.expect("redis");
+    let mut beat = Beat {
+        cell_id: "a".into(),
+        host: "h".into(),
+        pid: 1,
+        pools: vec!["p".into(), "q".into()],
+        slots: 1,
+        running: 0,
+        started_at: 0,
+        draining: false,
+        config_version: None,
+        machine: None,
+        leaving: false,
+    };
+    let serving = |pool| locks.serving(pool);
+    assert_eq!(serving("p").await.expect("count"), 0);
+    locks.beat(&beat, 30).await.expect("beat");
+    assert_eq!(serving("p").await.expect("count"), 1);
+    assert_eq!(serving("q").await.expect("count"), 1);
+    beat.draining = true;
+    locks.beat(&beat, 30).await.expect("beat");
+    assert_eq!(serving("p").await.expect("count"), 0, "draining");
+    beat.draining = false;
+    locks.beat(&beat, 30).await.expect("beat");
+    locks.remove("a").await.expect("remove");
+    assert_eq!(serving("q").await.expect("count"), 0, "removed");
+    beat.cell_id = "b".into();
+    locks.beat(&beat, 1).await.expect("beat");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        serving("p").await.expect("count"),
+        0,
+        "a silent cell expires"
+    );
+}
+
+/// Property, on the real Redis: of a herd beating at once, exactly one claims a pool's
+/// round; an offer of three deaths lets exactly three of ten idle cells go, however
+/// they race; a cell of two pools takes a death from both or from neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_round_one_decider_and_an_offer_bounds_the_deaths() {
+    let redis = common::env("CELLFARM_TEST_REDIS", "redis://127.0.0.1:6379");
+    let farm = format!("rounds-{}", std::process::id());
+    let locks = Coordinator::connect(&redis, &farm).await.expect("redis");
+
+    let won = yeses((0..20).map(|_| locks.claim_round("p", 60_000))).await;
+    assert_eq!(won, 1, "one decider a round");
+    assert!(
+        locks.claim_round("q", 60_000).await.expect("claim"),
+        "rounds are per pool"
+    );
+
+    let p = ["p".to_string()];
+    locks.offer_deaths("p", 3, 60_000).await.expect("offer");
+    let taken = yeses((0..10).map(|_| locks.take_deaths(&p))).await;
+    assert_eq!(taken, 3, "the offer bounds the deaths");
+
+    let both = ["p".to_string(), "q".to_string()];
+    locks.offer_deaths("p", 1, 60_000).await.expect("offer");
+    assert!(
+        !locks.take_deaths(&both).await.expect("take"),
+        "q offers none"
+    );
+    assert!(
+        locks.take_deaths(&p).await.expect("take"),
+        "p's death was not spent by the refused take"
+    );
+    locks.offer_deaths("p", 1, 60_000).await.expect("offer");
+    locks.offer_deaths("q", 1, 60_000).await.expect("offer");
+    assert!(locks.take_deaths(&both).await.expect("take"));
+    locks.offer_deaths("p", 5, 60_000).await.expect("offer");
+    locks.offer_deaths("p", 0, 60_000).await.expect("withdraw");
+    assert!(!locks.take_deaths(&p).await.expect("take"), "withdrawn");
 }

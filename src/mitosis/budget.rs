@@ -206,7 +206,12 @@ mod tests {
                 Decision::Launch(3),
             ),
             ("spent", Decision::Launch(3), Some(spent), Decision::Stay),
-            ("cells still die", Decision::Die, Some(spent), Decision::Die),
+            (
+                "cells still go",
+                Decision::Shed(2),
+                Some(spent),
+                Decision::Shed(2),
+            ),
             ("staying stays", Decision::Stay, Some(spent), Decision::Stay),
         ];
         for (why, decision, spend, want) in cases {

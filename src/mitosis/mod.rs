@@ -1,8 +1,14 @@
 //! Mitosis and death: how many cells a pool needs, decided by one pure function.
 //!
 //! [`decide`] turns an [`Observation`] of a pool and its [`Policy`] into a [`Decision`].
-//! It has no I/O, so the cell, `submit` (zero to one) and tests run the very same code;
-//! [`tick`] gathers the observation and carries the decision out. The cost guardrails
+//! It has no I/O, so the cell, `submit` (zero to one), the simulator and tests run the
+//! very same code; [`tick`] gathers the observation and carries the decision out.
+//!
+//! One decider a pool a heartbeat: the cell that claims the pool's *round* observes and
+//! decides for everybody, and a pool with more cells than its work needs offers that many
+//! deaths ([`Decision::Shed`]). Every other cell only asks, in one cheap call, whether it
+//! may take one of them ([`may_leave`]), so a farm of 1,000 cells observes each pool
+//! once a heartbeat, not 1,000 times, and still drains its idle cells in one round. The cost guardrails
 //! follow the decision, as pure: the vCPU quota lowers the [`Policy`]'s ceiling, and
 //! [`gate`] holds launches back once the pool's daily budget is spent.
 
@@ -29,9 +35,6 @@ pub struct Observation {
     pub alive: u32,
     /// Cells launched but not yet alive.
     pub pending: u32,
-    /// How long the deciding cell has been idle; `None` when the decider is not a cell
-    /// of the pool (submit, the trigger) or the cell is busy.
-    pub idle_secs: Option<u64>,
 }
 
 /// How a pool scales: [`crate::config::Pool`] in the form the calculator reads.
@@ -68,8 +71,8 @@ impl From<&crate::config::Pool> for Policy {
 pub enum Decision {
     Launch(u32),
     Stay,
-    /// The deciding cell may terminate itself.
-    Die,
+    /// The pool has this many cells more than it needs: as many idle cells may leave.
+    Shed(u32),
 }
 
 /// Cells the pool's work calls for, within floor and ceiling; at least one while there is
@@ -105,15 +108,19 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
             Decision::Stay
         };
     }
-    // Death: only an idle cell, never while work waits, never below the floor, and only
-    // when the pool has more cells than it needs.
-    let idle_past_grace = obs
-        .idle_secs
-        .is_some_and(|idle| idle >= policy.idle_grace_secs);
-    if idle_past_grace && waiting(obs) == 0 && obs.alive > policy.floor && obs.alive > want {
-        return Decision::Die;
+    // Death: never while work waits, never below the floor, and only the cells the pool
+    // has beyond what it needs. Which cells go is theirs to say: the idle ones.
+    let keep = want.max(policy.floor);
+    if waiting(obs) == 0 && obs.alive > keep {
+        return Decision::Shed(obs.alive - keep);
     }
     Decision::Stay
+}
+
+/// Whether a cell idle for `idle_secs` (`None`: busy) may take one of the deaths its
+/// pool offers: only once idle past the pool's grace.
+pub fn may_leave(idle_secs: Option<u64>, policy: &Policy) -> bool {
+    idle_secs.is_some_and(|idle| idle >= policy.idle_grace_secs)
 }
 
 #[cfg(test)]
@@ -149,10 +156,6 @@ mod tests {
     fn the_decision_table() {
         use Decision::*;
         let p = policy();
-        let idle = |o: Observation, secs| Observation {
-            idle_secs: Some(secs),
-            ..o
-        };
         let cases = [
             ("zero to one when work arrives", obs(1, 0, 0, 0), Launch(1)),
             (
@@ -175,30 +178,25 @@ mod tests {
             ),
             ("nothing to do, nobody to launch", obs(0, 0, 0, 0), Stay),
             (
-                "an idle cell past grace dies",
-                idle(obs(0, 0, 1, 0), 31),
-                Die,
+                "a pool with no work sheds every cell",
+                obs(0, 0, 2, 0),
+                Shed(2),
             ),
-            (
-                "not before the grace period",
-                idle(obs(0, 0, 1, 0), 29),
-                Stay,
-            ),
-            (
-                "never while messages are ready",
-                idle(obs(1, 0, 2, 0), 300),
-                Stay,
-            ),
+            ("never while messages are ready", obs(1, 0, 2, 0), Stay),
             (
                 "not while the pool needs every cell",
-                idle(obs(0, 25, 3, 0), 300),
+                obs(0, 25, 3, 0),
                 Stay,
             ),
-            ("surplus cells die", idle(obs(0, 5, 3, 0), 300), Die),
-            ("a non-cell decider never dies", obs(0, 0, 2, 0), Stay),
+            ("surplus cells go", obs(0, 5, 3, 0), Shed(2)),
             (
                 "never while the ledger has jobs queued (a hidden backlog)",
-                idle(queued(obs(0, 1, 2, 0), 1), 300),
+                queued(obs(0, 1, 2, 0), 1),
+                Stay,
+            ),
+            (
+                "pending launches are not shed: they are not alive yet",
+                obs(0, 0, 0, 2),
                 Stay,
             ),
             (
@@ -226,14 +224,15 @@ mod tests {
             Decision::Launch(2),
             "up to the floor"
         );
-        let at_floor = Observation {
-            idle_secs: Some(999),
-            ..obs(0, 0, 2, 0)
-        };
         assert_eq!(
-            decide(&at_floor, &p),
+            decide(&obs(0, 0, 2, 0), &p),
             Decision::Stay,
             "never below the floor"
+        );
+        assert_eq!(
+            decide(&obs(0, 0, 5, 0), &p),
+            Decision::Shed(3),
+            "down to the floor"
         );
         p.floor = 0;
         p.step = 1;
@@ -259,6 +258,14 @@ mod tests {
             ..obs(30, 0, 0, 0)
         };
         assert_eq!(decide(&short, &p), Decision::Launch(3));
+    }
+
+    #[test]
+    fn only_a_cell_idle_past_its_grace_may_leave() {
+        let p = policy();
+        assert!(may_leave(Some(30), &p));
+        assert!(!may_leave(Some(29), &p), "not before the grace period");
+        assert!(!may_leave(None, &p), "never a busy cell");
     }
 
     /// Eight decisions in a row on the same backlog, each seeing the launches of the ones

@@ -1,6 +1,11 @@
 //! One mitosis tick for one pool: observe, decide, act, under the pool's lock so that ten
 //! cells seeing the same backlog launch the missing cells once, not ten times.
 //!
+//! A cell does not tick every heartbeat: it ticks when it claims the pool's round, which
+//! one cell a heartbeat does ([`Ticker::tick_cell`]); `submit`, the trigger and a leaving
+//! cell tick whenever they must. The tick offers the pool's surplus as deaths, and an
+//! idle cell takes one in a single call, then looks once more before it goes.
+//!
 //! The tick reads and changes the farm only through [`Farm`] (queues, ledger, heartbeats,
 //! pending launches, cooldowns, events) and [`Cloud`], so its rules (cooldown, zero to
 //! one, the last look before death) are tested here without a server; [`LiveFarm`] is the
@@ -40,6 +45,15 @@ pub trait Farm: Send + Sync {
     /// Takes the pool's mitosis lock; false while another decider holds it.
     async fn lock(&self, pool: &str) -> anyhow::Result<bool>;
     async fn unlock(&self, pool: &str) -> anyhow::Result<()>;
+    /// Claims the pool's round for `ms`: true for one caller a round, the cell that
+    /// ticks for everybody.
+    async fn claim_round(&self, pool: &str, ms: u64) -> anyhow::Result<bool>;
+    /// Offers `n` deaths in the pool for `ms`, replacing the last offer.
+    async fn offer_deaths(&self, pool: &str, n: u32, ms: u64) -> anyhow::Result<()>;
+    /// Takes one offered death in each of `pools`, or none; true when taken.
+    async fn take_deaths(&self, pools: &[String]) -> anyhow::Result<bool>;
+    /// How many cells serve the pool now: a cheap count, not an observation.
+    async fn serving(&self, pool: &str) -> anyhow::Result<u64>;
     /// Ready messages in the pool's queues (the broker's count: deliveries excluded).
     async fn ready(&self, pool: &str) -> anyhow::Result<u64>;
     /// The pool's queued and running jobs, per pipeline: the ledger's count, which sees
@@ -129,8 +143,8 @@ pub enum TickOutcome {
     Busy,
     Launched(u32),
     Stayed,
-    /// The calling cell is deregistered and must drain and terminate.
-    Die,
+    /// The pool offered this many deaths to its idle cells.
+    Shed(u32),
 }
 
 impl Ticker<'_> {
@@ -171,67 +185,79 @@ impl Ticker<'_> {
         }
     }
 
-    /// A cell's ticks, one per pool it serves; true when the cell must drain and
-    /// terminate. A cell serving several pools may die only if every one of them would
-    /// let it go: a pool whose tick says `Die` must not take a cell another pool needs.
+    /// A cell's heartbeat: a tick of each pool whose round it claims, then, idle past
+    /// every pool's grace, one death offered by each of its pools; true when it took
+    /// them and must drain and terminate. A cell serving several pools goes only when
+    /// every one of them lets it go: none takes a cell another pool needs.
     pub async fn tick_cell(&self, pools: &[String], me: Me<'_>) -> bool {
-        let mut me = me;
-        if pools.len() > 1 && me.idle_secs.is_some() {
-            for pool in pools {
-                match self.would_let_go(pool, me).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        me.idle_secs = None;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(pool, error = format!("{e:#}"), "mitosis look failed");
-                        me.idle_secs = None;
-                        break;
-                    }
-                }
-            }
-        }
+        let round_ms = self.config.cell.heartbeat_secs * 900;
         for pool in pools {
-            match self.tick(pool, Some(me)).await {
-                Ok((TickOutcome::Die, _)) => return true,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(pool, error = format!("{e:#}"), "mitosis tick failed"),
+            let claimed = self.farm.claim_round(pool, round_ms).await;
+            let ticked = match claimed {
+                Ok(true) => self.tick(pool, Some(me)).await.map(|_| ()),
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ticked {
+                tracing::warn!(pool, error = format!("{e:#}"), "mitosis tick failed");
             }
         }
-        false
+        if me.leaving || !self.idle_past_grace(pools, me.idle_secs) {
+            return false;
+        }
+        let died = match self.farm.take_deaths(pools).await {
+            Ok(true) => self.die(pools, me).await,
+            Ok(false) => return false,
+            Err(e) => Err(e),
+        };
+        died.unwrap_or_else(|e| {
+            tracing::warn!(error = format!("{e:#}"), "mitosis: cannot die");
+            false
+        })
     }
 
-    /// Whether `pool` would let the deciding cell die now: a look, with no effect.
-    async fn would_let_go(&self, pool: &str, me: Me<'_>) -> anyhow::Result<bool> {
-        let p = self
-            .config
-            .pools
-            .get(pool)
-            .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
-        let obs = self.observe(pool, Some(me), false).await?;
-        Ok(decide(&obs, &Policy::from(p)) == Decision::Die)
+    /// True when every pool of `pools` would let a cell idle for `idle_secs` go.
+    fn idle_past_grace(&self, pools: &[String], idle_secs: Option<u64>) -> bool {
+        !pools.is_empty()
+            && pools.iter().all(|pool| {
+                (self.config.pools.get(pool))
+                    .is_some_and(|p| super::may_leave(idle_secs, &Policy::from(p)))
+            })
     }
 
-    /// One patient tick per pool that got work: a farm with no cell starts itself.
+    /// After work was published to `pools`: a patient tick of each pool whose round it
+    /// claims, or that no cell serves (a farm with no cell starts itself). A pool with a
+    /// live cell and a round already claimed is left to its cells' next round: the
+    /// trigger, publishing thousands of jobs a minute, does not observe the pool for
+    /// each. That loses no job: a cell that dies after this look has deregistered, and
+    /// its own last look comes after the publish, so it sees the job and stays.
     /// Failures are logged: the jobs are queued whatever the tick does.
     pub async fn kick<'p>(&self, pools: impl IntoIterator<Item = &'p String>) {
+        let round_ms = self.config.cell.heartbeat_secs * 900;
         for pool in pools {
-            match self.tick_patiently(pool, None).await {
+            let must = match self.farm.claim_round(pool, round_ms).await {
+                Ok(true) => Ok(true),
+                Ok(false) => self.farm.serving(pool).await.map(|n| n == 0),
+                Err(e) => Err(e),
+            };
+            let ticked = match must {
+                Ok(true) => self.tick_patiently(pool, None).await,
+                Ok(false) => {
+                    tracing::debug!(pool, who = self.who, "mitosis: the pool's cells tick");
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            match ticked {
                 Ok(outcome) => tracing::info!(pool, ?outcome, who = self.who, "mitosis tick"),
                 Err(e) => tracing::warn!(pool, error = format!("{e:#}"), "mitosis tick failed"),
             }
         }
     }
 
-    /// Observes the pool. With `reap`, machines no cell beats on past their launch
-    /// timeout are ended first, and no longer count.
-    async fn observe(
-        &self,
-        pool: &str,
-        me: Option<Me<'_>>,
-        reap: bool,
-    ) -> anyhow::Result<Observation> {
+    /// Observes the pool. Machines no cell beats on past their launch timeout are ended
+    /// first, and no longer count.
+    async fn observe(&self, pool: &str, me: Option<Me<'_>>) -> anyhow::Result<Observation> {
         let ready = self.farm.ready(pool).await?;
         let (in_flight, queued, work_secs) = weigh(self.config, &self.farm.load(pool).await?);
         let cells = self.farm.cells(pool).await?;
@@ -242,7 +268,7 @@ impl Ticker<'_> {
             let now = self.farm.now();
             let mine = me.and_then(|m| m.machine);
             let sorted = super::reap::sort(&machines, &cells.machines, mine, now, timeout);
-            if reap && !sorted.silent.is_empty() {
+            if !sorted.silent.is_empty() {
                 self.reap(pool, &sorted.silent, now).await?;
             }
             // A dying cell's machine still holds its place under the ceiling.
@@ -266,7 +292,6 @@ impl Ticker<'_> {
             work_secs,
             alive: cells.alive,
             pending,
-            idle_secs: me.and_then(|m| m.idle_secs),
         })
     }
 
@@ -303,17 +328,22 @@ impl Ticker<'_> {
             .pools
             .get(pool)
             .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
-        let obs = self.observe(pool, me, true).await?;
+        let obs = self.observe(pool, me).await?;
         let decision = decide(&obs, &Policy::from(p));
         let decision = self.gate(pool, p, decision, &obs, me.is_none()).await?;
-        tracing::debug!(pool, ?obs, ?decision, "mitosis tick");
+        let idle_secs = me.and_then(|m| m.idle_secs);
+        tracing::debug!(pool, ?obs, ?decision, ?idle_secs, "mitosis tick");
+        // Deaths are offered for one round: the next tick offers them anew, or not.
+        let round_ms = self.config.cell.heartbeat_secs * 1000;
+        let shed = match decision {
+            Decision::Shed(n) => n,
+            Decision::Launch(_) | Decision::Stay => 0,
+        };
+        self.farm.offer_deaths(pool, shed, round_ms).await?;
         let outcome = match decision {
             Decision::Stay => TickOutcome::Stayed,
             Decision::Launch(n) => self.launch(pool, n, &obs, me).await?,
-            Decision::Die => match me.filter(|m| !m.leaving) {
-                Some(me) => return self.die(pool, me, obs).await,
-                None => TickOutcome::Stayed,
-            },
+            Decision::Shed(n) => TickOutcome::Shed(n),
         };
         Ok((outcome, obs))
     }
@@ -383,29 +413,30 @@ impl Ticker<'_> {
         Ok(TickOutcome::Launched(n))
     }
 
-    /// Deregisters the deciding cell, then looks once more: a job published after this
-    /// look sees no live cell here, and its publisher's tick launches one.
-    async fn die(
-        &self,
-        pool: &str,
-        me: Me<'_>,
-        obs: Observation,
-    ) -> anyhow::Result<(TickOutcome, Observation)> {
+    /// Deregisters the cell, then looks once more at each pool's waiting work: a job
+    /// published after this look sees no live cell here, and its publisher's tick
+    /// launches one. True when the cell goes; a cell that stays is registered again by
+    /// its next beat.
+    async fn die(&self, pools: &[String], me: Me<'_>) -> anyhow::Result<bool> {
         self.farm.deregister(me.cell_id).await?;
-        let last_look = self.observe(pool, None, false).await?;
-        if super::waiting(&last_look) > 0 {
-            return Ok((TickOutcome::Stayed, last_look));
+        for pool in pools {
+            let ready = self.farm.ready(pool).await?;
+            let (_, queued, _) = weigh(self.config, &self.farm.load(pool).await?);
+            if ready.max(queued) > 0 {
+                tracing::info!(pool, ready, queued, "death: work arrived, this cell stays");
+                return Ok(false);
+            }
         }
         let reason = format!(
-            "idle {} s, queues empty, {} cells alive",
-            me.idle_secs.unwrap_or(0),
-            obs.alive
+            "idle {} s, queues empty, more cells than the work needs",
+            me.idle_secs.unwrap_or(0)
         );
-        tracing::info!(pool, %reason, "death: this cell is no longer needed");
+        tracing::info!(pools = ?pools, %reason, "death: this cell is no longer needed");
+        // One death, recorded in the cell's first pool: the pool's spend counts it once.
         self.farm
-            .record(pool, EventKind::Death, me.cell_id, 1, &reason)
+            .record(&pools[0], EventKind::Death, me.cell_id, 1, &reason)
             .await?;
-        Ok((TickOutcome::Die, obs))
+        Ok(true)
     }
 }
 
@@ -479,6 +510,22 @@ impl Farm for LiveFarm<'_> {
             self.locks.unlock(lock).await?;
         }
         Ok(())
+    }
+
+    async fn claim_round(&self, pool: &str, ms: u64) -> anyhow::Result<bool> {
+        Ok(self.locks.claim_round(pool, ms).await?)
+    }
+
+    async fn offer_deaths(&self, pool: &str, n: u32, ms: u64) -> anyhow::Result<()> {
+        Ok(self.locks.offer_deaths(pool, n, ms).await?)
+    }
+
+    async fn take_deaths(&self, pools: &[String]) -> anyhow::Result<bool> {
+        Ok(self.locks.take_deaths(pools).await?)
+    }
+
+    async fn serving(&self, pool: &str) -> anyhow::Result<u64> {
+        Ok(self.locks.serving(pool).await?)
     }
 
     async fn ready(&self, pool: &str) -> anyhow::Result<u64> {

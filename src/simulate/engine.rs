@@ -1,6 +1,7 @@
 //! The event loop: one run of a scenario under one policy and one market, on a virtual
-//! clock. cellfarm's policy is the real [`Ticker::tick`], called as cells, `submit` and
-//! the trigger call it; the message-count policy is a KEDA-like controller.
+//! clock. cellfarm's policy is the real [`Ticker`], called as cells (`tick_cell`),
+//! `submit` and the trigger (`kick`) call it; the message-count policy is a KEDA-like
+//! controller.
 
 use std::collections::VecDeque;
 
@@ -15,7 +16,8 @@ use crate::mitosis::{Me, Policy, TickOutcome, Ticker};
 /// Who decides how many cells the pool has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Controller {
-    /// cellfarm's mitosis: every cell ticks, and so do `submit` and the trigger.
+    /// cellfarm's mitosis: one cell a round ticks, idle cells take the deaths it offers,
+    /// and `submit` and the trigger kick.
     Cellfarm,
     /// KEDA-style: cells = ceil(ready ÷ target), polled, with a scale-down window.
     MessageCount,
@@ -133,7 +135,7 @@ impl Engine<'_> {
             backlog
         };
         if backlog > 0 && self.cellfarm() {
-            self.tick("submit", None).await;
+            self.kick("submit").await;
         }
     }
 
@@ -173,7 +175,7 @@ impl Engine<'_> {
             Event::Arrival => self.arrival(),
             Event::TriggerTick => {
                 self.trigger_due = false;
-                self.tick("trigger", None).await;
+                self.kick("trigger").await;
             }
             Event::Round => self.round().await,
             Event::Poll => self.poll(),
@@ -204,10 +206,10 @@ impl Engine<'_> {
         }
     }
 
-    /// One heartbeat of the farm. Every cell ticks each beat in a real farm; here the
-    /// oldest alive cell ticks for the pool (whoever ticks, the launch decision is the
-    /// same: only `idle_secs` differs), then every cell idle past its grace, which alone
-    /// may die.
+    /// One heartbeat of the farm. Every cell beats through [`Ticker::tick_cell`] in a
+    /// real farm, and whichever comes first claims the round and ticks; here the oldest
+    /// alive cell comes first, then every cell idle past its grace, which alone may take
+    /// a death. A busy cell that lost the round does nothing, so it is not called.
     async fn round(&mut self) {
         let (rep, idle) = {
             let mut w = self.sim.world();
@@ -253,27 +255,35 @@ impl Engine<'_> {
             idle_secs,
             leaving: false,
         };
-        let outcome = self.tick(&id, Some(me)).await;
+        let ticker = self.ticker(&id);
+        let dies = ticker.tick_cell(&[POOL.to_string()], me).await;
         let mut w = self.sim.world();
-        match outcome {
-            TickOutcome::Die => {
-                w.terminate(c);
-                w.tally.deaths += 1;
-            }
-            _ if !w.cells[c as usize].registered => self.reregister.push(c),
-            _ => {}
+        if dies {
+            w.terminate(c);
+            w.tally.deaths += 1;
+        } else if !w.cells[c as usize].registered {
+            self.reregister.push(c);
         }
     }
 
-    /// The real tick. The simulator's farm cannot fail, nor be locked by another.
-    async fn tick(&self, who: &str, me: Option<Me<'_>>) -> TickOutcome {
-        let ticker = Ticker {
+    fn ticker<'t>(&'t self, who: &'t str) -> Ticker<'t> {
+        Ticker {
             config: self.config,
             farm: &self.sim,
             cloud: &self.sim,
             who,
-        };
-        let (outcome, _) = ticker
+        }
+    }
+
+    /// What `submit` and the trigger do after publishing: [`Ticker::kick`].
+    async fn kick(&self, who: &str) {
+        self.ticker(who).kick([&POOL.to_string()]).await;
+    }
+
+    /// The real tick. The simulator's farm cannot fail, nor be locked by another.
+    async fn tick(&self, who: &str, me: Option<Me<'_>>) -> TickOutcome {
+        let (outcome, _) = self
+            .ticker(who)
             .tick(POOL, me)
             .await
             .expect("the simulated farm and cloud never fail");

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::scenario::PIPELINE;
-use super::world::{ms, CellState, World};
+use super::world::{ms, CellState, Ms, World};
 use crate::cloud::{Cloud, CloudError, Machine};
 use crate::ledger::{EventKind, PipelineLoad};
 use crate::mitosis::{Cells, Farm};
@@ -16,6 +16,10 @@ pub struct Sim {
     /// The pool's lock, held only inside one tick: the simulator runs one decider at a
     /// time, so a held lock here is a bug.
     locked: Mutex<bool>,
+    /// The round, as Redis keeps it: claimed until then.
+    round_until: Mutex<Ms>,
+    /// Deaths offered, and until when.
+    deaths: Mutex<(u32, Ms)>,
 }
 
 impl Sim {
@@ -23,6 +27,8 @@ impl Sim {
         Sim {
             world: Mutex::new(world),
             locked: Mutex::new(false),
+            round_until: Mutex::new(0),
+            deaths: Mutex::new((0, 0)),
         }
     }
 
@@ -52,6 +58,36 @@ impl Farm for Sim {
     async fn unlock(&self, _: &str) -> anyhow::Result<()> {
         *self.locked.lock().expect("never poisoned") = false;
         Ok(())
+    }
+
+    async fn claim_round(&self, _: &str, ms_: u64) -> anyhow::Result<bool> {
+        let now = self.world().now;
+        let mut until = self.round_until.lock().expect("never poisoned");
+        if now < *until {
+            return Ok(false);
+        }
+        *until = now + ms_;
+        Ok(true)
+    }
+
+    async fn offer_deaths(&self, _: &str, n: u32, ms_: u64) -> anyhow::Result<()> {
+        let now = self.world().now;
+        *self.deaths.lock().expect("never poisoned") = (n, now + ms_);
+        Ok(())
+    }
+
+    async fn take_deaths(&self, _: &[String]) -> anyhow::Result<bool> {
+        let now = self.world().now;
+        let mut deaths = self.deaths.lock().expect("never poisoned");
+        if deaths.0 == 0 || now >= deaths.1 {
+            return Ok(false);
+        }
+        deaths.0 -= 1;
+        Ok(true)
+    }
+
+    async fn serving(&self, _: &str) -> anyhow::Result<u64> {
+        Ok(u64::from(self.world().alive_registered))
     }
 
     async fn ready(&self, _: &str) -> anyhow::Result<u64> {

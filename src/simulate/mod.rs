@@ -1,6 +1,6 @@
 //! `cellfarm simulate SCENARIO.toml`: a discrete-event simulation of a farm on a
-//! virtual clock that drives the real mitosis tick ([`crate::mitosis::Ticker::tick`],
-//! and through it [`crate::mitosis::decide`] and the pool's policy from a real
+//! virtual clock that drives the real mitosis code ([`crate::mitosis::Ticker`], and
+//! through it [`crate::mitosis::decide`] and the pool's policy from a real
 //! [`crate::config::Config`]) against a model of the world: launch latency, spot
 //! interruptions by type and AZ with their notice, prices and per-second billing, slots,
 //! job arrivals and durations. See `docs/simulate.md`.

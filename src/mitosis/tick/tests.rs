@@ -1,6 +1,6 @@
 //! The tick's rules on a farm and a cloud in memory: cooldown, zero to one, the cloud's
-//! count as a backstop, the last look before death, and the ledger's queued jobs counted
-//! as waiting work.
+//! count as a backstop, one decider a round, deaths offered and taken, the last look
+//! before death, and the ledger's queued jobs counted as waiting work.
 
 use std::sync::Mutex;
 
@@ -38,6 +38,12 @@ const CONFIG: &str = r#"
 #[derive(Default)]
 struct State {
     locked: bool,
+    /// Pools whose round is claimed.
+    rounds: std::collections::BTreeSet<String>,
+    /// Deaths offered, by pool.
+    deaths: std::collections::BTreeMap<String, u32>,
+    /// Full ticks: observations of a pool.
+    observed: u32,
     ready: u64,
     /// Ready messages of pools other than `p`.
     ready_elsewhere: std::collections::BTreeMap<String, u64>,
@@ -86,6 +92,29 @@ impl Farm for MemFarm {
         self.state().locked = false;
         Ok(())
     }
+    async fn claim_round(&self, pool: &str, _: u64) -> anyhow::Result<bool> {
+        Ok(self.state().rounds.insert(pool.into()))
+    }
+    async fn offer_deaths(&self, pool: &str, n: u32, _: u64) -> anyhow::Result<()> {
+        self.state().deaths.insert(pool.into(), n);
+        Ok(())
+    }
+    async fn take_deaths(&self, pools: &[String]) -> anyhow::Result<bool> {
+        let mut s = self.state();
+        if !pools
+            .iter()
+            .all(|p| s.deaths.get(p).is_some_and(|&n| n > 0))
+        {
+            return Ok(false);
+        }
+        for p in pools {
+            *s.deaths.get_mut(p).expect("checked") -= 1;
+        }
+        Ok(true)
+    }
+    async fn serving(&self, _: &str) -> anyhow::Result<u64> {
+        Ok(u64::from(self.state().alive))
+    }
     async fn ready(&self, pool: &str) -> anyhow::Result<u64> {
         let s = self.state();
         if let Some(n) = s.ready_elsewhere.get(pool) {
@@ -114,7 +143,8 @@ impl Farm for MemFarm {
         }])
     }
     async fn cells(&self, _: &str) -> anyhow::Result<Cells> {
-        let s = self.state();
+        let mut s = self.state();
+        s.observed += 1;
         Ok(Cells {
             alive: s.alive,
             machines: s.beating.clone(),
@@ -214,24 +244,40 @@ fn config() -> Config {
     Config::parse(CONFIG, "tick test").unwrap()
 }
 
-async fn tick(farm: &MemFarm, cloud: &MemCloud, me: Option<Me<'_>>) -> TickOutcome {
-    let config = config();
-    let ticker = Ticker {
-        config: &config,
+fn ticker<'a>(config: &'a Config, farm: &'a MemFarm, cloud: &'a MemCloud) -> Ticker<'a> {
+    Ticker {
+        config,
         farm,
         cloud,
         who: "test",
-    };
+    }
+}
+
+async fn tick(farm: &MemFarm, cloud: &MemCloud, me: Option<Me<'_>>) -> TickOutcome {
+    let config = config();
+    let ticker = ticker(&config, farm, cloud);
     ticker.tick("p", me).await.unwrap().0
 }
 
-fn idle(secs: u64) -> Option<Me<'static>> {
+/// A heartbeat of the cell `me` serving pool `p` alone: true when it must go.
+async fn beat(farm: &MemFarm, cloud: &MemCloud, me: Option<Me<'_>>) -> bool {
+    let config = config();
+    let ticker = ticker(&config, farm, cloud);
+    ticker.tick_cell(&["p".into()], me.unwrap()).await
+}
+
+/// The cell `id`, on no machine, idle for `idle_secs` (`None`: busy).
+fn cell(id: &str, idle_secs: Option<u64>) -> Option<Me<'_>> {
     Some(Me {
-        cell_id: "me",
+        cell_id: id,
         machine: None,
-        idle_secs: Some(secs),
+        idle_secs,
         leaving: false,
     })
+}
+
+fn idle(secs: u64) -> Option<Me<'static>> {
+    cell("me", Some(secs))
 }
 
 #[tokio::test]
@@ -313,7 +359,10 @@ async fn a_leaving_cells_machine_is_not_pending_and_it_does_not_die() {
     assert_eq!(tick(&farm, &cloud, me).await, TickOutcome::Launched(1));
     assert!(cloud.terminated.lock().unwrap().is_empty());
     let quiet = MemFarm::with(|s| s.alive = 2);
-    assert_eq!(tick(&quiet, &cloud, me).await, TickOutcome::Stayed);
+    assert!(
+        !beat(&quiet, &cloud, me).await,
+        "a leaving cell takes no death"
+    );
     assert!(quiet.state().deregistered.is_empty());
 }
 
@@ -356,32 +405,67 @@ async fn silent_machines_are_reaped_and_replaced() {
 
 #[tokio::test]
 async fn death_looks_once_more_after_deregistering() {
-    // Idle past grace, queues empty, a spare cell: this one dies, and says so.
+    // Idle past grace, queues empty, two spare cells: this one takes a death, and says so.
     let farm = MemFarm::with(|s| s.alive = 2);
     let cloud = MemCloud::blind();
-    assert_eq!(tick(&farm, &cloud, idle(60)).await, TickOutcome::Die);
+    assert!(beat(&farm, &cloud, idle(60)).await);
     assert_eq!(farm.state().deregistered, ["me"]);
     assert_eq!(farm.state().events, [(EventKind::Death, "me".into(), 1)]);
+    assert_eq!(
+        farm.state().deaths["p"],
+        1,
+        "one of the two offered is taken"
+    );
 
-    // A job published between the decision and the last look keeps the cell.
+    // A job published between the offer and the last look keeps the cell.
     let farm = MemFarm::with(|s| {
         s.alive = 2;
         s.ready_after_deregister = Some(1);
     });
-    assert_eq!(tick(&farm, &cloud, idle(60)).await, TickOutcome::Stayed);
+    assert!(!beat(&farm, &cloud, idle(60)).await);
     assert!(farm.state().events.is_empty(), "no death recorded");
 
     // Not before the grace period, and never the busy cell.
     let farm = MemFarm::with(|s| s.alive = 2);
-    assert_eq!(tick(&farm, &cloud, idle(10)).await, TickOutcome::Stayed);
-    let busy = Some(Me {
-        cell_id: "me",
-        machine: None,
-        idle_secs: None,
-        leaving: false,
-    });
-    assert_eq!(tick(&farm, &cloud, busy).await, TickOutcome::Stayed);
+    assert!(!beat(&farm, &cloud, idle(10)).await);
+    assert!(!beat(&farm, &cloud, cell("me", None)).await);
     assert!(farm.state().deregistered.is_empty());
+    assert_eq!(
+        farm.state().deaths["p"],
+        2,
+        "the offer stands for idle cells"
+    );
+}
+
+/// Property: one decider a round. Of many cells beating in one round, one observes the
+/// pool and decides; the others make no observation and launch nothing, however big
+/// the backlog. The deaths the round offers bound how many idle cells go.
+#[tokio::test]
+async fn one_cell_a_round_decides_and_its_offer_bounds_the_deaths() {
+    let cloud = MemCloud::blind();
+    let farm = MemFarm::with(|s| {
+        s.ready = 40;
+        s.alive = 1;
+    });
+    for id in ["a", "b", "c", "d"] {
+        assert!(!beat(&farm, &cloud, cell(id, None)).await);
+    }
+    assert_eq!(farm.state().observed, 1, "one observation a round");
+    assert_eq!(*cloud.launched.lock().unwrap(), 3, "launched once");
+
+    // Three cells, one job's worth of work running: two of three idle cells go.
+    let farm = MemFarm::with(|s| {
+        s.alive = 3;
+        s.running = 5;
+    });
+    let mut gone = Vec::new();
+    for id in ["a", "b", "c"] {
+        if beat(&farm, &cloud, cell(id, Some(60))).await {
+            gone.push(id);
+        }
+    }
+    assert_eq!(gone, ["a", "b"]);
+    assert_eq!(farm.state().observed, 1);
 }
 
 /// Property: a cell that is dying (draining, its machine still up) keeps its place under
@@ -414,26 +498,22 @@ async fn a_cell_of_two_pools_dies_only_when_neither_needs_it() {
         s.alive = 2;
         s.ready_elsewhere.insert("q".into(), 5);
     });
-    let ticker = Ticker {
-        config: &config,
-        farm: &busy_q,
-        cloud: &cloud,
-        who: "test",
-    };
+    let busy_ticker = ticker(&config, &busy_q, &cloud);
+    assert!(
+        !busy_ticker.tick_cell(&pools, me).await,
+        "q has work for it"
+    );
     // Pool p alone would let the cell go: that is the hole a per-pool death opened.
-    assert!(ticker.would_let_go("p", me).await.unwrap());
-    assert!(!ticker.tick_cell(&pools, me).await, "q has work for it");
+    assert_eq!(busy_q.state().deaths["p"], 2, "p's offer is untouched");
     assert!(busy_q.state().deregistered.is_empty());
     assert!(busy_q.state().events.is_empty());
 
     let quiet = MemFarm::with(|s| s.alive = 2);
-    let ticker = Ticker {
-        config: &config,
-        farm: &quiet,
-        cloud: &cloud,
-        who: "test",
-    };
-    assert!(ticker.tick_cell(&pools, me).await, "neither pool needs it");
+    let quiet_ticker = ticker(&config, &quiet, &cloud);
+    assert!(
+        quiet_ticker.tick_cell(&pools, me).await,
+        "neither pool needs it"
+    );
     assert_eq!(quiet.state().deregistered, ["me"]);
 }
 
@@ -450,7 +530,7 @@ async fn queued_jobs_the_broker_does_not_show_are_waiting_work() {
         s.running = 1;
         s.hidden = 1;
     });
-    assert_eq!(tick(&farm, &cloud, idle(300)).await, TickOutcome::Stayed);
+    assert!(!beat(&farm, &cloud, idle(300)).await);
     assert!(farm.state().deregistered.is_empty(), "the neighbour stays");
 
     // A job queued between the decision and the last look keeps the cell too.
@@ -458,7 +538,7 @@ async fn queued_jobs_the_broker_does_not_show_are_waiting_work() {
         s.alive = 2;
         s.hidden_after_deregister = Some(1);
     });
-    assert_eq!(tick(&farm, &cloud, idle(60)).await, TickOutcome::Stayed);
+    assert!(!beat(&farm, &cloud, idle(60)).await);
     assert!(farm.state().events.is_empty(), "no death recorded");
 
     // Thirty queued, ten running, one cell: four cells wanted, three launched.
@@ -497,15 +577,54 @@ async fn a_spent_budget_stops_launches() {
             s.spent_usd = spent_usd;
         });
         let cloud = MemCloud::blind();
-        let ticker = Ticker {
-            config: &config,
-            farm: &farm,
-            cloud: &cloud,
-            who: "test",
-        };
-        let (outcome, _) = ticker.tick("p", None).await.unwrap();
+        let (outcome, _) = ticker(&config, &farm, &cloud)
+            .tick("p", None)
+            .await
+            .unwrap();
         assert_eq!(outcome, want, "{why}");
         let launched = *cloud.launched.lock().unwrap();
         assert_eq!(launched > 0, spent_usd < 10.0, "{why}");
     }
+}
+
+async fn kick(farm: &MemFarm, cloud: &MemCloud) {
+    let config = config();
+    ticker(&config, farm, cloud).kick(&["p".to_string()]).await;
+}
+
+/// Property: after a publish, `kick` observes the pool only when it claims the round or
+/// no cell serves the pool. The trigger publishing thousands of jobs a minute does not
+/// observe the pool for each, and a farm with no cell still starts itself whatever the
+/// round says.
+#[tokio::test]
+async fn a_kick_ticks_only_for_a_free_round_or_a_pool_with_no_cell() {
+    let cloud = MemCloud::blind();
+    let kick = |farm| kick(farm, &cloud);
+    // A cell serves the pool and has claimed this round: its cells decide.
+    let served = MemFarm::with(|s| {
+        s.ready = 40;
+        s.alive = 1;
+        s.rounds.insert("p".into());
+    });
+    kick(&served).await;
+    assert_eq!(served.state().observed, 0, "no observation");
+    assert_eq!(*cloud.launched.lock().unwrap(), 0);
+
+    // The round is free: the kick claims it and decides.
+    let free = MemFarm::with(|s| {
+        s.ready = 40;
+        s.alive = 1;
+    });
+    kick(&free).await;
+    assert_eq!(free.state().observed, 1);
+    assert_eq!(*cloud.launched.lock().unwrap(), 3);
+
+    // No cell serves the pool: zero to one, though the round was claimed.
+    let empty = MemFarm::with(|s| {
+        s.ready = 1;
+        s.rounds.insert("p".into());
+    });
+    kick(&empty).await;
+    assert_eq!(empty.state().observed, 1);
+    assert_eq!(*cloud.launched.lock().unwrap(), 4, "one more: zero to one");
 }
