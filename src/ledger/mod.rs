@@ -547,19 +547,17 @@ impl Ledger {
 
     /// What `pool`'s unfinished jobs weigh: per pipeline, the running jobs, the work the
     /// messages estimated (`work_secs`), the probed seconds of source of the others, and
-    /// how many have neither.
+    /// how many have neither. Read from the `pool_load` summary the jobs' own
+    /// transactions keep (migration 0008): 16 rows a pipeline, whatever the backlog.
     pub async fn pool_load(&self, pool: &str) -> Result<Vec<PipelineLoad>, LedgerError> {
         let rows = sqlx::query(
-            "SELECT pipeline,
-                    count(*) FILTER (WHERE state = 'running') AS running,
-                    count(*) FILTER (WHERE state = 'queued') AS queued,
-                    coalesce(sum((message->>'work_secs')::float8), 0) AS estimated,
-                    coalesce(sum((probe->>'duration')::float8)
-                             FILTER (WHERE message->>'work_secs' IS NULL), 0) AS probed,
-                    count(*) FILTER (WHERE message->>'work_secs' IS NULL
-                                     AND probe->>'duration' IS NULL) AS unknown
-             FROM jobs WHERE pool = $1 AND state IN ('queued', 'running')
-             GROUP BY pipeline",
+            "SELECT pipeline, sum(running)::int8 AS running, sum(queued)::int8 AS queued,
+                    sum(estimated_ms)::float8 / 1000 AS estimated,
+                    sum(probed_ms)::float8 / 1000 AS probed,
+                    sum(unknown)::int8 AS unknown
+             FROM pool_load WHERE pool = $1
+             GROUP BY pipeline HAVING sum(running) + sum(queued) > 0
+             ORDER BY pipeline",
         )
         .bind(pool)
         .fetch_all(&self.pool)
