@@ -228,21 +228,9 @@ pub async fn broker(config: &Config) -> anyhow::Result<Broker> {
         .with_context(|| format!("cannot reach RabbitMQ at {}", redact(&config.amqp.url)))
 }
 
-/// Checks what a cell needs before it takes work, each failure saying how to fix it.
+/// Checks what a cell needs before it takes work, each failure saying how to fix it;
+/// FFmpeg and ffprobe are checked, confined, by [`crate::ffmpeg::Sandbox::start`].
 pub async fn check_host(config: &Config) -> anyhow::Result<()> {
-    for tool in ["ffmpeg", "ffprobe"] {
-        let out = tokio::process::Command::new(tool)
-            .arg("-version")
-            .output()
-            .await
-            .with_context(|| {
-                format!("{tool} is not installed or not on PATH (apt-get install ffmpeg)")
-            })?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{tool} -version failed: is FFmpeg installed correctly?"
-        );
-    }
     let scratch = Path::new(&config.cell.scratch_dir);
     std::fs::create_dir_all(scratch)
         .and_then(|()| {
