@@ -29,11 +29,12 @@ pub enum LogFormat {
 }
 
 /// Starts logging to stderr, filtered by `RUST_LOG` (default: our info, the libraries'
-/// warnings).
+/// warnings; none from lapin and its promises, which warn of a connection dropped at
+/// exit after the error that ended the process).
 pub fn init_logs(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,lapin=off,aws=warn,sqlx=warn".into());
+        .unwrap_or_else(|_| "info,lapin=off,pinky_swear=off,aws=warn,sqlx=warn".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -247,17 +248,31 @@ pub async fn check_host(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The URL with any password replaced, for logs and errors.
+/// The URL with any password replaced, for logs and errors: in the user info
+/// (`user:***@host`) and in a `password=` query parameter (PostgreSQL's).
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
+    let url = match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
-            Some((userinfo, host)) => {
+            Some((userinfo, host)) if !userinfo.contains('/') => {
                 let user = userinfo.split(':').next().unwrap_or("");
                 format!("{scheme}://{user}:***@{host}")
             }
-            None => url.into(),
+            _ => url.to_string(),
         },
-        None => url.into(),
+        None => url.to_string(),
+    };
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url,
     }
 }
 
@@ -335,5 +350,13 @@ mod tests {
             "amqp://guest:***@mq:5672/%2f"
         );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("postgres://db/ledger?sslmode=require&password=s3cret"),
+            "postgres://db/ledger?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact("redis://:s3cret@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
     }
 }

@@ -18,7 +18,9 @@ use std::time::Duration;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(at) = args.iter().position(|a| a == "-hostile") else {
-        let err = std::process::Command::new("/usr/bin/ffmpeg").args(&args).exec();
+        let err = std::process::Command::new("/usr/bin/ffmpeg")
+            .args(&args)
+            .exec();
         eprintln!("cannot exec /usr/bin/ffmpeg: {err}");
         std::process::exit(1);
     };
@@ -55,18 +57,30 @@ fn main() {
     let escape = std::fs::File::create(targets["escape"]).and_then(|mut f| f.write_all(b"out"));
     report(
         "write outside scratch".into(),
-        escape.map(|()| targets["escape"].to_string()).map_err(|e| e.to_string()),
+        escape
+            .map(|()| targets["escape"].to_string())
+            .map_err(|e| e.to_string()),
     );
     let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
     report(
         "environment".into(),
-        if env.is_empty() { Err("empty".into()) } else { Ok(env.join(" ")) },
+        if env.is_empty() {
+            Err("empty".into())
+        } else {
+            Ok(env.join(" "))
+        },
     );
     report("fork".into(), fork_many(1000));
     let mut hoard: Vec<u8> = Vec::new();
-    let hoarded = hoard.try_reserve_exact(16 << 30).map(|()| "16 GiB".to_string());
+    let hoarded = hoard
+        .try_reserve_exact(16 << 30)
+        .map(|()| "16 GiB".to_string());
     report("allocate".into(), hoarded.map_err(|e| e.to_string()));
-    let summary = if achieved.is_empty() { "none".to_string() } else { achieved.join(", ") };
+    let summary = if achieved.is_empty() {
+        "none".to_string()
+    } else {
+        achieved.join(", ")
+    };
     eprintln!("hostile decoder achieved: {summary}");
     std::process::exit(1);
 }

@@ -17,6 +17,7 @@
 //! start, `best-effort` runs with the layers there are, `off` uses none.
 
 mod child;
+pub mod report;
 mod rules;
 mod seccomp;
 
@@ -165,28 +166,24 @@ fn names(layers: &[Layer]) -> String {
 }
 
 impl Sandbox {
-    /// Finds the programs, tries each layer with `ffmpeg -version`, and keeps those
-    /// that work; with `require`, a missing layer is an error naming it.
+    /// Finds the programs and runs `ffmpeg -version` and `ffprobe -version` with every
+    /// layer. When that fails, tries each layer on its own to name those missing, and
+    /// keeps those that work; with `require`, a missing layer is an error naming it.
     pub async fn start(cell: &CellConfig) -> Result<Sandbox, SandboxError> {
-        let mut sandbox = Sandbox::prepare(cell)?;
-        if cell.sandbox == Mode::Off {
-            tracing::warn!("cell.sandbox = \"off\": FFmpeg runs unconfined, with limits only");
-        } else {
-            let (present, missing) = sandbox.try_layers(cell).await;
-            sandbox.layers = present;
-            if !missing.is_empty() {
-                let text = missing.join("; ");
-                if cell.sandbox == Mode::Require {
-                    return Err(SandboxError::Missing { missing: text });
-                }
-                tracing::warn!(missing = %text, "FFmpeg runs without some sandbox layers (cell.sandbox = \"best-effort\")");
+        let mut sandbox = Sandbox::armed(cell)?;
+        let quick = match sandbox.arm(cell) {
+            Ok(()) => sandbox.versions().await.map_err(|(_, reason)| reason),
+            Err(e) => Err(e),
+        };
+        if let Err(first) = quick {
+            if cell.sandbox != Mode::Off {
+                tracing::debug!(error = %first, "FFmpeg fails with every layer; trying each");
+                sandbox.keep_working_layers(cell).await?;
             }
-        }
-        for tool in [Tool::Ffmpeg, Tool::Ffprobe] {
             sandbox
-                .version(tool)
+                .versions()
                 .await
-                .map_err(|reason| SandboxError::Broken {
+                .map_err(|(tool, reason)| SandboxError::Broken {
                     tool: tool.name(),
                     layers: names(&sandbox.layers),
                     reason,
@@ -197,16 +194,58 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// The process's one sandbox, started on first use, for commands that probe now and
-    /// then (`submit`, the trigger) and have no start of their own to build it in.
+    /// The process's one sandbox, made on first use, for commands that probe now and
+    /// then (`submit`, the trigger) and have no start of their own. Nothing is tried
+    /// unless `best-effort` must learn which layers there are: under `require`, a layer
+    /// that fails makes the probe fail, naming the error.
     pub async fn shared(cell: &CellConfig) -> Result<&'static Sandbox, String> {
         static SHARED: tokio::sync::OnceCell<Result<Sandbox, String>> =
             tokio::sync::OnceCell::const_new();
+        let make = || async {
+            match cell.sandbox {
+                Mode::BestEffort => Sandbox::start(cell).await,
+                Mode::Require | Mode::Off => Sandbox::armed(cell).and_then(|mut s| {
+                    s.arm(cell)
+                        .map(|()| s)
+                        .map_err(|missing| SandboxError::Missing { missing })
+                }),
+            }
+            .map_err(|e| e.to_string())
+        };
         SHARED
-            .get_or_init(|| async { Sandbox::start(cell).await.map_err(|e| e.to_string()) })
+            .get_or_init(make)
             .await
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// The sandbox `cell` describes, with every layer (none when `off`), nothing armed.
+    fn armed(cell: &CellConfig) -> Result<Sandbox, SandboxError> {
+        let mut sandbox = Sandbox::prepare(cell)?;
+        if cell.sandbox == Mode::Off {
+            tracing::warn!("cell.sandbox = \"off\": FFmpeg runs unconfined, with limits only");
+            sandbox.layers.clear();
+        }
+        Ok(sandbox)
+    }
+
+    /// Readies the layers in force that need it: who FFmpeg runs as, the seccomp filters.
+    fn arm(&mut self, cell: &CellConfig) -> Result<(), String> {
+        if self.layers.contains(&Layer::User) {
+            self.user(&cell.sandbox_user)?;
+        }
+        if self.layers.contains(&Layer::Seccomp) {
+            self.seccomp = Some(Arc::new(seccomp::compile()?));
+        }
+        Ok(())
+    }
+
+    /// `ffmpeg -version` and `ffprobe -version` as the sandbox stands.
+    async fn versions(&self) -> Result<(), (Tool, String)> {
+        for tool in [Tool::Ffmpeg, Tool::Ffprobe] {
+            self.version(tool).await.map_err(|reason| (tool, reason))?;
+        }
+        Ok(())
     }
 
     /// The sandbox `cell` describes, every layer assumed, nothing tried.
@@ -235,13 +274,34 @@ impl Sandbox {
         })
     }
 
+    /// Keeps the layers that work on their own; with `require`, one missing is an error.
+    async fn keep_working_layers(&mut self, cell: &CellConfig) -> Result<(), SandboxError> {
+        let (present, missing) = self.try_layers(cell).await;
+        self.layers = present;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let text = missing.join("; ");
+        if cell.sandbox == Mode::Require {
+            return Err(SandboxError::Missing { missing: text });
+        }
+        tracing::warn!(missing = %text, "FFmpeg runs without some sandbox layers (cell.sandbox = \"best-effort\")");
+        Ok(())
+    }
+
     /// Tries each layer alone; the layers that work, and a line for each that does not.
     async fn try_layers(&mut self, cell: &CellConfig) -> (Vec<Layer>, Vec<String>) {
         let (mut present, mut missing) = (Vec::new(), Vec::new());
         for layer in Layer::ALL {
             let tried = match layer {
                 Layer::User => self.user(&cell.sandbox_user),
-                Layer::Seccomp => seccomp::compile().map(|f| self.seccomp = Some(Arc::new(f))),
+                Layer::Seccomp => match seccomp::compile() {
+                    Ok(filters) => {
+                        self.seccomp = Some(Arc::new(filters));
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
                 Layer::Network | Layer::Landlock => Ok(()),
             };
             let mut alone = self.clone();
@@ -371,7 +431,8 @@ impl Sandbox {
             seccomp: self.seccomp.clone().filter(|_| on(Layer::Seccomp)),
         };
         let mut cmd = Command::new(self.program(tool));
-        cmd.env_clear();
+        // Found by its full path, known by its name: `ps` and logs show `ffmpeg …`.
+        cmd.arg0(tool.name()).env_clear();
         if let Some(dir) = access.workdir() {
             cmd.current_dir(dir);
         }
