@@ -85,7 +85,8 @@ build {
       # cloud-init may still be running apt on first boot.
       "cloud-init status --wait >/dev/null || true",
       "sudo apt-get update -qq",
-      "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg curl ca-certificates",
+      # nftables: the metadata firewall rule; polkitd and dbus: the poweroff fallback.
+      "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg curl ca-certificates nftables polkitd dbus",
       "sudo apt-get clean",
     ]
   }
@@ -106,16 +107,34 @@ build {
     destination = "/tmp/cellfarm.service"
   }
 
+  provisioner "file" {
+    source      = "${path.root}/imds.nft"
+    destination = "/tmp/imds.nft"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/cellfarm-poweroff.rules"
+    destination = "/tmp/cellfarm-poweroff.rules"
+  }
+
   provisioner "shell" {
     inline = [
       "sudo install -m 0755 /tmp/cellfarm /usr/local/bin/cellfarm",
       "sudo install -m 0755 /tmp/cellfarm-boot /usr/local/bin/cellfarm-boot",
       "sudo install -m 0644 /tmp/cellfarm.service /etc/systemd/system/cellfarm.service",
-      "rm -f /tmp/cellfarm /tmp/cellfarm-boot /tmp/cellfarm.service",
+      # The cell's own user: no login, no home, owns the scratch directory.
+      "sudo useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin cellfarm",
+      "sudo install -d -m 0755 /etc/cellfarm",
+      "sudo install -m 0644 /tmp/imds.nft /etc/cellfarm/imds.nft",
+      "sudo install -m 0644 /tmp/cellfarm-poweroff.rules /etc/polkit-1/rules.d/50-cellfarm-poweroff.rules",
+      "rm -f /tmp/cellfarm /tmp/cellfarm-boot /tmp/cellfarm.service /tmp/imds.nft /tmp/cellfarm-poweroff.rules",
+      # Landlock, for the FFmpeg sandbox: Debian 12's kernel has it but may not enable it.
+      "grep -qw landlock /sys/kernel/security/lsm || { sudo sed -i 's/^GRUB_CMDLINE_LINUX=\"/GRUB_CMDLINE_LINUX=\"lsm=landlock,lockdown,yama,integrity,apparmor,bpf /' /etc/default/grub && sudo update-grub; }",
       "sudo systemctl daemon-reload",
       "sudo systemctl enable cellfarm.service",
       # Fail the build now, not at the first boot: the binary runs, FFmpeg is there.
       "/usr/local/bin/cellfarm --version",
+      "sudo nft -c -f /etc/cellfarm/imds.nft",
       "ffmpeg -hide_banner -version | head -n 1",
       "ffprobe -hide_banner -version | head -n 1",
     ]

@@ -2,8 +2,9 @@
 # CI check of the deployment artefacts: the static binary and ami/. Stops at the first
 # failure with a message naming it, exit 1.
 #
-#   1. ami/: shellcheck on the boot script, `systemd-analyze verify` on the unit, and
-#      the boot script run against a fake IMDS on loopback with a stub cellfarm.
+#   1. ami/: shellcheck on the boot script, `systemd-analyze verify` on the unit, `nft -c`
+#      on the metadata firewall rule, and the boot script run against a fake IMDS on
+#      loopback with a stub cellfarm.
 #   2. `packer validate -syntax-only ami/` (Debian 12's packer 1.6.6).
 #   3. scripts/build-static.sh with the dev profile (CELLFARM_STATIC_PROFILE overrides):
 #      the binary must be statically linked and `--version` must print `cellfarm ...`.
@@ -12,7 +13,8 @@
 #      does not have (metadata_options). The full check catches them, and needs no
 #      network or AWS credentials (checked with strace: it connects to nothing).
 #
-# Installs what is missing with apt-get: file, packer, shellcheck, curl, python3.
+# Installs what is missing with apt-get: file, packer, shellcheck, curl, python3,
+# nftables.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,6 +33,7 @@ have shellcheck || pkgs+=(shellcheck)
 have curl || pkgs+=(curl ca-certificates)
 have python3 || pkgs+=(python3)
 have systemd-analyze || pkgs+=(systemd)
+have nft || pkgs+=(nftables)
 if [ "${#pkgs[@]}" -gt 0 ]; then
     apt_install "${pkgs[@]}"
 fi
@@ -57,6 +60,11 @@ sed "s#^ExecStart=.*#ExecStart=$ROOT/ami/cellfarm-boot.sh#" ami/cellfarm.service
 # It exits 0 on unknown keys and bad values, only printing them: any output fails.
 verify="$(systemd-analyze verify "$WORK/cellfarm.service" 2>&1)" || true
 [ -z "$verify" ] || die "ami/cellfarm.service: $verify"
+
+# The AMI makes the cellfarm user; this machine may have none: check with nobody.
+log "nft -c -f ami/imds.nft"
+sed 's/"cellfarm"/"nobody"/g' ami/imds.nft >"$WORK/imds.nft"
+nft -c -f "$WORK/imds.nft" || die "ami/imds.nft does not load (above)"
 
 # A fake IMDS that, like the real one, wants a PUT token (with a TTL header) before it
 # serves user-data, and answers 404 when the instance has none.

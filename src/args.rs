@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::ffmpeg::{probe, Limits};
+use crate::ffmpeg::{probe, Access, Limits, Sandbox};
 
 /// What to fill the pipeline's placeholders with.
 #[derive(Debug, clap::Args)]
@@ -33,13 +33,17 @@ pub struct Args {
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let p = config.pipeline(&args.pipeline)?;
+    // The probe runs as a cell's does: confined, reading the input only.
+    let sandbox = Sandbox::start(&config.cell).await?;
     let limits = Limits {
         timeout: Duration::from_secs(60),
         memory_bytes: config.cell.ffmpeg_memory_mib * 1024 * 1024,
+        access: Access::read(Path::new(&args.input)),
         demuxers: config.cell.demuxers.clone(),
         max_pixels: Some(p.limits.max_pixels),
     };
-    let source = probe::probe(Path::new(&args.input), &limits, &CancellationToken::new())
+    let never = CancellationToken::new();
+    let source = probe::probe(Path::new(&args.input), &sandbox, &limits, &never)
         .await
         .map_err(|e| anyhow::anyhow!("probing {}: {e}", args.input))?;
     let mut base = BTreeMap::from([

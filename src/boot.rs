@@ -29,11 +29,12 @@ pub enum LogFormat {
 }
 
 /// Starts logging to stderr, filtered by `RUST_LOG` (default: our info, the libraries'
-/// warnings).
+/// warnings; none from lapin and its promises, which warn of a connection dropped at
+/// exit after the error that ended the process).
 pub fn init_logs(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,lapin=off,aws=warn,sqlx=warn".into());
+        .unwrap_or_else(|_| "info,lapin=off,pinky_swear=off,aws=warn,sqlx=warn".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -228,21 +229,9 @@ pub async fn broker(config: &Config) -> anyhow::Result<Broker> {
         .with_context(|| format!("cannot reach RabbitMQ at {}", redact(&config.amqp.url)))
 }
 
-/// Checks what a cell needs before it takes work, each failure saying how to fix it.
+/// Checks what a cell needs before it takes work, each failure saying how to fix it;
+/// FFmpeg and ffprobe are checked, confined, by [`crate::ffmpeg::Sandbox::start`].
 pub async fn check_host(config: &Config) -> anyhow::Result<()> {
-    for tool in ["ffmpeg", "ffprobe"] {
-        let out = tokio::process::Command::new(tool)
-            .arg("-version")
-            .output()
-            .await
-            .with_context(|| {
-                format!("{tool} is not installed or not on PATH (apt-get install ffmpeg)")
-            })?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{tool} -version failed: is FFmpeg installed correctly?"
-        );
-    }
     let scratch = Path::new(&config.cell.scratch_dir);
     std::fs::create_dir_all(scratch)
         .and_then(|()| {
@@ -259,17 +248,31 @@ pub async fn check_host(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The URL with any password replaced, for logs and errors.
+/// The URL with any password replaced, for logs and errors: in the user info
+/// (`user:***@host`) and in a `password=` query parameter (PostgreSQL's).
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
+    let url = match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
-            Some((userinfo, host)) => {
+            Some((userinfo, host)) if !userinfo.contains('/') => {
                 let user = userinfo.split(':').next().unwrap_or("");
                 format!("{scheme}://{user}:***@{host}")
             }
-            None => url.into(),
+            _ => url.to_string(),
         },
-        None => url.into(),
+        None => url.to_string(),
+    };
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url,
     }
 }
 
@@ -347,5 +350,13 @@ mod tests {
             "amqp://guest:***@mq:5672/%2f"
         );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("postgres://db/ledger?sslmode=require&password=s3cret"),
+            "postgres://db/ledger?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact("redis://:s3cret@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
     }
 }

@@ -56,6 +56,9 @@ enum Command {
     /// Print the FFmpeg command lines a pipeline runs (one JSON array per step), for
     /// checking a pipeline by hand or running the same work outside the farm.
     Args(args::Args),
+    /// Show the sandbox layers FFmpeg gets on this machine (`--starts N`: and what they
+    /// cost a start).
+    Sandbox(cellfarm::ffmpeg::sandbox::report::Args),
     /// Show queues, jobs by state, live cells and recent failures.
     Status {
         #[arg(long)]
@@ -134,6 +137,7 @@ async fn run(
             Ok(())
         }
         Command::Args(a) => args::run(&config, a).await,
+        Command::Sandbox(a) => cellfarm::ffmpeg::sandbox::report::run(&config, a).await,
         Command::Submit(a) => submit::run(&config, &location, sdk, a).await,
         Command::Cell(opts) => cell::run(source, (config, version), sdk, opts).await,
         Command::Watch(a) => trigger::watch::run(&config, &location, sdk, a).await,

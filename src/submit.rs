@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use crate::boot::Systems;
 use crate::config::Config;
-use crate::ffmpeg::{probe, Limits};
+use crate::ffmpeg::{probe, Access, Limits, Sandbox};
 use crate::job::{JobMessage, SourceObject};
 use crate::ledger::{Ledger, SubmitOutcome};
 use crate::outkey;
@@ -319,14 +319,20 @@ async fn ranged_probe(
         f.seek(SeekFrom::Start(tail_start))?;
         f.write_all(&tail)?;
     }
+    // Confined like a cell's probe: these bytes are as untrusted as any source.
+    let sandbox = Sandbox::shared(&config.cell)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot confine ffprobe: {e}"))?;
+    sandbox.hand_over(file.path())?;
     let limits = Limits {
         timeout: Duration::from_secs(30),
         memory_bytes: config.cell.ffmpeg_memory_mib * 1024 * 1024,
+        access: Access::read(file.path()),
         demuxers: config.cell.demuxers.clone(),
         max_pixels: None,
     };
     let never = tokio_util::sync::CancellationToken::new();
-    let p = probe::probe(file.path(), &limits, &never).await?;
+    let p = probe::probe(file.path(), sandbox, &limits, &never).await?;
     Ok(p.duration)
 }
 

@@ -131,10 +131,12 @@ async fn attribute(
 /// Property: without a launch template, a launch is RunInstances of spot instances with
 /// the configured AMI, instance types (first choice first), subnets, security group and
 /// instance profile,
-/// IMDSv2 with metadata tags, the farm/pool/launched-by tags, shutdown behaviour
+/// IMDSv2 required with a PUT hop limit of 1 and metadata tags, the farm/pool/launched-by tags, shutdown behaviour
 /// `terminate`, and user data that is the config URL and nothing else; `count` sees
 /// exactly the pool's instances.
 #[tokio::test(flavor = "multi_thread")]
+// One launch with every property of it checked: split, the test would launch twice.
+#[allow(clippy::too_many_lines)]
 async fn run_instances_launches_carry_what_the_config_says() {
     let ec2 = client().await;
     let (subnets, sg) = network(&ec2).await;
@@ -193,6 +195,7 @@ async fn run_instances_launches_carry_what_the_config_says() {
         assert!(profile.ends_with("/cellfarm-cell"), "{profile}");
         let options = i.metadata_options().expect("metadata options");
         assert_eq!(options.http_tokens().map(|t| t.as_str()), Some("required"));
+        assert_eq!(options.http_put_response_hop_limit(), Some(1));
         assert_eq!(
             options.instance_metadata_tags().map(|t| t.as_str()),
             Some("enabled")

@@ -118,6 +118,8 @@ struct Cell {
     /// Seconds since the Unix epoch.
     started_at: i64,
     metadata: Option<crate::metadata::Metadata>,
+    /// How FFmpeg is confined, settled at start.
+    sandbox: crate::ffmpeg::Sandbox,
     /// The machine this cell runs on (see [`Identity::machine`]).
     machine: Option<String>,
     exit: Mutex<Option<Exit>>,
@@ -131,6 +133,7 @@ impl Cell {
         systems: Systems,
         pools: Vec<String>,
         identity: Identity,
+        sandbox: crate::ffmpeg::Sandbox,
     ) -> Cell {
         let machine = identity.machine();
         Cell {
@@ -146,6 +149,7 @@ impl Cell {
             started_at: chrono::Utc::now().timestamp(),
             machine,
             metadata: identity.metadata,
+            sandbox,
             exit: Mutex::new(None),
             launch_id: Mutex::new(identity.launch_id),
         }
@@ -261,6 +265,7 @@ impl Cell {
             // The config of this attempt: a reload takes effect from the next job on.
             config: &config,
             store: self.systems.store.as_ref(),
+            sandbox: &self.sandbox,
             threads: self.slots.threads(),
             estimate: &estimate,
         };

@@ -53,6 +53,9 @@ pub async fn run(
     let identity = identity(&config, &opts).await?;
     let pools = pools(&config, opts.pools, identity.metadata.as_ref()).await?;
     boot::check_host(&config).await?;
+    let sandbox = crate::ffmpeg::Sandbox::start(&config.cell)
+        .await
+        .context("cannot confine FFmpeg (cell.sandbox)")?;
     warn_if_deliveries_outlast_the_broker(&config, &pools);
     let systems = Systems::connect(&config, sdk).await?;
     if let Some(update) = config.update.as_ref().filter(|u| !update::running(u)) {
@@ -78,6 +81,7 @@ pub async fn run(
         systems,
         pools,
         identity,
+        sandbox,
     ));
     let shutdown = Shutdown::default();
     tokio::spawn(watch_signals(shutdown.clone(), grace));

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OutputSpec, Pipeline, SourceLimits, TIMEOUT_MARGIN};
 use crate::failure::JobFailure;
-use crate::ffmpeg::{self, probe, FfmpegError, Limits};
+use crate::ffmpeg::{self, probe, Access, FfmpegError, Limits, Sandbox, Tool};
 use crate::job::{unquote_etag, JobMessage, OutputObject};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
@@ -21,6 +21,8 @@ use super::attempt::Attempt;
 pub struct Context<'a> {
     pub config: &'a Config,
     pub store: &'a dyn ObjectStore,
+    /// How FFmpeg runs: confined to the attempt's scratch directory.
+    pub sandbox: &'a Sandbox,
     pub threads: usize,
     /// Told the attempt's estimated wall seconds once the source is probed.
     pub estimate: &'a (dyn Fn(f64) + Sync),
@@ -30,15 +32,25 @@ pub struct Context<'a> {
 struct Scratch(PathBuf);
 
 impl Scratch {
-    fn create(path: PathBuf) -> Result<Scratch, JobFailure> {
+    /// Makes the directory and its `in`, `out` and `work`, owned by the user FFmpeg
+    /// runs as, which may write only there.
+    fn create(path: PathBuf, sandbox: &Sandbox) -> Result<Scratch, JobFailure> {
         let scratch = Scratch(path);
         for sub in ["in", "out", "work"] {
             let dir = scratch.0.join(sub);
-            std::fs::create_dir_all(&dir).map_err(|source| JobFailure::Scratch {
-                path: dir.display().to_string(),
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| sandbox.hand_over(&dir))
+                .map_err(|source| JobFailure::Scratch {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+        }
+        sandbox
+            .hand_over(&scratch.0)
+            .map_err(|source| JobFailure::Scratch {
+                path: scratch.0.display().to_string(),
                 source,
             })?;
-        }
         Ok(scratch)
     }
 }
@@ -75,7 +87,8 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         job.job_id, attempt.id.attempt, attempt.id.cell_id
     ));
     let source = make_room(ctx, job, pipeline, &root).await?;
-    let scratch = Scratch::create(root)?;
+    let scratch = Scratch::create(root, ctx.sandbox)?;
+    limits.access = Access::scratch(&scratch.0);
     let source_probe = fetch_source(ctx, attempt, &source, pipeline, &limits, &scratch).await?;
     let base = fetch_assets(ctx, pipeline, &scratch).await?;
     let vars = pipeline
@@ -97,7 +110,7 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         limits.timeout = std::time::Duration::from_secs(secs);
     }
     for (step, args) in commands.iter().enumerate() {
-        ffmpeg::run("ffmpeg", args, &limits, &attempt.cancel)
+        ffmpeg::run(ctx.sandbox, Tool::Ffmpeg, args, &limits, &attempt.cancel)
             .await
             .map_err(|source| match source {
                 FfmpegError::TimedOut { secs, .. } if derived => JobFailure::OverEstimate {
@@ -115,6 +128,7 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
     output_limits.demuxers.push("image2".into());
     let out = scratch.0.join("out");
     let files = check_outputs(
+        ctx,
         pipeline,
         &out,
         &source_probe,
@@ -201,7 +215,7 @@ async fn fetch_source(
     ctx.store
         .download_found(&src.bucket, source, &input)
         .await?;
-    let source_probe = probe::probe(&input, limits, &attempt.cancel)
+    let source_probe = probe::probe(&input, ctx.sandbox, limits, &attempt.cancel)
         .await
         .map_err(|e| {
             pixel_bomb(&attempt.job.pipeline, &pipeline.limits, &e).unwrap_or(JobFailure::Probe(e))
@@ -425,6 +439,7 @@ fn limits(config: &Config, pipeline: &Pipeline) -> Limits {
     Limits {
         timeout: std::time::Duration::from_secs(secs),
         memory_bytes: config.cell.ffmpeg_memory_mib * 1024 * 1024,
+        access: Access::default(),
         demuxers: config.cell.demuxers.clone(),
         max_pixels: Some(pipeline.limits.max_pixels),
     }
@@ -457,6 +472,7 @@ struct OutputFile {
 
 /// Finds every declared output and checks it; a missing or wrong output fails the job.
 async fn check_outputs(
+    ctx: &Context<'_>,
     pipeline: &Pipeline,
     out_dir: &Path,
     source: &probe::Probe,
@@ -483,13 +499,12 @@ async fn check_outputs(
             }
             let mut found = None;
             if needs_probe(spec) {
-                let p =
-                    probe::probe(&path, limits, cancel)
-                        .await
-                        .map_err(|e| JobFailure::Output {
-                            path: rel.clone(),
-                            reason: e.to_string(),
-                        })?;
+                let p = probe::probe(&path, ctx.sandbox, limits, cancel)
+                    .await
+                    .map_err(|e| JobFailure::Output {
+                        path: rel.clone(),
+                        reason: e.to_string(),
+                    })?;
                 probe::verify(&spec.expect(), &p, source).map_err(|reason| JobFailure::Output {
                     path: rel.clone(),
                     reason,

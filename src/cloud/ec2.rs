@@ -225,10 +225,13 @@ impl Ec2Cloud {
             .user_data(aws_smithy_types::base64::encode(&self.config_url))
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
             // IMDSv2 only, with the tags readable from metadata: a cell learns its pool
-            // from `tags/instance/cellfarm:pool`.
+            // from `tags/instance/cellfarm:pool`. A hop limit of 1: a token's PUT answer
+            // dies one hop out, so nothing behind another network layer (a container, a
+            // namespace with a route out) gets a token.
             .metadata_options(
                 InstanceMetadataOptionsRequest::builder()
                     .http_tokens(HttpTokensState::Required)
+                    .http_put_response_hop_limit(1)
                     .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
                     .build(),
             )

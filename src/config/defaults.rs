@@ -112,6 +112,20 @@ pub(super) fn default_max_streams() -> u32 {
 pub(super) fn default_scratch_factor() -> f64 {
     3.0
 }
+/// `nobody` exists on every system; an AMI may name a user of its own.
+pub(super) fn default_sandbox_user() -> String {
+    "nobody".into()
+}
+pub(super) fn default_ffmpeg() -> String {
+    "ffmpeg".into()
+}
+pub(super) fn default_ffprobe() -> String {
+    "ffprobe".into()
+}
+/// 64 GiB: hours of 4K at a high bitrate, and still short of filling a cell's disk.
+pub(super) fn default_ffmpeg_max_file() -> u64 {
+    64 * 1024
+}
 pub(super) fn default_memory() -> u64 {
     DEFAULT_FFMPEG_MEMORY_MIB
 }

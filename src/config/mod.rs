@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::ffmpeg::probe;
+pub use crate::ffmpeg::sandbox::Mode as SandboxMode;
 use crate::s3url::S3Url;
 use defaults::*;
 
@@ -200,6 +201,29 @@ pub struct CellConfig {
     /// config is applied between jobs. 0 turns live reloading off.
     #[serde(default = "default_config_check")]
     pub config_check_secs: u64,
+    /// How FFmpeg and ffprobe are confined: `require` (refuse to start without every
+    /// layer), `best-effort` (run with the layers this machine has) or `off`. Read at
+    /// start; see [`crate::ffmpeg::sandbox`].
+    #[serde(default)]
+    pub sandbox: SandboxMode,
+    /// Who FFmpeg runs as when the cell runs as root: a user of `/etc/passwd`, or
+    /// `uid:gid`. A cell that is not root runs FFmpeg as itself.
+    #[serde(default = "default_sandbox_user")]
+    pub sandbox_user: String,
+    /// The FFmpeg program: a path, or a name looked up on `PATH` at start.
+    #[serde(default = "default_ffmpeg")]
+    pub ffmpeg: String,
+    /// The ffprobe program: a path, or a name looked up on `PATH` at start.
+    #[serde(default = "default_ffprobe")]
+    pub ffprobe: String,
+    /// Largest file one FFmpeg process may write, in MiB; one over it is killed
+    /// (SIGXFSZ).
+    #[serde(default = "default_ffmpeg_max_file")]
+    pub ffmpeg_max_file_mib: u64,
+    /// Most tasks (processes and threads) one FFmpeg may have; 0 means 64 plus 8 per
+    /// vCPU.
+    #[serde(default)]
+    pub ffmpeg_max_tasks: u64,
 }
 
 impl Default for CellConfig {
@@ -219,6 +243,12 @@ impl Default for CellConfig {
             ffmpeg_memory_mib: DEFAULT_FFMPEG_MEMORY_MIB,
             demuxers: default_demuxers(),
             config_check_secs: default_config_check(),
+            sandbox: SandboxMode::default(),
+            sandbox_user: default_sandbox_user(),
+            ffmpeg: default_ffmpeg(),
+            ffprobe: default_ffprobe(),
+            ffmpeg_max_file_mib: default_ffmpeg_max_file(),
+            ffmpeg_max_tasks: 0,
         }
     }
 }
@@ -618,6 +648,17 @@ impl Config {
     /// needs a restart.
     pub fn restart_keys(&self, new: &Config) -> Vec<&'static str> {
         let (a, b) = (self, new);
+        let sandbox = |c: &Config| {
+            let c = &c.cell;
+            (
+                c.sandbox,
+                c.sandbox_user.clone(),
+                c.ffmpeg.clone(),
+                c.ffprobe.clone(),
+                c.ffmpeg_max_file_mib,
+                c.ffmpeg_max_tasks,
+            )
+        };
         let pools = |c: &Config| -> Vec<(String, Option<u64>)> {
             c.pools
                 .iter()
@@ -643,6 +684,11 @@ impl Config {
                 a.cell.max_attempts == b.cell.max_attempts,
             ),
             ("pools (names, max_queue_length)", pools(a) == pools(b)),
+            // The sandbox is tried and built once, at start.
+            (
+                "cell (sandbox, sandbox_user, ffmpeg, ffprobe, ffmpeg_max_file_mib, ffmpeg_max_tasks)",
+                sandbox(a) == sandbox(b),
+            ),
             (
                 "cloud (kind, binary, log_dir, metadata_url, ec2)",
                 (

@@ -62,6 +62,55 @@ fn only_what_a_running_cell_can_change_is_changed_live() {
     assert_eq!(keys, ["redis.url", "pools (names, max_queue_length)"]);
 }
 
+/// Property: the sandbox is on and required unless a config says otherwise, and its
+/// keys are checked and named like any other.
+#[test]
+fn the_sandbox_is_required_by_default_and_its_keys_are_checked() {
+    let c = Config::parse(GOOD, "good.toml").unwrap();
+    assert_eq!(c.cell.sandbox, SandboxMode::Require);
+    assert_eq!(c.cell.sandbox_user, "nobody");
+    assert_eq!(
+        (c.cell.ffmpeg.as_str(), c.cell.ffprobe.as_str()),
+        ("ffmpeg", "ffprobe")
+    );
+    assert_eq!(c.cell.ffmpeg_max_file_mib, 64 * 1024);
+    let relaxed = GOOD.replace(
+        "[pools.default]",
+        "[cell]\nsandbox = \"best-effort\"\nffmpeg = \"/opt/ff/ffmpeg\"\n[pools.default]",
+    );
+    let c = Config::parse(&relaxed, "c").unwrap();
+    assert_eq!(c.cell.sandbox, SandboxMode::BestEffort);
+    assert_eq!(c.cell.ffmpeg, "/opt/ff/ffmpeg");
+    let old = Config::parse(GOOD, "old").unwrap();
+    assert_eq!(
+        old.restart_keys(&c).len(),
+        1,
+        "the sandbox is built at start"
+    );
+    let bad = GOOD.replace(
+        "[pools.default]",
+        "[cell]\nsandbox = \"maybe\"\n[pools.default]",
+    );
+    let msg = Config::parse(&bad, "c").unwrap_err().to_string();
+    assert!(msg.contains("cell.sandbox"), "{msg}");
+    let bad = GOOD.replace(
+        "[pools.default]",
+        "[cell]\nsandbox_user = \"0:0\"\nffprobe = \" \"\nffmpeg_max_file_mib = 0\n[pools.default]",
+    );
+    let msg = Config::parse(&bad, "c").unwrap_err().to_string();
+    assert!(msg.contains("cell.sandbox_user: must not be root"), "{msg}");
+    assert!(msg.contains("cell.ffprobe: must name a program"), "{msg}");
+    assert!(
+        msg.contains("cell.ffmpeg_max_file_mib: must be above 0"),
+        "{msg}"
+    );
+    let root = GOOD.replace(
+        "[pools.default]",
+        "[cell]\nsandbox_user = \"root\"\n[pools.default]",
+    );
+    assert!(Config::parse(&root, "c").is_err());
+}
+
 #[test]
 fn s3_parts_default_to_64_mib_8_at_once_and_stay_within_s3_limits() {
     let c = Config::parse(GOOD, "good.toml").unwrap();

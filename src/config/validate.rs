@@ -87,6 +87,30 @@ impl Config {
         if c.demuxers.is_empty() {
             bad("cell.demuxers".into(), "must name at least one demuxer");
         }
+        self.validate_sandbox(bad);
+    }
+
+    /// The sandbox's user, programs and limits; whether its layers work is for the
+    /// machine to say at start.
+    fn validate_sandbox(&self, bad: &mut impl FnMut(String, &str)) {
+        let c = &self.cell;
+        let user = c.sandbox_user.trim();
+        if user.is_empty() || user.contains(char::is_whitespace) {
+            bad("cell.sandbox_user".into(), "must name a user, or uid:gid");
+        } else if user == "root" || user.split(':').any(|id| id == "0") {
+            bad(
+                "cell.sandbox_user".into(),
+                "must not be root: FFmpeg decodes untrusted media",
+            );
+        }
+        for (key, program) in [("cell.ffmpeg", &c.ffmpeg), ("cell.ffprobe", &c.ffprobe)] {
+            if program.trim().is_empty() {
+                bad(key.into(), "must name a program or a path");
+            }
+        }
+        if c.ffmpeg_max_file_mib == 0 {
+            bad("cell.ffmpeg_max_file_mib".into(), "must be above 0");
+        }
     }
 
     fn validate_cloud(&self, bad: &mut impl FnMut(String, &str)) {

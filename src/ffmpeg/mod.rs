@@ -3,12 +3,15 @@
 //! * No shell: the program and a list of arguments, built by pure functions.
 //! * Inputs are local files only: every `-i` gets `-protocol_whitelist file` (no network)
 //!   and a demuxer allow-list (no playlists or lists that would open other files).
-//! * Each process runs with a timeout, an address-space cap, and dies with its cell
-//!   (`PR_SET_PDEATHSIG`), so a killed cell leaves no FFmpeg behind.
+//! * Each process runs confined ([`sandbox`]): no network, no credentials, no root, only
+//!   its own job's files; with a timeout, limits on memory, CPU, file size and tasks,
+//!   and it dies with its cell (`PR_SET_PDEATHSIG`), so a killed cell leaves no FFmpeg
+//!   behind.
 //! * The stderr tail is kept for the error message: a corrupt video fails with FFmpeg's
 //!   own reason.
 
 pub mod probe;
+pub mod sandbox;
 pub mod template;
 
 use std::collections::VecDeque;
@@ -19,16 +22,24 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+pub use sandbox::{Access, Sandbox, Tool};
+
 /// Lines of stderr kept for the error message.
 const TAIL_LINES: usize = 12;
 /// Longest stderr line kept, in bytes; FFmpeg can print very long lines on bad input.
 const TAIL_LINE_BYTES: usize = 400;
 
-/// Limits every FFmpeg process runs under.
+/// Address space of a process that only prints its version.
+const PROBE_MEMORY_BYTES: u64 = 1 << 30;
+
+/// Limits every FFmpeg process runs under, and what it may touch.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Wall-clock time; CPU seconds are this times the cores.
     pub timeout: Duration,
     pub memory_bytes: u64,
+    /// The files the process may read and write besides the system's.
+    pub access: Access,
     /// Demuxers inputs may be opened with (`format_whitelist`).
     pub demuxers: Vec<String>,
     /// Most pixels a decoder may allocate for one frame (`-max_pixels`).
@@ -37,7 +48,7 @@ pub struct Limits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FfmpegError {
-    #[error("cannot start {program}: {source} (is FFmpeg installed and on PATH?)")]
+    #[error("cannot start {program}: {source}")]
     Spawn {
         program: String,
         source: std::io::Error,
@@ -48,7 +59,7 @@ pub enum FfmpegError {
         status: ExitStatus,
         tail: String,
     },
-    #[error("{program} killed by signal {signal}: {tail}")]
+    #[error("{program} killed by signal {signal}{}: {tail}", signal_reason(*.signal))]
     Killed {
         program: String,
         signal: i32,
@@ -130,15 +141,28 @@ pub fn commands<'a>(
         .collect()
 }
 
-/// Runs `program` with `args` under `limits`; Ok only on exit status 0.
+/// Runs `tool` with `args` under `limits`, confined by `sandbox`; Ok only on exit
+/// status 0.
 pub async fn run(
-    program: &str,
+    sandbox: &Sandbox,
+    tool: Tool,
     args: &[String],
     limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<String, FfmpegError> {
-    tracing::debug!(program, ?args, "running");
-    let mut cmd = Command::new(program);
+    let program = tool.name();
+    tracing::debug!(program, ?args, layers = ?sandbox.layers(), "running");
+    let run_limits = sandbox::Limits {
+        memory_bytes: limits.memory_bytes,
+        cpu_secs: limits.timeout.as_secs().max(1),
+    };
+    let confined = sandbox
+        .command(tool, &limits.access, run_limits)
+        .map_err(|e| FfmpegError::Spawn {
+            program: program.into(),
+            source: std::io::Error::other(format!("preparing its Landlock rules: {e}")),
+        })?;
+    let mut cmd: Command = confined.cmd;
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -147,11 +171,12 @@ pub async fn run(
         // A group of its own: a Ctrl-C or a service manager's signal to the cell's group
         // must not kill FFmpeg mid-job (the cell decides: drain, or hand the job back).
         .process_group(0);
-    confine(&mut cmd, limits.memory_bytes);
     let mut child = cmd.spawn().map_err(|source| FfmpegError::Spawn {
         program: program.into(),
         source,
     })?;
+    // The child has its own copy of the ruleset now.
+    drop(confined.ruleset);
     let stderr = child.stderr.take().expect("stderr is piped");
     let stdout = child.stdout.take().expect("stdout is piped");
     let tail = tokio::spawn(read_tail(stderr));
@@ -253,28 +278,15 @@ fn shorten(line: &str) -> String {
     format!("{} … {}", &line[..head], &line[tail..])
 }
 
-/// Caps the child's address space and ties its life to the cell's.
-///
-/// `pre_exec` is the one `unsafe` in the crate: the closure runs between fork and exec
-/// and calls only `setrlimit` and `prctl`, both async-signal-safe.
-#[allow(unsafe_code)]
-fn confine(cmd: &mut Command, memory_bytes: u64) {
-    // SAFETY: see above; no allocation or locking happens in the closure.
-    unsafe {
-        cmd.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: memory_bytes as libc::rlim_t,
-                rlim_max: memory_bytes as libc::rlim_t,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // A cell killed with SIGKILL must not leave FFmpeg encoding on its own.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+/// What a signal that killed FFmpeg says about why: the limits send some of them.
+fn signal_reason(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGXCPU => " (SIGXCPU: over its CPU seconds)",
+        libc::SIGXFSZ => " (SIGXFSZ: a file over cell.ffmpeg_max_file_mib)",
+        libc::SIGSYS => " (SIGSYS: a system call the sandbox denies)",
+        libc::SIGKILL => " (SIGKILL)",
+        libc::SIGSEGV => " (SIGSEGV: a crash)",
+        _ => "",
     }
 }
 
@@ -291,6 +303,7 @@ mod tests {
         let limits = Limits {
             timeout: Duration::from_secs(1),
             memory_bytes: 1 << 30,
+            access: Access::default(),
             demuxers: vec!["mov".to_string(), "matroska".to_string()],
             max_pixels: Some(33_177_600),
         };

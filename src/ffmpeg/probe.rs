@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::{input_guard, run, FfmpegError, Limits};
+use super::{input_guard, run, FfmpegError, Limits, Sandbox, Tool};
 
 /// What an output must be; `None` is not checked.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -158,9 +158,10 @@ impl Probe {
 /// What a pipeline's conditions may ask of a source's probe (see [`Probe::has`]).
 pub const FACTS: &[&str] = &["audio", "video", "hdr", "interlaced", "rotated", "portrait"];
 
-/// Probes a local file.
+/// Probes a local file, which `limits.access` must let ffprobe read.
 pub async fn probe(
     path: &std::path::Path,
+    sandbox: &Sandbox,
     limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<Probe, FfmpegError> {
@@ -177,7 +178,7 @@ pub async fn probe(
         .map(String::from),
     );
     args.push(path.to_string_lossy().into_owned());
-    let json = run("ffprobe", &args, limits, cancel).await?;
+    let json = run(sandbox, Tool::Ffprobe, &args, limits, cancel).await?;
     parse(&json).map_err(|reason| FfmpegError::BadOutput {
         program: "ffprobe".into(),
         reason,
