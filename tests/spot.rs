@@ -22,7 +22,9 @@ interruption_margin_secs = 5
 jobs_per_cell = 10
 ceiling = 2
 cooldown_secs = 0
-idle_grace_secs = 2
+# Long enough that the cell started by hand is still there when the test's submit
+# (a process that starts, probes the source's two ends and publishes) delivers its job.
+idle_grace_secs = 10
 launch_timeout_secs = 60
 
 [pipelines.spot]

@@ -2,7 +2,7 @@
 //! died without ending it, costs money and holds a ceiling slot until it is ended. One
 //! pure rule sorts a pool's machines; the tick ends the silent ones.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 
 use crate::cloud::Machine;
 
@@ -19,7 +19,7 @@ pub struct Sorted {
 /// the Unix epoch). `me` is the deciding cell's own machine, never silent: it is ticking.
 pub fn sort(
     machines: &[Machine],
-    beating: &BTreeSet<String>,
+    beating: &HashSet<String>,
     me: Option<&str>,
     now: i64,
     launch_timeout_secs: u64,
@@ -59,7 +59,7 @@ mod tests {
             m("hung", 0),
             m("me", 0),
         ];
-        let beating = BTreeSet::from(["beating".to_string()]);
+        let beating = HashSet::from(["beating".to_string()]);
         let sorted = sort(&machines, &beating, Some("me"), 1000, 300);
         assert_eq!(sorted.silent, [m("never-booted", 100), m("hung", 0)]);
         assert_eq!(sorted.booting, 1);
@@ -68,7 +68,7 @@ mod tests {
     #[test]
     fn the_launch_timeout_is_the_grace_of_a_new_machine() {
         let machines = [m("new", 700)];
-        let none = BTreeSet::new();
+        let none = HashSet::new();
         assert_eq!(sort(&machines, &none, None, 1000, 300).booting, 1);
         assert_eq!(sort(&machines, &none, None, 1001, 300).silent.len(), 1);
     }

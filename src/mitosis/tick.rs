@@ -16,7 +16,7 @@
 //! message a cell holds, or one lost) is still queued in the ledger, and a cell must not
 //! die beside it; rows whose message is in no queue are reconciled by the cells' ticks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -107,11 +107,11 @@ pub struct Cells {
     /// Cells that serve the pool and are not draining.
     pub alive: u32,
     /// The machines cells beat on, draining or not, whatever pool they serve.
-    pub machines: BTreeSet<String>,
+    pub machines: HashSet<String>,
     /// Of those, the machines whose cells are dying: not alive, but still there, and
     /// still under the ceiling. A cell leaving on a spot notice is not among them: its
     /// machine is being reclaimed, and its replacement must not wait for that.
-    pub draining: BTreeSet<String>,
+    pub draining: HashSet<String>,
 }
 
 /// What a tick needs.

@@ -110,6 +110,7 @@ impl Farm for Sim {
         let w = self.world();
         let mut cells = Cells {
             alive: w.alive_registered,
+            machines: std::collections::HashSet::with_capacity(w.live.len()),
             ..Cells::default()
         };
         for &c in &w.live {

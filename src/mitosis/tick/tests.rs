@@ -57,9 +57,9 @@ struct State {
     running: u64,
     alive: u32,
     /// Machines cells beat on.
-    beating: std::collections::BTreeSet<String>,
+    beating: std::collections::HashSet<String>,
     /// Of those, the machines of dying cells (draining, not leaving on a notice).
-    draining: std::collections::BTreeSet<String>,
+    draining: std::collections::HashSet<String>,
     pending: u32,
     cooling: bool,
     deregistered: Vec<String>,
