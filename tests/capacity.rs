@@ -13,7 +13,7 @@ use cellfarm::cloud::{Cloud, Ec2Cloud};
 use cellfarm::config::Ec2;
 use cellfarm::s3url::S3Url;
 use common::ec2_proxy::{Ec2Proxy, Market};
-use common::moto::{client, launch_template, subnets};
+use common::moto::{client, instances, launch_template, subnets};
 use common::{edit, Farm};
 
 const TYPES: [&str; 3] = ["c6i.xlarge", "c5.xlarge", "m6i.xlarge"];
@@ -80,15 +80,8 @@ async fn setup(test: &str, via: Via, tune: impl FnOnce(&mut Ec2)) -> Setup {
 
 /// The instances `ids` as moto describes them: (type, lifecycle).
 async fn described(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Vec<(String, Option<String>)> {
-    let out = ec2
-        .describe_instances()
-        .set_instance_ids(Some(ids.to_vec()))
-        .send()
-        .await
-        .expect("DescribeInstances");
-    out.reservations()
-        .iter()
-        .flat_map(|r| r.instances())
+    let out = instances(ec2, ids).await;
+    out.iter()
         .map(|i| {
             (
                 i.instance_type()

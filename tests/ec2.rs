@@ -16,7 +16,7 @@ use cellfarm::config::Ec2;
 use cellfarm::metadata::POOL_TAG;
 use cellfarm::s3url::S3Url;
 use common::imds::MetadataServer;
-use common::moto::{client, launch_template, subnets, url as moto};
+use common::moto::{client, instances, launch_template, subnets, url as moto};
 use common::Farm;
 
 /// Two default subnets and the default security group of moto's default VPC.
@@ -84,19 +84,6 @@ fn ec2_config(subnets: &[String], sg: &str) -> Ec2 {
 
 fn farm_name(test: &str) -> String {
     format!("t{test}-{}", rand::random::<u32>())
-}
-
-async fn instances(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Vec<aws_sdk_ec2::types::Instance> {
-    let out = ec2
-        .describe_instances()
-        .set_instance_ids(Some(ids.to_vec()))
-        .send()
-        .await
-        .expect("DescribeInstances");
-    out.reservations()
-        .iter()
-        .flat_map(|r| r.instances().iter().cloned())
-        .collect()
 }
 
 fn tag(i: &aws_sdk_ec2::types::Instance, key: &str) -> Option<String> {

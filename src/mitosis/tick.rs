@@ -190,9 +190,8 @@ impl Ticker<'_> {
     /// them and must drain and terminate. A cell serving several pools goes only when
     /// every one of them lets it go: none takes a cell another pool needs.
     pub async fn tick_cell(&self, pools: &[String], me: Me<'_>) -> bool {
-        let round_ms = self.config.cell.heartbeat_secs * 900;
         for pool in pools {
-            let claimed = self.farm.claim_round(pool, round_ms).await;
+            let claimed = self.farm.claim_round(pool, self.round_ms()).await;
             let ticked = match claimed {
                 Ok(true) => self.tick(pool, Some(me)).await.map(|_| ()),
                 Ok(false) => Ok(()),
@@ -216,6 +215,12 @@ impl Ticker<'_> {
         })
     }
 
+    /// How long a claimed round lasts: just under a heartbeat, so that about one cell a
+    /// heartbeat claims it whatever the phase of the beats.
+    fn round_ms(&self) -> u64 {
+        self.config.cell.heartbeat_secs * 900
+    }
+
     /// True when every pool of `pools` would let a cell idle for `idle_secs` go.
     fn idle_past_grace(&self, pools: &[String], idle_secs: Option<u64>) -> bool {
         !pools.is_empty()
@@ -233,9 +238,8 @@ impl Ticker<'_> {
     /// its own last look comes after the publish, so it sees the job and stays.
     /// Failures are logged: the jobs are queued whatever the tick does.
     pub async fn kick<'p>(&self, pools: impl IntoIterator<Item = &'p String>) {
-        let round_ms = self.config.cell.heartbeat_secs * 900;
         for pool in pools {
-            let must = match self.farm.claim_round(pool, round_ms).await {
+            let must = match self.farm.claim_round(pool, self.round_ms()).await {
                 Ok(true) => Ok(true),
                 Ok(false) => self.farm.serving(pool).await.map(|n| n == 0),
                 Err(e) => Err(e),
@@ -422,7 +426,12 @@ impl Ticker<'_> {
         for pool in pools {
             let ready = self.farm.ready(pool).await?;
             let (_, queued, _) = weigh(self.config, &self.farm.load(pool).await?);
-            if ready.max(queued) > 0 {
+            let look = Observation {
+                ready,
+                queued,
+                ..Observation::default()
+            };
+            if super::waiting(&look) > 0 {
                 tracing::info!(pool, ready, queued, "death: work arrived, this cell stays");
                 return Ok(false);
             }

@@ -69,3 +69,20 @@ pub async fn launch_template(
         .expect("CreateLaunchTemplate");
     name
 }
+
+/// The instances `ids` as moto describes them.
+pub async fn instances(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+) -> Vec<aws_sdk_ec2::types::Instance> {
+    let out = ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids.to_vec()))
+        .send()
+        .await
+        .expect("DescribeInstances");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances().iter().cloned())
+        .collect()
+}
