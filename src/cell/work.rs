@@ -11,11 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OutputSpec, Pipeline, SourceLimits, TIMEOUT_MARGIN};
 use crate::failure::JobFailure;
-use crate::ffmpeg::{self, probe, Access, FfmpegError, Limits, Sandbox, Tool};
+use crate::ffmpeg::{self, header, probe, Access, FfmpegError, Limits, Sandbox, Tool};
 use crate::job::{unquote_etag, JobMessage, OutputObject};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
 use super::attempt::Attempt;
+use super::laps::{Laps, Phase};
 
 /// What an attempt needs from its cell.
 pub struct Context<'a> {
@@ -26,6 +27,8 @@ pub struct Context<'a> {
     pub threads: usize,
     /// Told the attempt's estimated wall seconds once the source is probed.
     pub estimate: &'a (dyn Fn(f64) + Sync),
+    /// Where the attempt's time goes.
+    pub laps: &'a Laps,
 }
 
 /// A directory removed on drop.
@@ -88,9 +91,11 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
     ));
     let source = make_room(ctx, job, pipeline, &root).await?;
     let scratch = Scratch::create(root, ctx.sandbox)?;
+    ctx.laps.lap(Phase::Head);
     limits.access = Access::scratch(&scratch.0);
     let source_probe = fetch_source(ctx, attempt, &source, pipeline, &limits, &scratch).await?;
     let base = fetch_assets(ctx, pipeline, &scratch).await?;
+    ctx.laps.lap(Phase::Download);
     let vars = pipeline
         .step_vars(&ctx.config.vars, &source_probe, base)
         .map_err(|reason| JobFailure::Pipeline {
@@ -122,6 +127,7 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
                 source => JobFailure::Step { step, source },
             })?;
     }
+    ctx.laps.lap(Phase::Ffmpeg);
     // Outputs are our own files with names from the config, so image outputs may be
     // probed with the image2 demuxer that untrusted sources are denied.
     let mut output_limits = limits.clone();
@@ -136,11 +142,14 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         &attempt.cancel,
     )
     .await?;
+    ctx.laps.lap(Phase::Checks);
     // Last look before anything becomes visible: a superseded attempt uploads nothing.
     if !attempt.holds().await? {
         return Err(JobFailure::Superseded);
     }
-    publish(ctx, attempt, &source_probe, files, &scratch).await
+    let produced = publish(ctx, attempt, &source_probe, files, &scratch).await;
+    ctx.laps.lap(Phase::Upload);
+    produced
 }
 
 /// Looks the source object up (one HEAD, which the download then goes by), and checks
@@ -202,6 +211,10 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 
 /// Downloads the source to `in/source`, probes it and holds it to the pipeline's
 /// limits; the estimate and the ledger learn what it is.
+///
+/// Probed once: a probe the ledger already holds for the job (made at submission, or
+/// by an earlier attempt) is used as it is. The job id is derived from the source's
+/// ETag and [`make_room`] has checked that ETag, so the probe describes these bytes.
 async fn fetch_source(
     ctx: &Context<'_>,
     attempt: &Attempt<'_>,
@@ -215,13 +228,26 @@ async fn fetch_source(
     ctx.store
         .download_found(&src.bucket, source, &input)
         .await?;
-    let source_probe = probe::probe(&input, ctx.sandbox, limits, &attempt.cancel)
-        .await
-        .map_err(|e| {
-            pixel_bomb(&attempt.job.pipeline, &pipeline.limits, &e).unwrap_or(JobFailure::Probe(e))
-        })?;
-    let probe_json = serde_json::to_value(&source_probe).expect("a probe always serializes");
-    attempt.record_probe(&probe_json).await?;
+    ctx.laps.lap(Phase::Download);
+    let known = attempt
+        .known_probe
+        .as_ref()
+        .and_then(|v| serde_json::from_value::<probe::Probe>(v.clone()).ok())
+        .filter(|p| !p.streams.is_empty());
+    let source_probe = match known {
+        Some(known) => known,
+        None => {
+            let p = probe::probe(&input, ctx.sandbox, limits, &attempt.cancel)
+                .await
+                .map_err(|e| {
+                    pixel_bomb(&attempt.job.pipeline, &pipeline.limits, &e)
+                        .unwrap_or(JobFailure::Probe(e))
+                })?;
+            let probe_json = serde_json::to_value(&p).expect("a probe always serializes");
+            attempt.record_probe(&probe_json).await?;
+            p
+        }
+    };
     if source_probe.video().is_none() && source_probe.audio().is_none() {
         return Err(JobFailure::Output {
             path: "source".into(),
@@ -229,6 +255,7 @@ async fn fetch_source(
         });
     }
     within_limits(&attempt.job.pipeline, &pipeline.limits, &source_probe)?;
+    ctx.laps.lap(Phase::Probe);
     if let Some(duration) = source_probe.duration {
         (ctx.estimate)(duration * pipeline.cost_factor);
     }
@@ -471,6 +498,8 @@ struct OutputFile {
 }
 
 /// Finds every declared output and checks it; a missing or wrong output fails the job.
+/// A still image is read from its header in-process ([`header::still_image`]); anything
+/// else is probed by ffprobe.
 async fn check_outputs(
     ctx: &Context<'_>,
     pipeline: &Pipeline,
@@ -499,12 +528,15 @@ async fn check_outputs(
             }
             let mut found = None;
             if needs_probe(spec) {
-                let p = probe::probe(&path, ctx.sandbox, limits, cancel)
-                    .await
-                    .map_err(|e| JobFailure::Output {
-                        path: rel.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let p = match header::still_image(&path) {
+                    Some(p) => p,
+                    None => probe::probe(&path, ctx.sandbox, limits, cancel)
+                        .await
+                        .map_err(|e| JobFailure::Output {
+                            path: rel.clone(),
+                            reason: e.to_string(),
+                        })?,
+                };
                 probe::verify(&spec.expect(), &p, source).map_err(|reason| JobFailure::Output {
                     path: rel.clone(),
                     reason,
