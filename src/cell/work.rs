@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OutputSpec, Pipeline, SourceLimits, TIMEOUT_MARGIN};
@@ -357,32 +358,46 @@ async fn publish(
         pipeline: job.pipeline.clone(),
         reason,
     })?;
-    let mut outputs = Vec::with_capacity(files.len());
-    let mut entries = Vec::with_capacity(files.len());
-    for file in files {
-        let key = output_key(&dest.key, &file.rel);
-        let (size, sha256) = digest(&file.path).map_err(|source| JobFailure::Scratch {
-            path: file.path.display().to_string(),
-            source,
-        })?;
-        upload_patiently(
-            ctx,
-            &dest.bucket,
-            &key,
-            &file.path,
-            file.content_type.as_deref(),
-        )
+    // Outputs go up a few at a time (an HLS ladder has hundreds of segments), each
+    // digested while the others upload; the order of the manifest is the outputs'.
+    let uploads = files.into_iter().map(|file| {
+        let dest = &dest;
+        async move {
+            let key = output_key(&dest.key, &file.rel);
+            let path = file.path.clone();
+            let digested = tokio::task::spawn_blocking(move || digest(&path))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            let (size, sha256) = digested.map_err(|source| JobFailure::Scratch {
+                path: file.path.display().to_string(),
+                source,
+            })?;
+            upload_patiently(
+                ctx,
+                &dest.bucket,
+                &key,
+                &file.path,
+                file.content_type.as_deref(),
+            )
+            .await?;
+            let entry = serde_json::json!({
+                "key": key, "size": size, "sha256": sha256,
+                "content_type": file.content_type, "probe": file.probe,
+            });
+            let output = OutputObject {
+                bucket: dest.bucket.clone(),
+                key,
+                size,
+            };
+            Ok::<_, JobFailure>((entry, output))
+        }
+    });
+    let uploaded: Vec<(serde_json::Value, OutputObject)> = futures_util::stream::iter(uploads)
+        .buffered(UPLOADS_AT_ONCE)
+        .try_collect()
         .await?;
-        entries.push(serde_json::json!({
-            "key": key, "size": size, "sha256": sha256,
-            "content_type": file.content_type, "probe": file.probe,
-        }));
-        outputs.push(OutputObject {
-            bucket: dest.bucket.clone(),
-            key,
-            size,
-        });
-    }
+    let (entries, outputs): (Vec<_>, Vec<_>) = uploaded.into_iter().unzip();
     let manifest = serde_json::json!({
         "v": crate::job::VERSION,
         "job_id": job.job_id,
@@ -408,6 +423,10 @@ async fn publish(
     };
     Ok(Produced { outputs, manifest })
 }
+
+/// Outputs uploaded at once by one attempt: enough to hide each PUT's round trip behind
+/// the others', few enough that a slot's uploads do not crowd the other slots'.
+const UPLOADS_AT_ONCE: usize = 4;
 
 /// Tries an upload whose SDK retries all failed again, with backoff, before the attempt
 /// gives up the outputs it made: an S3 hiccup must not cost an encode.
