@@ -4,7 +4,7 @@
 //! (the same upload submitted twice is one job), unless `force` asks to reprocess a
 //! finished job.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
@@ -108,16 +108,31 @@ pub async fn run(
     };
     let bucket = &url.bucket;
     let store = systems.store.as_ref();
+    let clock = Instant::now();
     let found = objects(store, url, prefix).await?;
     for u in &found.unreadable {
         eprintln!("{u}");
     }
+    let listed = found.objects.len();
+    tracing::info!(
+        objects = listed,
+        secs = clock.elapsed().as_secs_f64(),
+        "listed"
+    );
+    let clock = Instant::now();
     let objects = if args.no_probe {
         let unprobed = |meta| Source { meta, probe: None };
         found.objects.into_iter().map(unprobed).collect()
     } else {
-        probed(config, store, bucket, found.objects).await
+        let probed = probed(config, store, bucket, found.objects).await;
+        tracing::info!(
+            objects = listed,
+            secs = clock.elapsed().as_secs_f64(),
+            "probed"
+        );
+        probed
     };
+    let clock = Instant::now();
     let done = submit(
         config,
         &systems.ledger,
@@ -127,6 +142,9 @@ pub async fn run(
         &req,
     )
     .await?;
+    let secs = clock.elapsed().as_secs_f64();
+    let per_sec = (done.len() as f64 / secs).round();
+    tracing::info!(jobs = done.len(), secs, per_sec, "recorded and published");
     systems.kick(config, &broker, "submit", [pool]).await;
     broker.close("done").await;
     for s in &done {
