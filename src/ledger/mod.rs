@@ -5,7 +5,7 @@
 //! attempt (a cell cut off from the broker but still encoding) commits nothing; a lease
 //! that runs out puts the job back to `queued` and its message is published again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -689,6 +689,23 @@ impl Ledger {
         .bind(key)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// The versions (ETags) of `keys` in `bucket` the trigger has taken, by key: one
+    /// query for a listing's page.
+    pub async fn seen_many(
+        &self,
+        bucket: &str,
+        keys: &[&str],
+    ) -> Result<HashMap<String, String>, LedgerError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT key, etag FROM trigger_objects WHERE bucket = $1 AND key = ANY($2)",
+        )
+        .bind(bucket)
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Remembers that the trigger took this version of `bucket/key`.
