@@ -191,6 +191,8 @@ struct MemCloud {
     machines: Option<Vec<Machine>>,
     launched: Mutex<u32>,
     terminated: Mutex<Vec<String>>,
+    /// A launch fails after launching this many cells.
+    fails_after: Option<u32>,
 }
 
 impl MemCloud {
@@ -214,15 +216,26 @@ impl MemCloud {
             machines,
             launched: Mutex::new(0),
             terminated: Mutex::new(Vec::new()),
+            fails_after: None,
         }
     }
 }
 
 #[async_trait]
 impl Cloud for MemCloud {
-    async fn launch(&self, _: &str, n: u32, _: &str) -> Result<Vec<String>, CloudError> {
-        *self.launched.lock().unwrap() += n;
-        Ok((0..n).map(|i| format!("i-{i}")).collect())
+    async fn launch(&self, pool: &str, n: u32, _: &str) -> Result<Vec<String>, CloudError> {
+        let k = self.fails_after.map_or(n, |k| k.min(n));
+        *self.launched.lock().unwrap() += k;
+        let ids = (0..k).map(|i| format!("i-{i}")).collect();
+        match self.fails_after {
+            None => Ok(ids),
+            Some(_) => Err(CloudError::Launch {
+                pool: pool.into(),
+                n,
+                reason: "UnauthorizedOperation".into(),
+                launched: ids,
+            }),
+        }
     }
     async fn machines(&self, _: &str) -> Result<Option<Vec<Machine>>, CloudError> {
         let terminated = self.terminated.lock().unwrap();
@@ -312,6 +325,23 @@ async fn cooldown_holds_growth_but_not_zero_to_one() {
             assert!(s.cooling, "{why}: a launch starts the cooldown");
         }
     }
+}
+
+#[tokio::test]
+async fn cells_launched_by_a_failed_launch_are_pending_and_recorded() {
+    let farm = MemFarm::with(|s| s.ready = 40);
+    let mut cloud = MemCloud::blind();
+    cloud.fails_after = Some(2);
+    let config = config();
+    let e = ticker(&config, &farm, &cloud)
+        .tick("p", None)
+        .await
+        .expect_err("the launch failed");
+    assert!(format!("{e:#}").contains("i-0, i-1"), "{e:#}");
+    let s = farm.state();
+    assert_eq!(s.pending, 2, "the launched cells are pending");
+    assert_eq!(s.events, [(EventKind::Launch, "test".into(), 2)]);
+    assert!(!s.locked, "the lock is released");
 }
 
 #[tokio::test]
