@@ -1,0 +1,374 @@
+//! The stack as code (deploy/cellfarm.yaml) created on moto_server, a cell's `ec2`
+//! cloud launching through its launch template, and `cellfarm doctor` against it: a
+//! good stack passes, and each gap planted in one is named.
+//!
+//! moto's CloudFormation leaves out two things AWS does: the spot service-linked role
+//! (no `AWS::IAM::ServiceLinkedRole`; the template guards it with a condition, and the
+//! tests create it with CreateServiceLinkedRole) and the inbox's notification (its
+//! `NotificationConfiguration` is not applied; the tests put it with the S3 API). The
+//! role is one per account, so the two tests take turns.
+
+mod common;
+
+use std::time::Instant;
+
+use aws_sdk_ec2::types::{
+    LaunchTemplateHttpTokensState, RequestLaunchTemplateData, ShutdownBehavior,
+};
+use aws_sdk_s3::types::{
+    Event, FilterRule, FilterRuleName, LambdaFunctionConfiguration, NotificationConfiguration,
+    NotificationConfigurationFilter, S3KeyFilter,
+};
+use cellfarm::cloud::{Cloud, Ec2Cloud, FARM_TAG};
+use cellfarm::config::Config;
+use cellfarm::doctor::{self, Args, Finding};
+use cellfarm::s3url::S3Url;
+use common::moto::{self, instances};
+use common::stack::{self, Stack};
+use tokio::sync::Mutex;
+
+/// The spot service-linked role is the account's: one test at a time plants or needs it.
+static ACCOUNT: Mutex<()> = Mutex::const_new(());
+
+const SPOT_ROLE: &str = "AWSServiceRoleForEC2Spot";
+
+/// A farm's config on the stack: its launch template, subnets, buckets, and moto as
+/// EC2 and S3. `extra` goes into `[cloud.ec2]`.
+fn config(stack: &Stack, extra: &str, consumer_timeout_secs: u64) -> Config {
+    let text = format!(
+        r#"
+[farm]
+name = "{farm}"
+[amqp]
+url = "amqp://127.0.0.1"
+consumer_timeout_secs = {consumer_timeout_secs}
+[postgres]
+url = "postgres://127.0.0.1/test"
+[redis]
+url = "redis://127.0.0.1"
+[s3]
+endpoint = "{moto}"
+region = "us-east-1"
+path_style = true
+[cloud]
+kind = "ec2"
+[cloud.ec2]
+region = "us-east-1"
+endpoint = "{moto}"
+config_url = "s3://{cfg}/farm.toml"
+launch_template = "{template}"
+instance_types = ["c6i.xlarge", "c5.xlarge"]
+subnets = {subnets:?}
+poweroff_fallback = false
+{extra}
+[pools.default]
+jobs_per_cell = 1
+[pipelines.poster]
+pool = "default"
+output = "s3://{out}/posters/"
+step_timeout_secs = 600
+steps = [{{ args = ["-i", "{{input}}", "-frames:v", "1", "{{out}}/poster.jpg"] }}]
+outputs = [{{ path = "poster.jpg" }}]
+"#,
+        farm = stack.farm,
+        moto = moto::url(),
+        cfg = stack.config,
+        out = stack.output,
+        template = stack.output("LaunchTemplateName"),
+        subnets = stack.subnets,
+    );
+    Config::parse(&text, "stack test config").expect("the test config is valid")
+}
+
+fn args(stack: &Stack) -> Args {
+    Args {
+        lambda: Some(stack.output("TriggerArn").to_string()),
+        inbox: Some(S3Url::parse(&format!("s3://{}/uploads/", stack.inbox)).expect("a URL")),
+        min_disk_gib: doctor::MIN_DISK_GIB,
+        aws_endpoint: Some(moto::url()),
+    }
+}
+
+/// What a user does after the stack: the config object, the notification (see the
+/// module comment), the spot role.
+async fn finish(stack: &Stack) {
+    let s3 = stack::s3().await;
+    s3.put_object()
+        .bucket(&stack.config)
+        .key("farm.toml")
+        .body(b"[farm]".to_vec().into())
+        .send()
+        .await
+        .expect("PutObject");
+    let prefix = FilterRule::builder()
+        .name(FilterRuleName::Prefix)
+        .value("uploads/")
+        .build();
+    let notify = LambdaFunctionConfiguration::builder()
+        .lambda_function_arn(stack.output("TriggerArn"))
+        .events(Event::from("s3:ObjectCreated:*"))
+        .filter(
+            NotificationConfigurationFilter::builder()
+                .key(S3KeyFilter::builder().filter_rules(prefix).build())
+                .build(),
+        )
+        .build()
+        .expect("a notification");
+    s3.put_bucket_notification_configuration()
+        .bucket(&stack.inbox)
+        .notification_configuration(
+            NotificationConfiguration::builder()
+                .lambda_function_configurations(notify)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("PutBucketNotificationConfiguration");
+    let iam = stack::iam().await;
+    if spot_roles(&iam).await.is_empty() {
+        iam.create_service_linked_role()
+            .aws_service_name("spot.amazonaws.com")
+            .send()
+            .await
+            .expect("CreateServiceLinkedRole");
+    }
+}
+
+/// Property: the template creates a stack on moto whose launch template has what a
+/// cell needs, `cellfarm doctor` finds no gap in it once the config object, the
+/// notification and the spot role are there, and a cell's `ec2` cloud launches tagged
+/// spot instances through the stack's launch template (its image and instance
+/// profile).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_good_stack_passes_the_doctor_and_launches_cells() {
+    let _account = ACCOUNT.lock().await;
+    let started = Instant::now();
+    let stack = stack::create("good").await;
+    let created = started.elapsed();
+    finish(&stack).await;
+    let config = config(&stack, "", 7200);
+    let sdk = cellfarm::aws::sdk_config().await;
+    let started = Instant::now();
+    let findings = doctor::examine(&config, &sdk, &args(&stack)).await.unwrap();
+    let doctored = started.elapsed();
+    assert!(findings.is_empty(), "{}", shown(&findings));
+
+    let ec2 = config.cloud.ec2.clone().unwrap();
+    let cloud = Ec2Cloud::new(&sdk, &stack.farm, ec2, String::new(), "test".into(), None);
+    let ids = cloud
+        .launch("default", 2, "stack-launch")
+        .await
+        .expect("launch");
+    assert_eq!(ids.len(), 2);
+    let ec2 = moto::client().await;
+    for i in instances(&ec2, &ids).await {
+        assert_eq!(i.image_id(), Some("ami-12c6146b"), "the template's image");
+        let farm = i.tags().iter().find(|t| t.key() == Some(FARM_TAG));
+        assert_eq!(farm.and_then(|t| t.value()), Some(stack.farm.as_str()));
+    }
+    // moto gives a fleet's instances the template's image, not its other settings:
+    // the template itself is checked by the doctor above.
+    let fleets = ec2.describe_fleets().send().await.expect("DescribeFleets");
+    let fleet = (fleets.fleets().iter())
+        .find(|f| {
+            f.instances()
+                .iter()
+                .flat_map(|i| i.instance_ids())
+                .any(|id| ids.contains(id))
+        })
+        .expect("the fleet that launched the cells");
+    let spec = fleet.launch_template_configs()[0].launch_template_specification();
+    assert_eq!(
+        spec.and_then(|s| s.launch_template_name()),
+        Some(stack.output("LaunchTemplateName")),
+        "launched through the stack's launch template"
+    );
+    eprintln!("stack created in {created:?}, doctor ran in {doctored:?}");
+}
+
+/// Property: each gap planted in a stack is named by the doctor under its check: the
+/// spot role missing; a launch template version without IMDSv2, IMDS tags, shutdown
+/// terminate, instance profile or a big enough disk; two subnets in one zone; the
+/// cell role without the launch policy; the trigger role without S3 reads; the config
+/// object missing; no notification; a consumer_timeout shorter than a job.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_doctor_names_each_planted_gap() {
+    let _account = ACCOUNT.lock().await;
+    let stack = stack::create("gaps").await;
+    let (number, twin) = plant_gaps(&stack).await;
+    let mut subnets = stack.subnets.clone();
+    subnets.push(twin.clone());
+    let gapped = Stack {
+        subnets,
+        outputs: stack.outputs.clone(),
+        farm: stack.farm.clone(),
+        inbox: stack.inbox.clone(),
+        output: stack.output.clone(),
+        config: stack.config.clone(),
+    };
+    let sdk = cellfarm::aws::sdk_config().await;
+    // The template's gaps are in its new version; the others show with the stack's own.
+    let version = format!("launch_template_version = \"{number}\"");
+    let mut findings = Vec::new();
+    for extra in [version.as_str(), "launch_template_version = \"1\""] {
+        let config = config(&gapped, extra, 60);
+        findings.extend(doctor::examine(&config, &sdk, &args(&stack)).await.unwrap());
+    }
+    let report = shown(&findings);
+    let has = |check: &str, words: &str| {
+        findings
+            .iter()
+            .any(|f| f.check == check && f.what.contains(words) && !f.fix.is_empty())
+    };
+    let expected = [
+        ("spot-role", SPOT_ROLE),
+        ("launch-template", "IMDSv2 is not required"),
+        ("launch-template", "instance tags are not readable"),
+        ("launch-template", "shutdown behaviour is not terminate"),
+        ("launch-template", "no instance profile"),
+        ("launch-template", "the disk is 8 GiB"),
+        ("launch-template", "user data is not the config URL"),
+        ("subnets", &twin),
+        ("cell-role", "may not ec2:CreateFleet"),
+        ("cell-role", "may not iam:PassRole"),
+        ("trigger-role", "may not s3:GetObject"),
+        ("trigger-role", "may not s3:ListBucket"),
+        ("buckets", "config object"),
+        ("notification", &stack.inbox),
+        ("consumer-timeout", "consumer_timeout_secs = 60"),
+    ];
+    for (check, words) in expected {
+        assert!(has(check, words), "no [{check}] … {words} in:\n{report}");
+    }
+}
+
+/// Plants the gaps in `stack` but the config's: returns the launch template version
+/// without the settings and the subnet added in the first subnet's zone.
+async fn plant_gaps(stack: &Stack) -> (i64, String) {
+    let ec2 = moto::client().await;
+    let iam = stack::iam().await;
+    // The spot role, gone.
+    for role in spot_roles(&iam).await {
+        iam.delete_service_linked_role()
+            .role_name(role)
+            .send()
+            .await
+            .expect("DeleteServiceLinkedRole");
+    }
+    // A template version with none of the settings, a small disk, other user data.
+    let version = ec2
+        .create_launch_template_version()
+        .launch_template_name(stack.output("LaunchTemplateName"))
+        .launch_template_data(
+            RequestLaunchTemplateData::builder()
+                .image_id("ami-12c6146b")
+                .instance_initiated_shutdown_behavior(ShutdownBehavior::Stop)
+                .metadata_options(
+                    aws_sdk_ec2::types::LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                        .http_tokens(LaunchTemplateHttpTokensState::Optional)
+                        .build(),
+                )
+                .block_device_mappings(
+                    aws_sdk_ec2::types::LaunchTemplateBlockDeviceMappingRequest::builder()
+                        .device_name("/dev/xvda")
+                        .ebs(
+                            aws_sdk_ec2::types::LaunchTemplateEbsBlockDeviceRequest::builder()
+                                .volume_size(8)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateLaunchTemplateVersion");
+    let number = version
+        .launch_template_version()
+        .and_then(|v| v.version_number())
+        .expect("a version number");
+    // A second subnet in the first one's zone.
+    let first = ec2
+        .describe_subnets()
+        .subnet_ids(&stack.subnets[0])
+        .send()
+        .await
+        .expect("DescribeSubnets")
+        .subnets()[0]
+        .clone();
+    let twin = twin_subnet(&ec2, &first).await;
+    // The cell role without the launch policy, the trigger role without its S3 reads.
+    let cell = role_name(stack.output("CellRoleArn"));
+    let attached = iam
+        .list_attached_role_policies()
+        .role_name(&cell)
+        .send()
+        .await
+        .expect("ListAttachedRolePolicies");
+    for p in attached.attached_policies() {
+        iam.detach_role_policy()
+            .role_name(&cell)
+            .policy_arn(p.policy_arn().expect("an ARN"))
+            .send()
+            .await
+            .expect("DetachRolePolicy");
+    }
+    iam.delete_role_policy()
+        .role_name(role_name(stack.output("TriggerRoleArn")))
+        .policy_name("media")
+        .send()
+        .await
+        .expect("DeleteRolePolicy");
+    // No config object, no notification: nothing to do.
+
+    (number, twin)
+}
+
+/// A new subnet of `of`'s VPC in `of`'s zone, on a free /24 of the default VPC's range.
+async fn twin_subnet(ec2: &aws_sdk_ec2::Client, of: &aws_sdk_ec2::types::Subnet) -> String {
+    for _ in 0..20 {
+        let cidr = format!("172.31.{}.0/24", 200 + rand::random::<u8>() % 50);
+        let made = ec2
+            .create_subnet()
+            .vpc_id(of.vpc_id().expect("a VPC"))
+            .availability_zone(of.availability_zone().expect("a zone"))
+            .cidr_block(cidr)
+            .send()
+            .await;
+        if let Ok(out) = made {
+            return out
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .expect("a subnet id")
+                .to_string();
+        }
+    }
+    panic!("no free /24 for a twin subnet in the default VPC");
+}
+
+/// The names of the account's spot service-linked roles (moto names it otherwise than
+/// AWS, under the same path).
+async fn spot_roles(iam: &aws_sdk_iam::Client) -> Vec<String> {
+    let out = iam
+        .list_roles()
+        .path_prefix(doctor::SPOT_ROLE_PATH)
+        .send()
+        .await
+        .expect("ListRoles");
+    out.roles()
+        .iter()
+        .map(|r| r.role_name().to_string())
+        .collect()
+}
+
+fn role_name(arn: &str) -> String {
+    arn.rsplit('/').next().expect("an ARN").to_string()
+}
+
+fn shown(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
