@@ -10,7 +10,8 @@
 
 mod common;
 
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{
     LaunchTemplateHttpTokensState, RequestLaunchTemplateData, ShutdownBehavior,
@@ -22,9 +23,13 @@ use aws_sdk_s3::types::{
 use cellfarm::cloud::{Cloud, Ec2Cloud, FARM_TAG};
 use cellfarm::config::Config;
 use cellfarm::doctor::{self, Args, Finding};
+use cellfarm::metadata::POOL_TAG;
 use cellfarm::s3url::S3Url;
+use common::imds::MetadataServer;
+use common::lambda_api::RuntimeApi;
 use common::moto::{self, instances};
 use common::stack::{self, Stack};
+use common::wait::poll_sync;
 use tokio::sync::Mutex;
 
 /// The spot service-linked role is the account's: one test at a time plants or needs it.
@@ -32,26 +37,34 @@ static ACCOUNT: Mutex<()> = Mutex::const_new(());
 
 const SPOT_ROLE: &str = "AWSServiceRoleForEC2Spot";
 
-/// A farm's config on the stack: its launch template, subnets, buckets, and moto as
-/// EC2 and S3. `extra` goes into `[cloud.ec2]`.
-fn config(stack: &Stack, extra: &str, consumer_timeout_secs: u64) -> Config {
-    let text = format!(
+/// A farm's config on the stack, as TOML: its launch template, subnets, buckets, moto
+/// as EC2 and S3, this machine's servers, and a one-frame pipeline routed from the
+/// inbox's `uploads/`. `extra` goes into `[cloud.ec2]`.
+fn config_text(stack: &Stack, extra: &str, consumer_timeout_secs: u64) -> String {
+    let scratch = std::env::temp_dir().join(format!("cellfarm-{}", stack.farm));
+    format!(
         r#"
 [farm]
 name = "{farm}"
 [amqp]
-url = "amqp://127.0.0.1"
+url = "{amqp}"
 consumer_timeout_secs = {consumer_timeout_secs}
 [postgres]
-url = "postgres://127.0.0.1/test"
+url = "{pg}"
+schema = "{farm}"
 [redis]
-url = "redis://127.0.0.1"
+url = "{redis}"
 [s3]
 endpoint = "{moto}"
 region = "us-east-1"
 path_style = true
+[cell]
+scratch_dir = "{scratch}"
+heartbeat_secs = 1
+lease_secs = 4
 [cloud]
 kind = "ec2"
+metadata_poll_secs = 1
 [cloud.ec2]
 region = "us-east-1"
 endpoint = "{moto}"
@@ -63,20 +76,40 @@ poweroff_fallback = false
 {extra}
 [pools.default]
 jobs_per_cell = 1
+ceiling = 1
+cooldown_secs = 0
+idle_grace_secs = 1
 [pipelines.poster]
 pool = "default"
 output = "s3://{out}/posters/"
 step_timeout_secs = 600
 steps = [{{ args = ["-i", "{{input}}", "-frames:v", "1", "{{out}}/poster.jpg"] }}]
-outputs = [{{ path = "poster.jpg" }}]
+outputs = [{{ path = "poster.jpg", video_codec = "mjpeg" }}]
+[[routes]]
+prefix = "uploads/"
+pipelines = ["poster"]
 "#,
         farm = stack.farm,
+        amqp = common::env(
+            "CELLFARM_TEST_AMQP",
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        ),
+        pg = common::env(
+            "CELLFARM_TEST_PG",
+            "postgres://postgres@127.0.0.1:5432/test"
+        ),
+        redis = common::env("CELLFARM_TEST_REDIS", "redis://127.0.0.1:6379"),
         moto = moto::url(),
+        scratch = scratch.display(),
         cfg = stack.config,
         out = stack.output,
         template = stack.output("LaunchTemplateName"),
         subnets = stack.subnets,
-    );
+    )
+}
+
+fn config(stack: &Stack, extra: &str, consumer_timeout_secs: u64) -> Config {
+    let text = config_text(stack, extra, consumer_timeout_secs);
     Config::parse(&text, "stack test config").expect("the test config is valid")
 }
 
@@ -96,7 +129,7 @@ async fn finish(stack: &Stack) {
     s3.put_object()
         .bucket(&stack.config)
         .key("farm.toml")
-        .body(b"[farm]".to_vec().into())
+        .body(config_text(stack, "", 7200).into_bytes().into())
         .send()
         .await
         .expect("PutObject");
@@ -371,4 +404,188 @@ fn shown(findings: &[Finding]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A process of this test, killed when dropped; its output goes to `log`.
+struct Process(std::process::Child);
+
+impl Process {
+    fn start(mut cmd: std::process::Command, log: &Path) -> Process {
+        let out = std::fs::File::create(log).expect("a log file");
+        let err = out.try_clone().expect("a log file");
+        Process(cmd.stdout(out).stderr(err).spawn().expect("cellfarm"))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The logs of the test's processes in `dir`.
+fn logs(dir: &Path) -> String {
+    ["trigger.log", "cell.log", "migrate.log"]
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            format!("--- {f}\n{text}")
+        })
+        .collect()
+}
+
+/// Puts a one-second clip into the inbox as `uploads/clip.mp4`; the S3 event record
+/// of it, as S3 would send it to the trigger.
+async fn drop_clip(stack: &Stack, dir: &Path) -> serde_json::Value {
+    let clip = dir.join("clip.mp4");
+    common::make_clip(&clip, 1.0, "testsrc");
+    let body = std::fs::read(&clip).expect("the clip");
+    let size = body.len();
+    let put = stack::s3()
+        .await
+        .put_object()
+        .bucket(&stack.inbox)
+        .key("uploads/clip.mp4")
+        .body(body.into())
+        .send()
+        .await
+        .expect("PutObject");
+    let etag = put.e_tag().expect("an ETag").trim_matches('"').to_string();
+
+    serde_json::json!({ "Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": "2026-11-30T10:00:00.000Z", "eventName": "ObjectCreated:Put",
+        "userIdentity": { "principalId": "AWS:AIDAEXAMPLE" },
+        "requestParameters": { "sourceIPAddress": "127.0.0.1" },
+        "responseElements": { "x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "FMyU" },
+        "s3": { "s3SchemaVersion": "1.0", "configurationId": "cellfarm",
+                "bucket": { "name": stack.inbox, "ownerIdentity": { "principalId": "A3NL" },
+                            "arn": format!("arn:aws:s3:::{}", stack.inbox) },
+                "object": { "key": "uploads/clip.mp4", "size": size, "eTag": etag,
+                            "sequencer": "0055AED6DCD90281E5" } }
+    }]})
+}
+
+/// The trigger's binary as Lambda runs it (`bootstrap`, config from S3), serving the
+/// runtime API at `runtime_api`.
+fn start_trigger(dir: &Path, config_url: &str, farm: &str, runtime_api: &str) -> Process {
+    let bootstrap = dir.join("bootstrap");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cellfarm"), &bootstrap).expect("symlink");
+    let mut trigger = std::process::Command::new(&bootstrap);
+    trigger
+        .env("CELLFARM_CONFIG", config_url)
+        .env("CELLFARM_S3_ENDPOINT", moto::url())
+        .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+        .env(
+            "AWS_LAMBDA_FUNCTION_NAME",
+            format!("cellfarm-{farm}-trigger"),
+        )
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST");
+    Process::start(trigger, &dir.join("trigger.log"))
+}
+
+/// The keys under `posters/` in the stack's output bucket.
+async fn output_keys(stack: &Stack) -> Vec<String> {
+    let listed = stack::s3()
+        .await
+        .list_objects_v2()
+        .bucket(&stack.output)
+        .prefix("posters/")
+        .send()
+        .await
+        .expect("ListObjectsV2");
+    let keys = listed.contents().iter().filter_map(|o| o.key());
+    keys.map(String::from).collect()
+}
+
+/// Property: from an empty account to a finished job with the stack: the stack is
+/// created, the doctor finds no gap, a file dropped into the inbox goes through the
+/// trigger (the Lambda's own binary, invoked with the S3 event as Lambda would), which
+/// launches the first cell through the stack's launch template; the cell on that
+/// instance (this machine, with the instance's metadata) runs the job, writes its
+/// output to the stack's output bucket, and ends its instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_file_becomes_a_finished_job_on_the_stack() {
+    let _account = ACCOUNT.lock().await;
+    let started = Instant::now();
+    let stack = stack::create("job").await;
+    finish(&stack).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let dir = dir.path();
+    let config_path = dir.join("farm.toml");
+    std::fs::write(&config_path, config_text(&stack, "", 7200)).expect("write the config");
+    let config = config(&stack, "", 7200);
+    std::fs::create_dir_all(&config.cell.scratch_dir).expect("the scratch dir");
+    let cellfarm = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cellfarm"));
+        cmd.arg("--config").arg(&config_path).args(args);
+        cmd
+    };
+    let migrated = cellfarm(&["migrate"]).output().expect("cellfarm migrate");
+    assert!(migrated.status.success(), "{migrated:?}");
+    let sdk = cellfarm::aws::sdk_config().await;
+    let doctored = Instant::now();
+    let findings = doctor::examine(&config, &sdk, &args(&stack)).await.unwrap();
+    let doctored = doctored.elapsed();
+    assert!(findings.is_empty(), "{}", shown(&findings));
+
+    let config_url = format!("s3://{}/farm.toml", stack.config);
+    let event = drop_clip(&stack, dir).await;
+    // S3 invokes the trigger (moto runs no function: this test is Lambda).
+    let api = RuntimeApi::start();
+    let _trigger = start_trigger(dir, &config_url, &stack.farm, &api.address);
+    api.invoke("drop-1", event);
+    let answer = api
+        .answer("drop-1", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the trigger did not answer\n{}", logs(dir)));
+    assert_eq!(answer.kind, "response", "{:?}\n{}", answer.body, logs(dir));
+
+    // The first cell, launched by the trigger through the stack's template.
+    let ec2 = Ec2Cloud::new(
+        &sdk,
+        &stack.farm,
+        config.cloud.ec2.clone().unwrap(),
+        String::new(),
+        "test".into(),
+        None,
+    );
+    let machines = ec2.machines("default").await.unwrap().unwrap_or_default();
+    assert_eq!(machines.len(), 1, "one cell launched\n{}", logs(dir));
+    let instance = machines[0].id.clone();
+    let imds = MetadataServer::start(&[
+        ("instance-id", &instance),
+        ("instance-type", "c6i.xlarge"),
+        ("placement/availability-zone", "us-east-1a"),
+        ("placement/region", "us-east-1"),
+        (&format!("tags/instance/{POOL_TAG}"), "default"),
+    ]);
+    let mut cell = std::process::Command::new(env!("CARGO_BIN_EXE_cellfarm"));
+    cell.args(["--config", &config_url, "cell"])
+        .env("CELLFARM_S3_ENDPOINT", moto::url())
+        .env("CELLFARM_METADATA_URL", &imds.url);
+    let mut cell = Process::start(cell, &dir.join("cell.log"));
+    let exited = poll_sync(Duration::from_secs(90), || cell.0.try_wait().expect("wait"));
+    let status = exited.unwrap_or_else(|| panic!("the cell did not finish\n{}", logs(dir)));
+    assert!(status.success(), "the cell failed\n{}", logs(dir));
+
+    // The job is done: its output is in the stack's output bucket.
+    let keys = output_keys(&stack).await;
+    assert!(
+        keys.iter().any(|k| k.ends_with("/poster.jpg")),
+        "no poster in s3://{}/posters/: {keys:?}\n{}",
+        stack.output,
+        logs(dir)
+    );
+    assert_eq!(
+        ec2.count("default").await.unwrap(),
+        Some(0),
+        "the cell ended its instance"
+    );
+    eprintln!(
+        "empty account to finished job: {:?} (doctor {doctored:?})",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&config.cell.scratch_dir);
 }
