@@ -405,6 +405,16 @@ async fn the_ceiling_counts_the_tagged_instances_that_exist() {
     assert_eq!(farm.cells_launched().await, 1);
 }
 
+/// A farm of its own on the `ec2` cloud (the `scaled` pool) through a fresh EC2 proxy,
+/// which records its requests.
+async fn proxied_farm(test: &str) -> (Farm, Ec2Proxy) {
+    let ec2 = client().await;
+    let (subnets, sg) = network(&ec2).await;
+    let proxy = Ec2Proxy::start();
+    let toml = ec2_toml(&subnets, &sg, "").replace(&moto(), &proxy.url);
+    (Farm::new(test, &toml).await, proxy)
+}
+
 /// Forgets everything Redis holds for `farm`, as a Redis restart without persistence
 /// (or a failover to an empty replica) does.
 async fn forget_redis(farm: &str) {
@@ -434,11 +444,7 @@ async fn forget_redis(farm: &str) {
 /// answer a repeated one with the old instances, or refuse it).
 #[tokio::test(flavor = "multi_thread")]
 async fn launch_tokens_never_repeat_when_redis_forgets() {
-    let ec2 = client().await;
-    let (subnets, sg) = network(&ec2).await;
-    let proxy = Ec2Proxy::start();
-    let toml = ec2_toml(&subnets, &sg, "").replace(&moto(), &proxy.url);
-    let farm = Farm::new("token", &toml).await;
+    let (farm, proxy) = proxied_farm("token").await;
     let clip = farm.clip("clip", 1.0, "testsrc");
     let tokens = || -> Vec<String> {
         let launches = proxy.launches();
@@ -482,11 +488,7 @@ async fn launch_tokens_never_repeat_when_redis_forgets() {
 /// exists).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_instance_census_is_shared_between_ticks() {
-    let ec2 = client().await;
-    let (subnets, sg) = network(&ec2).await;
-    let proxy = Ec2Proxy::start();
-    let toml = ec2_toml(&subnets, &sg, "").replace(&moto(), &proxy.url);
-    let farm = Farm::new("census", &toml).await;
+    let (farm, proxy) = proxied_farm("census").await;
     let clip = farm.clip("clip", 1.0, "testsrc");
     let describes = || {
         let recorded = proxy.recorded();

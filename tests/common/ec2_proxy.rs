@@ -385,9 +385,10 @@ fn decode(body: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn encode(params: &BTreeMap<String, String>) -> String {
+/// A query-protocol body of `params`, encoded as the AWS SDKs do.
+pub fn encode<'a>(params: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
     params
-        .iter()
+        .into_iter()
         .map(|(k, v)| {
             format!(
                 "{}={}",

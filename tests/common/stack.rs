@@ -7,15 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-
 use super::moto;
-
-const FORM: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// A created stack: its parameters and outputs.
 pub struct Stack {
@@ -168,17 +160,7 @@ fn outputs(xml: &str) -> BTreeMap<String, String> {
 
 /// One query-protocol call to moto for `service`; the answer's body.
 pub fn query(service: &str, form: &[(String, String)]) -> String {
-    let body = form
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                utf8_percent_encode(k, FORM),
-                utf8_percent_encode(v, FORM)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&");
+    let body = super::ec2_proxy::encode(form.iter().map(|(k, v)| (k, v)));
     let addr = moto::url().trim_start_matches("http://").to_string();
     let mut stream = std::net::TcpStream::connect(&addr).expect("moto_server");
     let request = format!(
