@@ -486,6 +486,25 @@ fn start_trigger(dir: &Path, config_url: &str, farm: &str, runtime_api: &str) ->
     Process::start(trigger, &dir.join("trigger.log"))
 }
 
+/// Runs the cell of the EC2 instance `instance` here: `cellfarm cell` with the config
+/// from S3 and the instance's metadata, until it leaves; its exit status.
+fn run_cell_on(instance: &str, config_url: &str, dir: &Path) -> std::process::ExitStatus {
+    let imds = MetadataServer::start(&[
+        ("instance-id", instance),
+        ("instance-type", "c6i.xlarge"),
+        ("placement/availability-zone", "us-east-1a"),
+        ("placement/region", "us-east-1"),
+        (&format!("tags/instance/{POOL_TAG}"), "default"),
+    ]);
+    let mut cell = std::process::Command::new(env!("CARGO_BIN_EXE_cellfarm"));
+    cell.args(["--config", config_url, "cell"])
+        .env("CELLFARM_S3_ENDPOINT", moto::url())
+        .env("CELLFARM_METADATA_URL", &imds.url);
+    let mut cell = Process::start(cell, &dir.join("cell.log"));
+    let exited = poll_sync(Duration::from_secs(90), || cell.0.try_wait().expect("wait"));
+    exited.unwrap_or_else(|| panic!("the cell did not finish\n{}", logs(dir)))
+}
+
 /// The keys under `posters/` in the stack's output bucket.
 async fn output_keys(stack: &Stack) -> Vec<String> {
     let listed = stack::s3()
@@ -565,20 +584,7 @@ async fn a_dropped_file_becomes_a_finished_job_on_the_stack() {
     let machines = ec2.machines("default").await.unwrap().unwrap_or_default();
     assert_eq!(machines.len(), 1, "one cell launched\n{}", logs(dir));
     let instance = machines[0].id.clone();
-    let imds = MetadataServer::start(&[
-        ("instance-id", &instance),
-        ("instance-type", "c6i.xlarge"),
-        ("placement/availability-zone", "us-east-1a"),
-        ("placement/region", "us-east-1"),
-        (&format!("tags/instance/{POOL_TAG}"), "default"),
-    ]);
-    let mut cell = std::process::Command::new(env!("CARGO_BIN_EXE_cellfarm"));
-    cell.args(["--config", &config_url, "cell"])
-        .env("CELLFARM_S3_ENDPOINT", moto::url())
-        .env("CELLFARM_METADATA_URL", &imds.url);
-    let mut cell = Process::start(cell, &dir.join("cell.log"));
-    let exited = poll_sync(Duration::from_secs(90), || cell.0.try_wait().expect("wait"));
-    let status = exited.unwrap_or_else(|| panic!("the cell did not finish\n{}", logs(dir)));
+    let status = run_cell_on(&instance, &config_url, dir);
     assert!(status.success(), "the cell failed\n{}", logs(dir));
 
     // The job is done: its output is in the stack's output bucket.
