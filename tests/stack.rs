@@ -169,9 +169,9 @@ async fn finish(stack: &Stack) {
 
 /// Property: the template creates a stack on moto whose launch template has what a
 /// cell needs, `cellfarm doctor` finds no gap in it once the config object, the
-/// notification and the spot role are there, and a cell's `ec2` cloud launches tagged
-/// spot instances through the stack's launch template (its image and instance
-/// profile).
+/// notification and the spot role are there, a cell's `ec2` cloud launches tagged
+/// spot instances through the stack's launch template, and the servers' group lets
+/// the farm's group in on the broker's, the ledger's and Redis' ports.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_good_stack_passes_the_doctor_and_launches_cells() {
     let _account = ACCOUNT.lock().await;
@@ -216,6 +216,23 @@ async fn a_good_stack_passes_the_doctor_and_launches_cells() {
         Some(stack.output("LaunchTemplateName")),
         "launched through the stack's launch template"
     );
+    let groups = ec2
+        .describe_security_groups()
+        .group_ids(&stack.servers)
+        .send()
+        .await
+        .expect("DescribeSecurityGroups");
+    let farm_group = stack.output("SecurityGroupId");
+    let mut open: Vec<i32> = (groups.security_groups()[0].ip_permissions().iter())
+        .filter(|p| (p.user_id_group_pairs().iter()).any(|g| g.group_id() == Some(farm_group)))
+        .filter_map(|p| p.from_port())
+        .collect();
+    open.sort_unstable();
+    assert_eq!(
+        open,
+        [5432, 5671, 6379],
+        "the servers' ports open to the farm"
+    );
     eprintln!("stack created in {created:?}, doctor ran in {doctored:?}");
 }
 
@@ -235,6 +252,7 @@ async fn the_doctor_names_each_planted_gap() {
         subnets,
         outputs: stack.outputs.clone(),
         farm: stack.farm.clone(),
+        servers: stack.servers.clone(),
         inbox: stack.inbox.clone(),
         output: stack.output.clone(),
         config: stack.config.clone(),

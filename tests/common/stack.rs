@@ -7,11 +7,15 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
+use aws_sdk_ec2::types::Filter;
+
 use super::moto;
 
 /// A created stack: its parameters and outputs.
 pub struct Stack {
     pub farm: String,
+    /// The security group the stack opens the servers' ports in.
+    pub servers: String,
     pub inbox: String,
     pub output: String,
     pub config: String,
@@ -79,7 +83,24 @@ pub async fn create(test: &str) -> Stack {
         .vpc_id()
         .expect("a VPC")
         .to_string();
+    let servers = ec2
+        .describe_security_groups()
+        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values("default")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSecurityGroups")
+        .security_groups()[0]
+        .group_id()
+        .expect("a group id")
+        .to_string();
     let stack = Stack {
+        servers: servers.clone(),
         inbox: format!("{farm}-in"),
         output: format!("{farm}-out"),
         config: format!("{farm}-cfg"),
@@ -98,6 +119,8 @@ pub async fn create(test: &str) -> Stack {
         ("ConfigBucketName", stack.config.clone()),
         ("TriggerCodeBucket", code),
         ("CreateSpotServiceLinkedRole", "false".into()),
+        // The VPC's default group stands for the servers'.
+        ("ServersSecurityGroupId", servers),
     ];
     let described = create_stack(&stack.farm, &parameters);
     Stack {
