@@ -36,6 +36,9 @@
 //! * [`trigger`] — new objects become jobs by the config's routes: a Lambda on S3
 //!   events, or `cellfarm watch`.
 //! * [`status`] — `cellfarm status`: the farm at a glance.
+//! * [`doctor`] — `cellfarm doctor`: an AWS account checked against what the farm
+//!   needs (roles, launch template, subnets, buckets, notification), every gap named
+//!   with its fix.
 //! * [`jobs`] — `cellfarm jobs`: the ledger's jobs and where their outputs are.
 //! * [`simulate`] — `cellfarm simulate`: the real mitosis tick on a virtual clock
 //!   against a model of spot instances and a workload, beside a message-count policy.
@@ -53,6 +56,7 @@ pub mod boot;
 pub mod cell;
 pub mod cloud;
 pub mod config;
+pub mod doctor;
 pub mod failure;
 pub mod ffmpeg;
 pub mod job;
