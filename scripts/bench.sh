@@ -9,9 +9,10 @@
 #   BENCH_CLIPS=4 BENCH_SECS=10 scripts/bench.sh   # a quicker, rougher run
 #   BENCH_RUNS=3 scripts/bench.sh    # the long comparison three times: the ratio's spread
 #   BENCH_BUILD=static scripts/bench.sh  # the static musl binary an AMI carries
+#   BENCH_CLIPS=0 scripts/bench.sh   # the tiny jobs alone
 #
 # BENCH_BUILD: release (default: the optimised binary), static (scripts/build-static.sh,
-# release profile) or debug.
+# release profile), debug, or given (the binary BENCH_BIN names, as it is).
 #
 # Not a test: it asserts nothing, and its figures move with the machine's load.
 set -euo pipefail
@@ -27,6 +28,8 @@ PIPELINE="${BENCH_PIPELINE:-h264_ladder}"
 RUNS="${BENCH_RUNS:-1}"
 BUILD="${BENCH_BUILD:-release}"
 WORK=/var/tmp/cellfarm-bench
+# One directory (and S3 prefix) per shape of clip, so that runs of other shapes do not mix.
+MEDIA="media-${CLIPS}x${SECS}s"
 RUN="bench$(date +%s)"
 BUCKET="cellfarm-bench"
 
@@ -34,16 +37,17 @@ scripts/services.sh >/dev/null
 # shellcheck source-path=SCRIPTDIR source=env.sh
 . scripts/env.sh
 case "$BUILD" in
+    given) BIN="${BENCH_BIN:?BENCH_BUILD=given needs BENCH_BIN=path/to/cellfarm}" ;;
     debug) cargo build --locked --quiet; BIN="$CARGO_TARGET_DIR/debug/cellfarm" ;;
     release) cargo build --locked --quiet --release; BIN="$CARGO_TARGET_DIR/release/cellfarm" ;;
     static) BIN="$(scripts/build-static.sh --release)" ;;
-    *) die "BENCH_BUILD must be release, static or debug, not $BUILD" ;;
+    *) die "BENCH_BUILD must be release, static, debug or given, not $BUILD" ;;
 esac
 echo "== binary: $BIN ($BUILD)"
 PY=/var/tmp/cellfarm-venv/bin/python
 [ -x "$PY" ] || PY=python3
 
-mkdir -p "$WORK/media" "$WORK/tiny" "$WORK/raw"
+mkdir -p "$WORK/$MEDIA" "$WORK/tiny" "$WORK/raw"
 make_clip() { # path secs pattern
     [ -s "$1" ] && return 0
     ffmpeg -nostdin -hide_banner -loglevel error -y \
@@ -52,7 +56,7 @@ make_clip() { # path secs pattern
     mv "$1.part" "$1"
 }
 echo "== making $CLIPS x ${SECS} s 720p clips and $TINY x 1 s clips in $WORK"
-for i in $(seq -w 1 "$CLIPS"); do make_clip "$WORK/media/clip$i-${SECS}s.mp4" "$SECS" testsrc2; done
+for i in $(seq -w 1 "$CLIPS"); do make_clip "$WORK/$MEDIA/clip$i.mp4" "$SECS" testsrc2; done
 for i in $(seq -w 1 "$TINY"); do make_clip "$WORK/tiny/tiny$i.mp4" 1 testsrc; done
 
 # A private farm for this run: its own queues, schema and output prefix.
@@ -65,10 +69,10 @@ sed -e "s/^name = \"demo\"/name = \"$RUN\"/" \
     examples/local.toml >"$CONFIG"
 "$BIN" --config "$CONFIG" migrate >/dev/null
 
-"$PY" - "$BUCKET" "$WORK" "$CLIPS" "$TINY" <<'PYEOF'
+"$PY" - "$BUCKET" "$WORK" "$MEDIA" <<'PYEOF'
 import os, sys, boto3
 from botocore.config import Config
-bucket, work = sys.argv[1], sys.argv[2]
+bucket, work, media = sys.argv[1], sys.argv[2], sys.argv[3]
 s3 = boto3.client("s3", endpoint_url=os.environ["CELLFARM_TEST_S3"],
                   config=Config(s3={"addressing_style": "path"}))
 try:
@@ -78,7 +82,7 @@ except s3.exceptions.BucketAlreadyOwnedByYou:
 except Exception as e:
     if "BucketAlready" not in str(e):
         raise
-for sub in ("media", "tiny"):
+for sub in (media, "tiny"):
     for name in sorted(os.listdir(os.path.join(work, sub))):
         if name.endswith(".mp4"):
             with open(os.path.join(work, sub, name), "rb") as body:  # one PUT: an ETag
@@ -157,12 +161,13 @@ best() { printf '%s\n' "$@" | sort -g | head -n 1; }
 CORES=$(nproc)
 
 ratios=()
+[ "$CLIPS" -gt 0 ] || RUNS=0  # BENCH_CLIPS=0: the tiny jobs alone
 for run in $(seq 1 "$RUNS"); do
     echo "== $PIPELINE: $CLIPS x ${SECS} s 720p, $CORES cores (run $run of $RUNS)"
-    seq_auto=$(raw "$WORK/media" "$PIPELINE" 1 0);      echo "raw  1 at a time, FFmpeg's threads : ${seq_auto} s"
-    par_one=$(raw "$WORK/media" "$PIPELINE" "$CORES" 1); echo "raw  $CORES at a time, 1 thread each  : ${par_one} s"
-    par_auto=$(raw "$WORK/media" "$PIPELINE" "$CORES" 0); echo "raw  $CORES at a time, FFmpeg's threads: ${par_auto} s"
-    farm_s=$(farm media "$PIPELINE" --force);            echo "farm one cell (config defaults)     : ${farm_s} s"
+    seq_auto=$(raw "$WORK/$MEDIA" "$PIPELINE" 1 0);      echo "raw  1 at a time, FFmpeg's threads : ${seq_auto} s"
+    par_one=$(raw "$WORK/$MEDIA" "$PIPELINE" "$CORES" 1); echo "raw  $CORES at a time, 1 thread each  : ${par_one} s"
+    par_auto=$(raw "$WORK/$MEDIA" "$PIPELINE" "$CORES" 0); echo "raw  $CORES at a time, FFmpeg's threads: ${par_auto} s"
+    farm_s=$(farm "$MEDIA" "$PIPELINE" --force);            echo "farm one cell (config defaults)     : ${farm_s} s"
     breakdown "$WORK/$RUN-$PIPELINE.log"
     raw_s=$(best "$seq_auto" "$par_one" "$par_auto")
     ratio=$(python3 -c "print(f'{$raw_s / $farm_s:.3f}')")
