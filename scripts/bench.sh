@@ -141,7 +141,8 @@ PYEOF
 }
 
 # Submits every object under PREFIX, runs one cell until done, prints the wall seconds
-# from the cell's start to the last job's commit (from the ledger).
+# from the first job's start to the last job's commit (from the ledger); the cell's
+# start-up before its first job (connections, the sandbox's checks) is shown apart.
 # The submit's ranged probes (which spare the cell its own) are timed apart, on stderr.
 farm() { # prefix pipeline [--force: again, for a later run]
     local start
@@ -153,8 +154,12 @@ farm() { # prefix pipeline [--force: again, for a later run]
     local failed
     failed=$(psql -qtA "$CELLFARM_TEST_PG" -c "SELECT count(*) FROM \"$RUN\".jobs WHERE pipeline = '$2' AND state <> 'succeeded'")
     [ "$failed" = 0 ] || die "$failed $2 job(s) did not succeed; see $WORK/$RUN-$2.log"
+    local boot
+    boot=$(psql -qtA "$CELLFARM_TEST_PG" -c \
+        "SELECT round((extract(epoch FROM min(started_at)) - $start)::numeric, 2) FROM \"$RUN\".jobs WHERE pipeline = '$2'")
+    echo "cell start to its first job: ${boot} s (once a cell's life, not counted below)" >&2
     psql -qtA "$CELLFARM_TEST_PG" -c \
-        "SELECT round((extract(epoch FROM max(finished_at)) - $start)::numeric, 2) FROM \"$RUN\".jobs WHERE pipeline = '$2'"
+        "SELECT round(extract(epoch FROM max(finished_at) - min(started_at))::numeric, 2) FROM \"$RUN\".jobs WHERE pipeline = '$2'"
 }
 
 best() { printf '%s\n' "$@" | sort -g | head -n 1; }
