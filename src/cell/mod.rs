@@ -14,6 +14,7 @@
 //! the deliveries on it, which the broker redelivers; jobs already running carry on and
 //! commit through the ledger, and their late acks fail harmlessly.
 
+mod alive;
 mod attempt;
 mod reconcile;
 mod reload;
@@ -258,7 +259,9 @@ impl Cell {
         let source = &attempt.job.source;
         tracing::info!(attempt = attempt.id.attempt, source = %format!("s3://{}/{}", source.bucket, source.key), "job started");
         let started = Instant::now();
-        attempt.cancel = self.track(&attempt.id.job_id, abort);
+        let what = (pool, attempt.job.pipeline.as_str());
+        let (cancel, progress) = self.track(&attempt.id.job_id, what, abort);
+        attempt.cancel = cancel;
         let job_id = attempt.id.job_id.clone();
         let estimate = |secs: f64| self.estimate(&job_id, secs);
         let ctx = work::Context {
@@ -268,6 +271,7 @@ impl Cell {
             sandbox: &self.sandbox,
             threads: self.slots.threads(),
             estimate: &estimate,
+            progress,
         };
         let produced = work::execute(&ctx, &attempt).await;
         self.untrack(&job_id);

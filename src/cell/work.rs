@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OutputSpec, Pipeline, SourceLimits, TIMEOUT_MARGIN};
 use crate::failure::JobFailure;
-use crate::ffmpeg::{self, probe, Access, FfmpegError, Limits, Sandbox, Tool};
+use crate::ffmpeg::{self, probe, progress, Access, FfmpegError, Limits, Sandbox, Tool};
 use crate::job::{unquote_etag, JobMessage, OutputObject};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
@@ -26,6 +26,8 @@ pub struct Context<'a> {
     pub threads: usize,
     /// Told the attempt's estimated wall seconds once the source is probed.
     pub estimate: &'a (dyn Fn(f64) + Sync),
+    /// Told how far the attempt's FFmpeg steps have got, as they run.
+    pub progress: super::running::Meter,
 }
 
 /// A directory removed on drop.
@@ -109,18 +111,27 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         let secs = pipeline.derived_timeout_secs(source_probe.duration.unwrap_or(0.0), floor);
         limits.timeout = std::time::Duration::from_secs(secs);
     }
+    let steps = commands.len();
     for (step, args) in commands.iter().enumerate() {
-        ffmpeg::run(ctx.sandbox, Tool::Ffmpeg, args, &limits, &attempt.cancel)
-            .await
-            .map_err(|source| match source {
-                FfmpegError::TimedOut { secs, .. } if derived => JobFailure::OverEstimate {
-                    step,
-                    secs,
-                    margin: TIMEOUT_MARGIN,
-                    source,
-                },
-                source => JobFailure::Step { step, source },
-            })?;
+        let report = step_report(&ctx.progress, step, steps, source_probe.duration);
+        ffmpeg::run_reporting(
+            ctx.sandbox,
+            Tool::Ffmpeg,
+            args,
+            &limits,
+            &attempt.cancel,
+            Some(report),
+        )
+        .await
+        .map_err(|source| match source {
+            FfmpegError::TimedOut { secs, .. } if derived => JobFailure::OverEstimate {
+                step,
+                secs,
+                margin: TIMEOUT_MARGIN,
+                source,
+            },
+            source => JobFailure::Step { step, source },
+        })?;
     }
     // Outputs are our own files with names from the config, so image outputs may be
     // probed with the image2 demuxer that untrusted sources are denied.
@@ -141,6 +152,23 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         return Err(JobFailure::Superseded);
     }
     publish(ctx, attempt, &source_probe, files, &scratch).await
+}
+
+/// Where step `step` of `steps` sends FFmpeg's progress: the job's meter, as a fraction
+/// of the whole pipeline over a source of `duration` seconds.
+fn step_report(
+    meter: &super::running::Meter,
+    step: usize,
+    steps: usize,
+    duration: Option<f64>,
+) -> progress::Report {
+    let meter = meter.clone();
+    std::sync::Arc::new(move |sample| {
+        meter(
+            progress::fraction(step, steps, &sample, duration),
+            sample.speed,
+        );
+    })
 }
 
 /// Looks the source object up (one HEAD, which the download then goes by), and checks

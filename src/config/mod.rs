@@ -13,6 +13,7 @@
 
 mod defaults;
 mod guardrails;
+mod observe;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ use crate::s3url::S3Url;
 use defaults::*;
 
 pub use defaults::DEFAULT_DEMUXERS;
+pub use observe::{AlertsConfig, DashboardConfig};
 pub use read::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +57,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The binary cells should run (see [`crate::update`]).
     pub update: Option<Update>,
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 /// The `[update]` table: a cellfarm binary in S3 and its SHA-256.
@@ -315,6 +321,9 @@ pub struct Pool {
     /// Dollars one cell costs an hour (the spot price of its instance type), for
     /// `budget_per_day`.
     pub price_per_hour: Option<f64>,
+    /// Dollars the same instance costs an hour on demand: what the farm would have paid
+    /// without spot, for the savings `status` and the dashboard show.
+    pub on_demand_per_hour: Option<f64>,
     /// The cells `max_vcpus` allows, worked out when the config is read.
     #[serde(skip)]
     pub vcpu_ceiling: Option<u32>,

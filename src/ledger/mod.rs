@@ -14,10 +14,16 @@ use sqlx::{Executor, Row};
 use crate::config::Postgres;
 use crate::job::{JobMessage, OutputObject, ResultMessage};
 
+mod by_hand;
+mod costs;
 mod spend;
+mod watch;
 mod words;
 
+pub use by_hand::Cancel;
+pub use costs::{Interruptions, Machine};
 pub use spend::{CellChange, CellChanges};
+pub use watch::{LastHour, Minute, PoolWindow};
 pub use words::{AttemptOutcome, EventKind, JobState, SubmitOutcome, UnknownWord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
