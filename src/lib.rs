@@ -47,6 +47,9 @@
 //!   remaining work-seconds and ETA, from the cells' beats and the ledger's load.
 //! * [`simulate`] — `cellfarm simulate`: the real mitosis tick on a virtual clock
 //!   against a model of spot instances and a workload, beside a message-count policy.
+//! * [`dashboard`] — `cellfarm dashboard`: the farm on one page that refreshes itself,
+//!   the same data under `/api/`, and `/metrics`.
+//! * [`metrics`] — the Prometheus text format of the farm and of one cell.
 //! * [`args`] — `cellfarm args`: the FFmpeg command lines of a pipeline.
 //! * [`update`] — fetching, verifying and re-executing a newer binary.
 //! * [`boot`] — reading the config (file or S3) and connecting to every system once
@@ -64,6 +67,7 @@ pub mod cell;
 pub mod cloud;
 pub mod config;
 pub mod costs;
+pub mod dashboard;
 pub mod failure;
 pub mod ffmpeg;
 pub mod job;
@@ -71,6 +75,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod locks;
 pub mod metadata;
+pub mod metrics;
 pub mod mitosis;
 pub mod outkey;
 pub mod progress;

@@ -23,7 +23,7 @@ mod words;
 pub use by_hand::Cancel;
 pub use costs::{Interruptions, Machine};
 pub use spend::{CellChange, CellChanges};
-pub use watch::{LastHour, Minute, PoolWindow};
+pub use watch::{Durations, JobCount, LastHour, Minute, PoolWindow, DURATION_BUCKETS};
 pub use words::{AttemptOutcome, EventKind, JobState, SubmitOutcome, UnknownWord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

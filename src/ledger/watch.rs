@@ -124,3 +124,113 @@ impl Ledger {
             .collect())
     }
 }
+
+/// One pool's, one pipeline's jobs in one state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobCount {
+    pub pool: String,
+    pub pipeline: String,
+    pub state: super::JobState,
+    pub jobs: u64,
+}
+
+/// How long a pool's, a pipeline's succeeded jobs took, as a histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durations {
+    pub pool: String,
+    pub pipeline: String,
+    /// Jobs that took at most each of [`DURATION_BUCKETS`] seconds (cumulative).
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_secs: f64,
+}
+
+/// Upper bounds of the job duration histogram, in seconds: a thumbnail to an hour's
+/// ladder.
+pub const DURATION_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+impl Ledger {
+    /// Jobs by pool, pipeline and state.
+    pub async fn job_counts(&self) -> Result<Vec<JobCount>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT pool, pipeline, state, count(*) AS jobs FROM jobs
+             GROUP BY pool, pipeline, state ORDER BY pool, pipeline, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobCount {
+                    pool: r.get("pool"),
+                    pipeline: r.get("pipeline"),
+                    state: r.get::<String, _>("state").parse()?,
+                    jobs: count(r, "jobs"),
+                })
+            })
+            .collect()
+    }
+
+    /// The succeeded jobs' run times (their last attempt's start to the commit).
+    pub async fn durations(&self) -> Result<Vec<Durations>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT pool, pipeline,
+                    array_agg(n ORDER BY le) AS buckets,
+                    max(total) AS total, max(secs) AS secs
+             FROM (
+                 SELECT pool, pipeline, b.le,
+                        count(*) FILTER (WHERE d <= b.le) AS n,
+                        count(*) AS total, coalesce(sum(d), 0)::float8 AS secs
+                 FROM (SELECT pool, pipeline,
+                              extract(epoch FROM finished_at - started_at)::float8 AS d
+                       FROM jobs WHERE state = 'succeeded' AND started_at IS NOT NULL) AS j
+                 CROSS JOIN unnest($1::float8[]) AS b(le)
+                 GROUP BY pool, pipeline, b.le
+             ) AS per_bucket
+             GROUP BY pool, pipeline ORDER BY pool, pipeline",
+        )
+        .bind(DURATION_BUCKETS.as_slice())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Durations {
+                pool: r.get("pool"),
+                pipeline: r.get("pipeline"),
+                buckets: r
+                    .get::<Vec<i64>, _>("buckets")
+                    .into_iter()
+                    .map(|n| n.max(0) as u64)
+                    .collect(),
+                count: count(r, "total"),
+                sum_secs: r.get("secs"),
+            })
+            .collect())
+    }
+
+    /// Cells launched since `since` (seconds since the epoch): (when, how many).
+    pub async fn launches(&self, since: i64) -> Result<Vec<(i64, i32)>, LedgerError> {
+        Ok(sqlx::query_as(
+            "SELECT floor(extract(epoch FROM at))::int8, cells FROM cell_events
+             WHERE kind = 'launch' AND at >= to_timestamp($1) ORDER BY at, id",
+        )
+        .bind(since as f64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A job's row and its attempts, as JSON, for the dashboard's link to it.
+    pub async fn job_detail(&self, job_id: &str) -> Result<Option<serde_json::Value>, LedgerError> {
+        Ok(sqlx::query_scalar(
+            "SELECT jsonb_build_object(
+                 'job', to_jsonb(j) - 'result',
+                 'attempts', (SELECT coalesce(jsonb_agg(to_jsonb(a) ORDER BY a.id), '[]'::jsonb)
+                              FROM job_attempts a WHERE a.job_id = j.id))
+             FROM jobs j WHERE j.id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
