@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use cellfarm::locks::{Coordinator, RunningJob};
-use common::{Farm, REALTIME};
+use common::http::get;
+use common::{edit, prom, Farm, REALTIME};
 
 /// The job `id` as the farm's live cells report it in their beats, if one runs it.
 async fn beat_of(locks: &Coordinator, id: &str) -> Option<RunningJob> {
@@ -26,7 +27,8 @@ async fn coordinator(farm: &Farm) -> Coordinator {
 /// Property: while a job runs, its cell's beat carries its progress, which only rises,
 /// passes through values between 0 and 1 and gets past half way (a realtime encode of
 /// 6 s, beats every second); `cellfarm status` shows the job with its percentage and
-/// ETA, and its pool's work left with an ETA. Breaks if FFmpeg's `-progress` is not read
+/// ETA, and its pool's work left with an ETA; the cell's own `/metrics`
+/// (`cell.metrics_listen`) parses and shows the encode. Breaks if FFmpeg's `-progress` is not read
 /// as it arrives (the fraction would jump from 0 to gone), or not carried in the beat.
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_rises_in_the_heartbeat_and_status_shows_it() {
@@ -34,9 +36,16 @@ async fn progress_rises_in_the_heartbeat_and_status_shows_it() {
     farm.put_file("inbox/clip.mp4", &farm.clip("clip", 6.0, "testsrc"));
     let id = farm.submit_id("inbox/clip.mp4", "realtime");
     let locks = coordinator(&farm).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let metrics_at = format!("http://127.0.0.1:{port}");
+    farm.edit_config(|doc| edit::add(doc, "cell.metrics_listen", format!("127.0.0.1:{port}")));
     farm.start_cell(&[]);
     let mut seen: Vec<f64> = Vec::new();
     let mut status_text = None;
+    let mut metrics_text = None;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while farm.job(&id).await.is_none_or(|j| j.0 != "succeeded") {
         assert!(
@@ -52,6 +61,7 @@ async fn progress_rises_in_the_heartbeat_and_status_shows_it() {
             if job.fraction > 0.0 && job.fraction < 1.0 && status_text.is_none() {
                 let out = farm.run(&["status"]);
                 status_text = Some(String::from_utf8_lossy(&out.stdout).to_string());
+                metrics_text = Some(get(&metrics_at, "/metrics", None));
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -69,6 +79,16 @@ async fn progress_rises_in_the_heartbeat_and_status_shows_it() {
     assert!(
         seen.last().is_some_and(|f| *f >= 0.5),
         "past half way before the end: {seen:?}"
+    );
+    let (code, metrics) = metrics_text.expect("the cell was scraped while the job ran");
+    assert_eq!(code, 200, "{metrics}");
+    let samples = prom::parse(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    let job_label = format!("job=\"{id}\"");
+    assert!(
+        samples
+            .iter()
+            .any(|(s, _)| s.starts_with("cellfarm_encode_speed_ratio{") && s.contains(&job_label)),
+        "the cell's /metrics shows the running encode:\n{metrics}"
     );
     let text = status_text.expect("status ran while the job did");
     let line = text

@@ -16,6 +16,7 @@
 
 mod alive;
 mod attempt;
+mod metrics;
 mod reconcile;
 mod reload;
 mod running;
@@ -125,6 +126,8 @@ struct Cell {
     machine: Option<String>,
     exit: Mutex<Option<Exit>>,
     launch_id: Mutex<Option<String>>,
+    /// The last beat sent, which the cell's `/metrics` serves.
+    last_beat: Mutex<Option<crate::locks::Beat>>,
 }
 
 impl Cell {
@@ -153,6 +156,7 @@ impl Cell {
             sandbox,
             exit: Mutex::new(None),
             launch_id: Mutex::new(identity.launch_id),
+            last_beat: Mutex::new(None),
         }
     }
 

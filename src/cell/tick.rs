@@ -88,7 +88,9 @@ impl Cell {
             jobs: self.running_jobs(),
         };
         let ttl = 3 * self.config().cell.heartbeat_secs;
-        match self.systems.locks.beat(&beat, ttl).await {
+        let sent = self.systems.locks.beat(&beat, ttl).await;
+        *self.last_beat.lock().expect("never poisoned") = Some(beat);
+        match sent {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed");

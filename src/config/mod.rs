@@ -230,6 +230,10 @@ pub struct CellConfig {
     /// vCPU.
     #[serde(default)]
     pub ffmpeg_max_tasks: u64,
+    /// Where the cell serves its own `/metrics` (Prometheus text), read at start; none:
+    /// it serves nothing.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for CellConfig {
@@ -255,6 +259,7 @@ impl Default for CellConfig {
             ffprobe: default_ffprobe(),
             ffmpeg_max_file_mib: default_ffmpeg_max_file(),
             ffmpeg_max_tasks: 0,
+            metrics_listen: None,
         }
     }
 }

@@ -34,8 +34,6 @@ pub struct AlertsConfig {
     /// Seconds a pool's backlog may grow while its cells stay as they are before the
     /// pool counts as not scaling.
     pub not_scaling_secs: u64,
-    /// A URL that receives each alert once, as a JSON POST.
-    pub webhook_url: Option<String>,
 }
 
 impl Default for AlertsConfig {
@@ -56,7 +54,6 @@ impl Default for AlertsConfig {
             interruptions_per_hour: 5,
             // Three minutes: longer than a launch takes to show up as pending.
             not_scaling_secs: 180,
-            webhook_url: None,
         }
     }
 }
