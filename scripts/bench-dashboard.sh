@@ -24,9 +24,8 @@ cargo build --locked --quiet --bin cellfarm
 bin="$CARGO_TARGET_DIR/debug/cellfarm"
 
 work="$(mktemp -d)"
-dashboard_pid=""
 cleanup() {
-    if [ -n "$dashboard_pid" ]; then kill "$dashboard_pid" 2>/dev/null || true; fi
+    if [ -n "$DASHBOARD_PID" ]; then kill "$DASHBOARD_PID" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -59,15 +58,8 @@ SELECT now() - make_interval(secs => 3000 - c * 60), 'default', 'alive', 'i-' ||
 FROM generate_series(1, 20) AS c;
 SQL
 
-"$bin" --config "$work/farm.toml" dashboard --listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
-dashboard_pid=$!
-url=""
-for _ in $(seq 1 100); do
-    url="$(sed -n 's/^dashboard at //p' "$work/out")"
-    [ -n "$url" ] && break
-    sleep 0.1
-done
-[ -n "$url" ] || die "the dashboard did not start: $(cat "$work/err")"
+start_dashboard "$bin" "$work/farm.toml" "$work"
+url="$DASHBOARD_URL"
 curl -fsS -o /dev/null "$url" # warm the connections
 for path in "" api/snapshot metrics; do
     curl -fsS -o /dev/null -w "/$path: %{size_download} bytes, first byte %{time_starttransfer} s, all %{time_total} s\n" "$url$path"

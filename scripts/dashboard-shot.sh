@@ -27,23 +27,14 @@ cargo build --locked --quiet --bin cellfarm
 bin="$CARGO_TARGET_DIR/debug/cellfarm"
 
 work="$(mktemp -d)"
-dashboard_pid=""
 cleanup() {
-    if [ -n "$dashboard_pid" ]; then kill "$dashboard_pid" 2>/dev/null || true; fi
+    if [ -n "$DASHBOARD_PID" ]; then kill "$DASHBOARD_PID" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-"$bin" --config "$config" dashboard --listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
-dashboard_pid=$!
-url=""
-for _ in $(seq 1 100); do
-    url="$(sed -n 's/^dashboard at //p' "$work/out")"
-    [ -n "$url" ] && break
-    kill -0 "$dashboard_pid" 2>/dev/null || die "the dashboard exited: $(cat "$work/err")"
-    sleep 0.1
-done
-[ -n "$url" ] || die "the dashboard did not say where it is"
+start_dashboard "$bin" "$config" "$work"
+url="$DASHBOARD_URL"
 if [ -n "${CELLFARM_DASHBOARD_TOKEN:-}" ]; then
     url="${url}?token=${CELLFARM_DASHBOARD_TOKEN}"
 fi
