@@ -44,10 +44,26 @@ pub async fn cancel(config: &Config, args: &Args) -> anyhow::Result<()> {
 }
 
 /// `cellfarm retry JOB`.
-pub async fn retry(config: &Config, args: &Args) -> anyhow::Result<()> {
-    let ledger = crate::boot::ledger(config).await?;
-    ledger.check_migrated().await?;
-    let (job, pool) = match ledger.reopen(&args.job_id).await? {
+pub async fn retry(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let systems = crate::boot::Systems::connect(config, sdk).await?;
+    // A cancelled job may still be stopping on its cell: a second attempt beside it
+    // would share its job id in that cell.
+    let beats = systems.locks.alive().await?;
+    if let Some(cell) = beats
+        .iter()
+        .find(|b| b.jobs.iter().any(|j| j.job_id == args.job_id))
+    {
+        anyhow::bail!(
+            "job {} is still stopping on {}: retry it once that cell has let it go (a heartbeat)",
+            args.job_id,
+            cell.cell_id
+        );
+    }
+    let (job, pool) = match systems.ledger.reopen(&args.job_id).await? {
         Ok(reopened) => reopened,
         Err(Some(state)) => anyhow::bail!(
             "job {} is {state}: only a failed, dead or cancelled job can be retried",

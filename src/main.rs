@@ -153,7 +153,7 @@ async fn run(
         Command::Jobs(a) => jobs::run(&config, a).await,
         Command::Dashboard(a) => dashboard::run(&config, sdk, &a).await,
         Command::Cancel(a) => by_hand::cancel(&config, &a).await,
-        Command::Retry(a) => by_hand::retry(&config, &a).await,
+        Command::Retry(a) => by_hand::retry(&config, sdk, &a).await,
         // Handled before the config is loaded; kept here so the match stays whole.
         Command::Simulate(_) => unreachable!("main runs the simulator before loading a config"),
     }

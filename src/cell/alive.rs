@@ -6,21 +6,34 @@ use super::Cell;
 use crate::ledger::Machine;
 
 impl Cell {
-    /// Records, once per pool the cell serves, that it is alive on its machine.
+    /// Records that the cell is alive on its machine: once, under the first of its
+    /// pools with a price (a machine serving several pools is billed once), at that
+    /// pool's prices.
     pub(super) async fn record_alive(self: std::sync::Arc<Self>) {
         let machine = self.machine_facts().await;
         let config = self.config();
-        for pool in &self.pools {
-            let prices = config.pools.get(pool);
-            let machine = Machine {
-                price_per_hour: prices.and_then(|p| p.price_per_hour),
-                on_demand_per_hour: prices.and_then(|p| p.on_demand_per_hour),
-                ..machine.clone()
-            };
-            let ledger = &self.systems.ledger;
-            if let Err(e) = ledger.record_alive(pool, &self.cell_id, &machine).await {
-                tracing::warn!(error = %e, pool, "cannot record that the cell is alive");
-            }
+        let priced = self
+            .pools
+            .iter()
+            .find(|p| {
+                config
+                    .pools
+                    .get(*p)
+                    .is_some_and(|p| p.price_per_hour.is_some())
+            })
+            .or(self.pools.first());
+        let Some(pool) = priced else {
+            return;
+        };
+        let prices = config.pools.get(pool);
+        let machine = Machine {
+            price_per_hour: prices.and_then(|p| p.price_per_hour),
+            on_demand_per_hour: prices.and_then(|p| p.on_demand_per_hour),
+            ..machine
+        };
+        let ledger = &self.systems.ledger;
+        if let Err(e) = ledger.record_alive(pool, &self.cell_id, &machine).await {
+            tracing::warn!(error = %e, pool, "cannot record that the cell is alive");
         }
     }
 
