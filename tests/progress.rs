@@ -28,7 +28,8 @@ async fn coordinator(farm: &Farm) -> Coordinator {
 /// passes through values between 0 and 1 and gets past half way (a realtime encode of
 /// 6 s, beats every second); `cellfarm status` shows the job with its percentage and
 /// ETA, and its pool's work left with an ETA; the cell's own `/metrics`
-/// (`cell.metrics_listen`) parses and shows the encode. Breaks if FFmpeg's `-progress` is not read
+/// (`cell.metrics_listen`) parses and shows the encode; the cell's first beat recorded
+/// one `alive` event, which starts its machine's bill. Breaks if FFmpeg's `-progress` is not read
 /// as it arrives (the fraction would jump from 0 to gone), or not carried in the beat.
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_rises_in_the_heartbeat_and_status_shows_it() {
@@ -80,6 +81,12 @@ async fn progress_rises_in_the_heartbeat_and_status_shows_it() {
         seen.last().is_some_and(|f| *f >= 0.5),
         "past half way before the end: {seen:?}"
     );
+    farm.wait_until(
+        Duration::from_secs(10),
+        "the cell's alive event",
+        || async { farm.cell_events("alive").await.len() == 1 },
+    )
+    .await;
     let (code, metrics) = metrics_text.expect("the cell was scraped while the job ran");
     assert_eq!(code, 200, "{metrics}");
     let samples = prom::parse(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
