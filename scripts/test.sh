@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shellcheck every script, then build and run every test against real local services
-# (README command 2), then the deployment checks (scripts/check-deploy.sh).
+# (README command 2), then the deployment checks (scripts/check-deploy.sh) and the
+# stack's lint (scripts/check-stack.sh: cfn-lint and parliament on deploy/).
 # Extra arguments go to `cargo test`, before its `--`, e.g. a name filter:
 #   scripts/test.sh ledger
 # CELLFARM_TEST_THREADS sets the test harness's parallelism (default 4).
@@ -26,4 +27,6 @@ cargo build --locked --all-targets
 
 log "cargo test --locked --all-targets ${*:+$* }-- --test-threads=${CELLFARM_TEST_THREADS:-4}"
 cargo test --locked --all-targets "$@" -- --test-threads="${CELLFARM_TEST_THREADS:-4}"
-[ "$#" -gt 0 ] || scripts/check-deploy.sh # not with a name filter: that runs just those tests
+# Not with a name filter: that runs just those tests.
+[ "$#" -gt 0 ] || scripts/check-deploy.sh
+[ "$#" -gt 0 ] || scripts/check-stack.sh

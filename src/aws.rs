@@ -10,7 +10,7 @@ use aws_config::{BehaviorVersion, SdkConfig};
 
 /// Time to open a connection to an AWS (or S3-compatible) endpoint. Generous for AWS,
 /// short enough that a wrong endpoint fails a start quickly instead of hanging.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per call, including the first, with the SDK's standard exponential backoff
 /// and jitter. Longer outages are the callers' to ride out (a job's retry, the next tick).
 const MAX_ATTEMPTS: u32 = 3;

@@ -40,6 +40,9 @@
 //! * [`trigger`] — new objects become jobs by the config's routes: a Lambda on S3
 //!   events, or `cellfarm watch`.
 //! * [`status`] — `cellfarm status`: the farm at a glance.
+//! * [`doctor`] — `cellfarm doctor`: an AWS account checked against what the farm
+//!   needs (roles, launch template, subnets, buckets, notification), every gap named
+//!   with its fix.
 //! * [`jobs`] — `cellfarm jobs`: the ledger's jobs and where their outputs are.
 //! * [`by_hand`] — `cellfarm cancel` and `cellfarm retry`: a job stopped or run again
 //!   by hand.
@@ -68,6 +71,7 @@ pub mod cloud;
 pub mod config;
 pub mod costs;
 pub mod dashboard;
+pub mod doctor;
 pub mod failure;
 pub mod ffmpeg;
 pub mod job;

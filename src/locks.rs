@@ -323,11 +323,31 @@ impl Coordinator {
         Ok(taken == 1)
     }
 
-    /// A number that grows with every launch of `pool`: the launches' idempotency token.
-    pub async fn next_launch(&self, pool: &str) -> Result<u64, LocksError> {
+    /// The pool's last census of the cloud's machines (JSON, [`crate::mitosis`]'s to
+    /// read), while it is fresh.
+    pub async fn census(&self, pool: &str) -> Result<Option<String>, LocksError> {
         let mut conn = self.conn.clone();
-        Ok(conn
-            .incr(format!("{}:launches:{pool}", self.farm), 1)
-            .await?)
+        Ok(conn.get(format!("{}:census:{pool}", self.farm)).await?)
+    }
+
+    /// Replaces the pool's census, if there is one, keeping its expiry.
+    pub async fn amend_census(&self, pool: &str, json: &str) -> Result<(), LocksError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(format!("{}:census:{pool}", self.farm))
+            .arg(json)
+            .arg("XX")
+            .arg("KEEPTTL")
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps a census of the pool's machines for `ms`.
+    pub async fn keep_census(&self, pool: &str, json: &str, ms: u64) -> Result<(), LocksError> {
+        let mut conn = self.conn.clone();
+        conn.pset_ex::<_, _, ()>(format!("{}:census:{pool}", self.farm), json, ms.max(1))
+            .await?;
+        Ok(())
     }
 }

@@ -80,6 +80,10 @@ enum Command {
     /// Simulate a farm on a virtual clock: the real mitosis tick against a model of spot
     /// instances and a workload, beside a message-count policy and on-demand farms.
     Simulate(simulate::Args),
+    /// Check the AWS account against what the farm needs (the spot service-linked role,
+    /// the launch template, subnets, roles, buckets, the S3 notification) and name every
+    /// gap with its fix; exit 1 when there is one.
+    Doctor(cellfarm::doctor::Args),
     /// The trigger as an AWS Lambda function (also when this binary runs as
     /// `bootstrap`): S3 events from the runtime API at AWS_LAMBDA_RUNTIME_API.
     Lambda,
@@ -154,6 +158,7 @@ async fn run(
         Command::Dashboard(a) => dashboard::run(&config, sdk, &a).await,
         Command::Cancel(a) => by_hand::cancel(&config, &a).await,
         Command::Retry(a) => by_hand::retry(&config, sdk, &a).await,
+        Command::Doctor(a) => cellfarm::doctor::run(&config, sdk, &a).await,
         // Handled before the config is loaded; kept here so the match stays whole.
         Command::Simulate(_) => unreachable!("main runs the simulator before loading a config"),
     }

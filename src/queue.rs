@@ -255,34 +255,69 @@ impl Publisher {
                 AMQPValue::LongString(LongString::from(*v)),
             );
         }
+        let confirm = self.send(queue, body, table).await?.await?;
+        confirmed(queue, confirm)
+    }
+
+    /// Publishes persistent messages to `queue`, all of them before awaiting any
+    /// confirm: one round trip for the lot instead of one each. The results are in the
+    /// order of `bodies`; each is `Ok` only once the broker has confirmed that message.
+    pub async fn publish_many(
+        &self,
+        queue: &str,
+        bodies: &[Vec<u8>],
+    ) -> Vec<Result<(), QueueError>> {
+        let mut pending = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            pending.push(self.send(queue, body, FieldTable::default()).await);
+        }
+        let mut results = Vec::with_capacity(bodies.len());
+        for sent in pending {
+            results.push(match sent {
+                Ok(confirm) => match confirm.await {
+                    Ok(c) => confirmed(queue, c),
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    /// Sends one persistent, mandatory message; the returned future is its confirm.
+    async fn send(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<lapin::publisher_confirm::PublisherConfirm, QueueError> {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_headers(table);
-        let confirm = self
+            .with_headers(headers);
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        Ok(self
             .channel
-            .basic_publish(
-                "",
-                queue,
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                props,
-            )
-            .await?
-            .await?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(returned)) => Err(QueueError::Returned {
-                queue: queue.into(),
-                reply: returned.reply_text.to_string(),
-            }),
-            Confirmation::Nack(_) => Err(QueueError::Nacked {
-                queue: queue.into(),
-            }),
-        }
+            .basic_publish("", queue, options, body, props)
+            .await?)
+    }
+}
+
+/// What a confirm says of one message: a mandatory message the broker could not route
+/// comes back, a nack means it was not kept.
+fn confirmed(queue: &str, confirm: Confirmation) -> Result<(), QueueError> {
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(QueueError::Returned {
+            queue: queue.into(),
+            reply: returned.reply_text.to_string(),
+        }),
+        Confirmation::Nack(_) => Err(QueueError::Nacked {
+            queue: queue.into(),
+        }),
     }
 }
 

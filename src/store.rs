@@ -204,7 +204,16 @@ where
         Some(response) => {
             let code = err.code().unwrap_or("no error code");
             let detail = err.message().map(|m| format!(": {m}")).unwrap_or_default();
-            format!("HTTP {} {code}{detail}", response.status().as_u16())
+            let status = response.status().as_u16();
+            // Without s3:ListBucket, S3 answers 403 for a key that does not exist, so a
+            // deleted source looks like a permission fault instead of "not found".
+            let hint = if status == 403 {
+                " (if the object may be missing: S3 says 403, not 404, to a role without \
+                 s3:ListBucket on the bucket; grant it, as deploy/cellfarm.yaml does)"
+            } else {
+                ""
+            };
+            format!("HTTP {status} {code}{detail}{hint}")
         }
         None => DisplayErrorContext(err).to_string(),
     }

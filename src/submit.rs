@@ -4,7 +4,7 @@
 //! (the same upload submitted twice is one job), unless `force` asks to reprocess a
 //! finished job.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
@@ -24,11 +24,26 @@ const PROBE_BYTES: u64 = 4 << 20;
 /// Ranged probes run at once by `submit --prefix`.
 const PROBES_AT_ONCE: usize = 8;
 
-/// An object to enqueue, and its duration when a ranged probe could tell.
+/// Jobs recorded in the ledger in one statement and published before their confirms
+/// are awaited: the unit of a prefix submit's work.
+const BATCH: usize = 1000;
+/// HEADs at once for a listing that came without ETags.
+const HEADS_AT_ONCE: usize = 32;
+
+/// An object to enqueue, and what a ranged probe found of it, when it could tell. The
+/// probe goes into the job's ledger row, so that the cell that runs the job does not
+/// probe the source again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source {
     pub meta: ObjectMeta,
-    pub duration_secs: Option<f64>,
+    pub probe: Option<probe::Probe>,
+}
+
+impl Source {
+    /// The source's seconds, when the probe told.
+    pub fn duration_secs(&self) -> Option<f64> {
+        self.probe.as_ref().and_then(|p| p.duration)
+    }
 }
 
 /// What happened to one object.
@@ -57,6 +72,11 @@ pub struct Args {
     /// Reprocess jobs that already finished.
     #[arg(long)]
     pub force: bool,
+    /// Do not probe each object before enqueueing it. For backlogs of millions: jobs
+    /// are enqueued thousands a second, each cell probes its own source, and mitosis
+    /// counts the jobs as of unknown length until then.
+    #[arg(long)]
+    pub no_probe: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -88,11 +108,31 @@ pub async fn run(
     };
     let bucket = &url.bucket;
     let store = systems.store.as_ref();
+    let clock = Instant::now();
     let found = objects(store, url, prefix).await?;
     for u in &found.unreadable {
         eprintln!("{u}");
     }
-    let objects = probed(config, store, bucket, found.objects).await;
+    let listed = found.objects.len();
+    tracing::info!(
+        objects = listed,
+        secs = clock.elapsed().as_secs_f64(),
+        "listed"
+    );
+    let clock = Instant::now();
+    let objects = if args.no_probe {
+        let unprobed = |meta| Source { meta, probe: None };
+        found.objects.into_iter().map(unprobed).collect()
+    } else {
+        let probed = probed(config, store, bucket, found.objects).await;
+        tracing::info!(
+            objects = listed,
+            secs = clock.elapsed().as_secs_f64(),
+            "probed"
+        );
+        probed
+    };
+    let clock = Instant::now();
     let done = submit(
         config,
         &systems.ledger,
@@ -102,6 +142,9 @@ pub async fn run(
         &req,
     )
     .await?;
+    let secs = clock.elapsed().as_secs_f64();
+    let per_sec = (done.len() as f64 / secs).round();
+    tracing::info!(jobs = done.len(), secs, per_sec, "recorded and published");
     systems.kick(config, &broker, "submit", [pool]).await;
     broker.close("done").await;
     for s in &done {
@@ -171,22 +214,27 @@ pub fn shortfall(unreadable: usize, submitted: usize) -> Option<String> {
 pub async fn objects(store: &dyn ObjectStore, url: &S3Url, prefix: bool) -> anyhow::Result<Found> {
     if prefix {
         let mut found = Found::default();
-        for o in store.list(&url.bucket, &url.key).await? {
-            // "Directory" placeholder objects are not media.
-            if o.key.ends_with('/') {
-                continue;
+        // "Directory" placeholder objects are not media.
+        let listed = store.list(&url.bucket, &url.key).await?;
+        let listed = listed.into_iter().filter(|o| !o.key.ends_with('/'));
+        // Some S3 servers (s3s-fs) list objects without their ETag: HEAD those.
+        let heads = listed.map(|o| async move {
+            if !o.etag.is_empty() {
+                return Ok(o);
             }
-            // Some S3 servers (s3s-fs) list objects without their ETag.
-            if o.etag.is_empty() {
-                match store.head(&url.bucket, &o.key).await {
-                    Ok(meta) => found.objects.push(meta),
-                    Err(e) => found.unreadable.push(Unreadable {
-                        source: format!("s3://{}/{}", url.bucket, o.key),
-                        error: e.to_string(),
-                    }),
-                }
-            } else {
-                found.objects.push(o);
+            store
+                .head(&url.bucket, &o.key)
+                .await
+                .map_err(|e| Unreadable {
+                    source: format!("s3://{}/{}", url.bucket, o.key),
+                    error: e.to_string(),
+                })
+        });
+        let mut heads = futures_util::stream::iter(heads).buffered(HEADS_AT_ONCE);
+        while let Some(head) = heads.next().await {
+            match head {
+                Ok(meta) => found.objects.push(meta),
+                Err(u) => found.unreadable.push(u),
             }
         }
         Ok(found)
@@ -198,6 +246,12 @@ pub async fn objects(store: &dyn ObjectStore, url: &S3Url, prefix: bool) -> anyh
     }
 }
 
+/// Enqueues `objects` as jobs of one pipeline, [`BATCH`] at a time: the batch's new
+/// jobs are recorded in one ledger statement, then published with their confirms
+/// awaited together. The ledger row comes first, as for one job: a job the ledger already
+/// knew is not published again, unless `force` resets a finished one. A batch whose
+/// publish fails has its unpublished new rows removed, and the submit stops with the
+/// error (the jobs before it stay enqueued).
 pub async fn submit(
     config: &Config,
     ledger: &Ledger,
@@ -211,56 +265,97 @@ pub async fn submit(
     let names = Names::new(&config.farm.name);
     let lane = names.lane(pool, req.priority);
     let mut done = Vec::with_capacity(objects.len());
-    for Source {
-        meta: o,
-        duration_secs,
-    } in objects
-    {
-        anyhow::ensure!(
-            !o.etag.is_empty(),
-            "s3://{bucket}/{} has no ETag: the job id and the If-Match check need one",
-            o.key
-        );
-        let source = SourceObject {
-            bucket: bucket.into(),
-            key: o.key.clone(),
-            etag: o.etag.clone(),
-        };
-        let mut job = JobMessage::new(req.pipeline, source, "", req.priority);
-        // Expanded once, here: a config change later does not move a queued job's outputs.
-        job.output = outkey::for_job(&pipeline.output, &job)?;
-        // What mitosis weighs the queued job by, before any cell has probed it.
-        job.work_secs = duration_secs.map(|secs| secs * pipeline.cost_factor);
-        let outcome = if ledger.insert(&job, pool).await? {
-            SubmitOutcome::Enqueued
-        } else if req.force && ledger.reset(&job.job_id).await? {
-            SubmitOutcome::Requeued
-        } else {
-            SubmitOutcome::Known
-        };
-        if outcome != SubmitOutcome::Known {
-            if let Err(e) = publisher.publish(&lane, &job.to_json(), &[]).await {
-                if outcome == SubmitOutcome::Enqueued {
-                    ledger.forget(&job.job_id).await?;
-                }
-                return Err(anyhow::anyhow!(
-                    "cannot enqueue s3://{bucket}/{} (job {}): {e}",
-                    o.key,
-                    job.job_id
-                ));
-            }
+    for batch in objects.chunks(BATCH) {
+        let jobs = batch
+            .iter()
+            .map(|source| job(bucket, source, req, pipeline))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let probes: Vec<Option<serde_json::Value>> = batch
+            .iter()
+            .map(|s| {
+                s.probe
+                    .as_ref()
+                    .map(|p| serde_json::to_value(p).expect("a probe serializes"))
+            })
+            .collect();
+        let new = ledger.insert_many(&jobs, &probes, pool).await?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            outcomes.push(if new.contains(&job.job_id) {
+                SubmitOutcome::Enqueued
+            } else if req.force && ledger.reset(&job.job_id).await? {
+                SubmitOutcome::Requeued
+            } else {
+                SubmitOutcome::Known
+            });
         }
-        done.push(Submitted {
-            job_id: job.job_id,
-            source: format!("s3://{bucket}/{}", o.key),
-            pipeline: req.pipeline.into(),
-            outcome,
-        });
+        let to_publish: Vec<&JobMessage> = jobs
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o != SubmitOutcome::Known)
+            .map(|(j, _)| j)
+            .collect();
+        let bodies: Vec<Vec<u8>> = to_publish.iter().map(|j| j.to_json()).collect();
+        let published = publisher.publish_many(&lane, &bodies).await;
+        if let Some((i, e)) = published
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+        {
+            let unpublished: Vec<String> = to_publish
+                .iter()
+                .zip(&published)
+                .filter(|(_, r)| r.is_err())
+                .map(|(j, _)| j.job_id.clone())
+                .filter(|id| new.contains(id))
+                .collect();
+            ledger.forget_many(&unpublished).await?;
+            let job = to_publish[i];
+            return Err(anyhow::anyhow!(
+                "cannot enqueue s3://{bucket}/{} (job {}): {e}",
+                job.source.key,
+                job.job_id
+            ));
+        }
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            done.push(Submitted {
+                source: format!("s3://{bucket}/{}", job.source.key),
+                job_id: job.job_id,
+                pipeline: req.pipeline.into(),
+                outcome,
+            });
+        }
     }
     Ok(done)
 }
 
-/// The objects with their durations, probed a few at a time.
+/// The job message for one object.
+fn job(
+    bucket: &str,
+    src: &Source,
+    req: &Request<'_>,
+    pipeline: &crate::config::Pipeline,
+) -> anyhow::Result<JobMessage> {
+    let o = &src.meta;
+    anyhow::ensure!(
+        !o.etag.is_empty(),
+        "s3://{bucket}/{} has no ETag: the job id and the If-Match check need one",
+        o.key
+    );
+    let source = SourceObject {
+        bucket: bucket.into(),
+        key: o.key.clone(),
+        etag: o.etag.clone(),
+    };
+    let mut job = JobMessage::new(req.pipeline, source, "", req.priority);
+    // Expanded once, here: a config change later does not move a queued job's outputs.
+    job.output = outkey::for_job(&pipeline.output, &job)?;
+    // What mitosis weighs the queued job by, before any cell has run it.
+    job.work_secs = src.duration_secs().map(|secs| secs * pipeline.cost_factor);
+    Ok(job)
+}
+
+/// The objects with their probes, a few at a time.
 async fn probed(
     config: &Config,
     store: &dyn ObjectStore,
@@ -268,11 +363,8 @@ async fn probed(
     objects: Vec<ObjectMeta>,
 ) -> Vec<Source> {
     let probes = objects.into_iter().map(|meta| async move {
-        let duration_secs = ranged_duration(config, store, bucket, &meta).await;
-        Source {
-            meta,
-            duration_secs,
-        }
+        let probe = ranged(config, store, bucket, &meta).await;
+        Source { meta, probe }
     });
     futures_util::stream::iter(probes)
         .buffered(PROBES_AT_ONCE)
@@ -280,17 +372,17 @@ async fn probed(
         .await
 }
 
-/// The source's duration from its first and last bytes only, laid out at their offsets
-/// in a sparse file so that ffprobe finds an index at either end. `None` when it cannot
+/// What the source is, from its first and last bytes only, laid out at their offsets in
+/// a sparse file so that ffprobe finds an index at either end. `None` when it cannot
 /// tell (logged).
-pub async fn ranged_duration(
+pub async fn ranged(
     config: &Config,
     store: &dyn ObjectStore,
     bucket: &str,
     meta: &ObjectMeta,
-) -> Option<f64> {
+) -> Option<probe::Probe> {
     match ranged_probe(config, store, bucket, meta).await {
-        Ok(d) => d,
+        Ok(p) => Some(p),
         Err(e) => {
             tracing::warn!(bucket, key = %meta.key, error = format!("{e:#}"), "ranged probe failed");
             None
@@ -303,7 +395,7 @@ async fn ranged_probe(
     store: &dyn ObjectStore,
     bucket: &str,
     meta: &ObjectMeta,
-) -> anyhow::Result<Option<f64>> {
+) -> anyhow::Result<probe::Probe> {
     use std::io::{Seek, SeekFrom, Write};
     let head_end = meta.size.min(PROBE_BYTES);
     let tail_start = meta.size.saturating_sub(PROBE_BYTES).max(head_end);
@@ -332,8 +424,7 @@ async fn ranged_probe(
         max_pixels: None,
     };
     let never = tokio_util::sync::CancellationToken::new();
-    let p = probe::probe(file.path(), sandbox, &limits, &never).await?;
-    Ok(p.duration)
+    Ok(probe::probe(file.path(), sandbox, &limits, &never).await?)
 }
 
 #[cfg(test)]

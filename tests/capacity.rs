@@ -1,6 +1,7 @@
 //! Capacity and the pool's limits: the `ec2` cloud against an EC2 endpoint that refuses
 //! capacity (tests/common/ec2_proxy.rs in front of moto_server) — moving on after a
-//! refusal, the on-demand fallback within its ceiling, no fallback without it, the
+//! refusal, the on-demand fallback within its ceiling, no fallback without it or for a
+//! denied launch, cells launched before an error kept, the launch deadline, the
 //! allocation strategy sent — and, on the `local` cloud with real sibling processes,
 //! the pool floor and the priority lane under a backlog.
 
@@ -9,10 +10,10 @@ mod common;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::InstanceLifecycleType;
-use cellfarm::cloud::{Cloud, Ec2Cloud};
+use cellfarm::cloud::{Cloud, CloudError, Ec2Cloud, LAUNCH_DEADLINE};
 use cellfarm::config::Ec2;
 use cellfarm::s3url::S3Url;
-use common::ec2_proxy::{Ec2Proxy, Market};
+use common::ec2_proxy::{Ec2Proxy, Market, UNAUTHORIZED};
 use common::moto::{client, instances, launch_template, subnets};
 use common::{edit, Farm};
 
@@ -276,6 +277,85 @@ async fn refused_spot_without_the_fallback_launches_nothing() {
         );
         assert_eq!(s.cloud.count("default").await.unwrap(), Some(0), "{via:?}");
     }
+}
+
+/// Property: a launch EC2 refuses as not authorised (`UnauthorizedOperation`: a fleet
+/// entry, or a RunInstances answer) fails at once, naming the refusal, and never falls
+/// back to on-demand: another market cannot fix a missing permission, and the farm
+/// must not pay on-demand prices for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_launch_fails_without_the_on_demand_fallback() {
+    for via in [Via::Fleet, Via::RunInstances] {
+        let s = setup("denied", via, |c| {
+            c.on_demand_fallback = true;
+            c.on_demand_ceiling = 4;
+        })
+        .await;
+        s.proxy.deny(Market::Spot, &TYPES);
+        let e = s
+            .cloud
+            .launch("default", 2, &format!("{}-1", s.farm))
+            .await
+            .expect_err("denied");
+        let e = e.to_string();
+        assert!(e.contains(UNAUTHORIZED), "{via:?}: {e}");
+        let launches = s.proxy.launches();
+        assert_eq!(
+            launches.len(),
+            1,
+            "{via:?}: one request, then stop: {launches:?}"
+        );
+        assert_eq!(launches[0].market(), Market::Spot, "{via:?}");
+        assert_eq!(s.cloud.count("default").await.unwrap(), Some(0), "{via:?}");
+    }
+}
+
+/// Property: when a fleet launches some cells and EC2 reports an error that is not
+/// about capacity beside them, the launch fails, and its error carries every instance
+/// that was launched (they exist and bill: the tick records them as pending).
+#[tokio::test(flavor = "multi_thread")]
+async fn cells_launched_before_an_error_are_kept() {
+    let s = setup("kept", Via::Fleet, |_| {}).await;
+    s.proxy.deny(Market::Spot, &TYPES[..1]);
+    let e = s
+        .cloud
+        .launch("default", 2, &format!("{}-1", s.farm))
+        .await
+        .expect_err("one type denied");
+    let CloudError::Launch {
+        launched, reason, ..
+    } = &e
+    else {
+        panic!("not a launch error: {e}");
+    };
+    assert!(reason.contains(UNAUTHORIZED), "{reason}");
+    assert_eq!(launched.len(), 2, "{e}");
+    let mut existing: Vec<String> = instances(&s.ec2, launched)
+        .await
+        .iter()
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect();
+    existing.sort();
+    let mut kept = launched.clone();
+    kept.sort();
+    assert_eq!(existing, kept, "the error names the instances EC2 has");
+    assert_eq!(s.cloud.count("default").await.unwrap(), Some(2));
+}
+
+/// Property: a launch ends by [`LAUNCH_DEADLINE`] even when EC2 does not answer: the
+/// CreateFleet request is not waited on (or retried) past it, so the launch cannot
+/// outlive the pool's mitosis lock; the error says it timed out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_launch_ends_by_its_deadline() {
+    let s = setup("deadline", Via::Fleet, |_| {}).await;
+    s.proxy.hold("CreateFleet", LAUNCH_DEADLINE * 3);
+    let e = s
+        .cloud
+        .launch("default", 1, &format!("{}-1", s.farm))
+        .await
+        .expect_err("EC2 did not answer in time")
+        .to_string();
+    assert!(e.contains("timeout"), "{e}");
 }
 
 /// Property: the CreateFleet request carries the allocation strategy of the config,

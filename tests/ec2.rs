@@ -15,6 +15,7 @@ use cellfarm::cloud::{Cloud, Ec2Cloud, FARM_TAG, LAUNCHED_BY_TAG};
 use cellfarm::config::Ec2;
 use cellfarm::metadata::POOL_TAG;
 use cellfarm::s3url::S3Url;
+use common::ec2_proxy::Ec2Proxy;
 use common::imds::MetadataServer;
 use common::moto::{client, instances, launch_template, subnets, url as moto};
 use common::Farm;
@@ -402,6 +403,109 @@ async fn the_ceiling_counts_the_tagged_instances_that_exist() {
         "nothing past the ceiling"
     );
     assert_eq!(farm.cells_launched().await, 1);
+}
+
+/// A farm of its own on the `ec2` cloud (the `scaled` pool) through a fresh EC2 proxy,
+/// which records its requests.
+async fn proxied_farm(test: &str) -> (Farm, Ec2Proxy) {
+    let ec2 = client().await;
+    let (subnets, sg) = network(&ec2).await;
+    let proxy = Ec2Proxy::start();
+    let toml = ec2_toml(&subnets, &sg, "").replace(&moto(), &proxy.url);
+    (Farm::new(test, &toml).await, proxy)
+}
+
+/// Forgets everything Redis holds for `farm`, as a Redis restart without persistence
+/// (or a failover to an empty replica) does.
+async fn forget_redis(farm: &str) {
+    let url = common::env("CELLFARM_TEST_REDIS", "redis://127.0.0.1:6379");
+    let client = redis::Client::open(url).expect("a Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{farm}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+}
+
+/// Property: the ClientToken of a launch is new for every decision, whatever Redis
+/// remembers: after Redis loses the farm's state, the next launch still sends a token
+/// EC2 has never seen (EC2 keeps a token for a day after its instances end, and would
+/// answer a repeated one with the old instances, or refuse it).
+#[tokio::test(flavor = "multi_thread")]
+async fn launch_tokens_never_repeat_when_redis_forgets() {
+    let (farm, proxy) = proxied_farm("token").await;
+    let clip = farm.clip("clip", 1.0, "testsrc");
+    let tokens = || -> Vec<String> {
+        let launches = proxy.launches();
+        let tokens = launches.iter().filter_map(|r| r.param("ClientToken"));
+        tokens.map(String::from).collect()
+    };
+    let mut seen = Vec::new();
+    let mut decisions: Vec<Vec<String>> = Vec::new();
+    for i in 0..2 {
+        farm.put_file(&format!("in/clip{i}.mp4"), &clip);
+        farm.submit(&format!("in/clip{i}.mp4"), "scaled");
+        let sent = tokens();
+        assert!(sent.len() > seen.len(), "submission {i} launched nothing");
+        decisions.push(sent[seen.len()..].to_vec());
+        seen = sent;
+        // The cells never came: Redis forgets them, and EC2 ends them.
+        forget_redis(&farm.name).await;
+        let machines = Ec2Cloud::new(
+            &cellfarm::aws::sdk_config().await,
+            &farm.name,
+            farm.config.cloud.ec2.clone().unwrap(),
+            String::new(),
+            "test".into(),
+            None,
+        );
+        let ids: Vec<String> = (machines.machines("scaled").await.unwrap().unwrap())
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        machines.terminate(&ids).await.unwrap();
+    }
+    let repeated: Vec<&String> = (decisions[1].iter())
+        .filter(|t| decisions[0].contains(t))
+        .collect();
+    assert!(repeated.is_empty(), "tokens sent again: {repeated:?}");
+}
+
+/// Property: the pool's census of its instances serves every decider of the farm for a
+/// while: two ticks (two `submit` processes) ask EC2 for the instances once; once Redis
+/// forgot the census, the next tick asks again (so the ceiling still holds against what
+/// exists).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_instance_census_is_shared_between_ticks() {
+    let (farm, proxy) = proxied_farm("census").await;
+    let clip = farm.clip("clip", 1.0, "testsrc");
+    let describes = || {
+        let recorded = proxy.recorded();
+        recorded
+            .iter()
+            .filter(|r| r.action == "DescribeInstances")
+            .count()
+    };
+    for i in 0..3 {
+        farm.put_file(&format!("in/clip{i}.mp4"), &clip);
+    }
+    farm.submit("in/clip0.mp4", "scaled");
+    farm.submit("in/clip1.mp4", "scaled");
+    assert_eq!(describes(), 1, "two ticks, one DescribeInstances");
+    forget_redis(&farm.name).await;
+    farm.submit("in/clip2.mp4", "scaled");
+    assert_eq!(describes(), 2, "a forgotten census is taken again");
 }
 
 /// Property: a cell on an EC2 instance learns its id and pool from instance metadata

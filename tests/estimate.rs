@@ -1,8 +1,12 @@
-//! Work-aware scaling needs each queued job's work before any cell has run it.
+//! What a submission learns of a source: work-aware scaling needs each queued job's
+//! work before any cell has run it, and the cell that runs it need not probe it again.
 
 mod common;
 
-use common::Farm;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{edit, Farm};
 
 /// The estimated work seconds each job of `pipeline` carries in its message.
 async fn work_secs(farm: &Farm, pipeline: &str) -> Vec<Option<f64>> {
@@ -53,4 +57,55 @@ async fn queued_jobs_carry_their_estimated_work() {
     let short = thumbs[0].expect("the trigger's estimate");
     // thumbnails' cost factor is 0.1.
     assert!((short - 0.2).abs() < 0.02, "2 s × 0.1: {short}");
+}
+
+/// Property: a source probed at submission is probed once. A cell whose ffprobe fails
+/// every probe (it answers only `-version`, the start-up check) still runs a thumbnails
+/// job submitted with its ranged probe, because the probe is in the job's ledger row and
+/// the JPEG outputs are read in-process; the same cell fails the job submitted with
+/// `--no-probe` at the source's probe, so the first job did not get by on luck.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_probed_at_submission_is_not_probed_again() {
+    let mut farm = Farm::new("probe-once", "").await;
+    farm.put_file("in/probed.mp4", &farm.clip("probed", 2.0, "testsrc"));
+    farm.put_file("in/unprobed.mp4", &farm.clip("unprobed", 2.0, "testsrc2"));
+    let probed = farm.submit_id("in/probed.mp4", "thumbnails");
+    let url = format!("s3://{}/in/unprobed.mp4", farm.bucket);
+    let out = farm.run(&["submit", &url, "--pipeline", "thumbnails", "--no-probe"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let unprobed = stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("a job id")
+        .to_string();
+
+    let broken = farm.dir.path().join("ffprobe-that-fails");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\n[ \"$1\" = -version ] && exec /usr/bin/ffprobe -version\n\
+         echo \"this ffprobe never probes\" >&2\nexit 1\n",
+    )
+    .expect("write the stand-in");
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    farm.edit_config(|doc| {
+        edit::add(doc, "cell.ffprobe", broken.display().to_string());
+        // The stand-in is a shell script: the point here is what runs, not confinement.
+        edit::add(doc, "cell.sandbox", "off");
+    });
+    let status = farm.run_cell_until_idle();
+    assert!(status.success(), "{}", farm.logs());
+
+    let (state, _, error) = farm.job(&probed).await.expect("the probed job");
+    assert_eq!(state, "succeeded", "{error:?}\n{}", farm.logs());
+    assert_eq!(farm.outputs(&probed).await.len(), 2);
+    farm.wait_state(&unprobed, "failed", Duration::from_secs(30))
+        .await;
+    let (_, _, error) = farm.job(&unprobed).await.expect("the unprobed job");
+    let error = error.expect("a reason");
+    assert!(error.contains("this ffprobe never probes"), "{error}");
 }

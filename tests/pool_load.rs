@@ -1,6 +1,6 @@
-//! The ledger's pool load summary (migration 0008) on the real PostgreSQL: what the
-//! mitosis tick reads in O(1) must be what a scan of the jobs would say, after any mix
-//! of the ledger's own transitions.
+//! The ledger's pool summary (migrations 0008 and 0011) on the real PostgreSQL: what
+//! the mitosis tick and `cellfarm status` read in O(1) must be what a scan of the jobs
+//! would say, after any mix of the ledger's own transitions.
 
 mod common;
 
@@ -94,11 +94,21 @@ async fn step(ledger: &Ledger, rng: &mut StdRng, jobs: usize, attempts: &mut [i3
     };
     let lease = Duration::from_secs(rng.gen_range(0..2) * 60);
     match rng.gen_range(0..9) {
-        0 => {
+        0 if rng.gen_bool(0.5) => {
             ledger.insert(&j, POOL).await.expect("insert");
         }
+        0 => {
+            // A batch as `submit` writes it, one new job with its ranged probe.
+            let batch = [j.clone(), job((i + 1) % jobs)];
+            let probe = serde_json::json!({ "duration": rng.gen_range(1.0..90.0) });
+            let probes = [Some(probe), None];
+            ledger
+                .insert_many(&batch, &probes, POOL)
+                .await
+                .expect("insert many");
+        }
         1 | 2 => {
-            if let Claim::Run { attempt } = ledger
+            if let Claim::Run { attempt, .. } = ledger
                 .claim(&j, POOL, "cell", lease, 100)
                 .await
                 .expect("claim")
@@ -126,7 +136,7 @@ async fn step(ledger: &Ledger, rng: &mut StdRng, jobs: usize, attempts: &mut [i3
         }
         7 => {
             ledger.reset(&j.job_id).await.expect("reset");
-            ledger.forget(&j.job_id).await.expect("forget");
+            (ledger.forget_many(std::slice::from_ref(&j.job_id)).await).expect("forget");
         }
         _ => {
             ledger.requeue_expired(&j.job_id).await.expect("requeue");
@@ -135,10 +145,24 @@ async fn step(ledger: &Ledger, rng: &mut StdRng, jobs: usize, attempts: &mut [i3
     }
 }
 
-/// Property: after every one of 600 random transitions of 40 jobs (inserts, claims
-/// with live and lapsed leases, probes, retries, hand-backs, failures, resets, forgotten
-/// and buried jobs), the summary the tick reads equals a scan of the jobs: no job's
-/// share is lost or counted twice, and an emptied pool weighs exactly nothing.
+/// The oracle of `status`: jobs by pool and state, counted.
+async fn counted(ledger: &Ledger) -> Vec<(String, String, i64)> {
+    let rows = sqlx::query(
+        "SELECT pool, state, count(*) AS jobs FROM jobs GROUP BY pool, state ORDER BY pool, state",
+    )
+    .fetch_all(ledger.pool())
+    .await
+    .expect("count");
+    rows.iter()
+        .map(|r| (r.get("pool"), r.get("state"), r.get("jobs")))
+        .collect()
+}
+
+/// Property: after every one of 600 random transitions of 40 jobs (inserts one at a
+/// time and in batches, claims with live and lapsed leases, probes, retries, hand-backs,
+/// failures, resets, forgotten and buried jobs), the summary the tick reads equals a scan
+/// of the jobs, and so do the counts by state that `status` reads: no job's share is lost
+/// or counted twice, and an emptied pool weighs exactly nothing.
 #[tokio::test]
 async fn the_pool_load_summary_always_equals_a_scan_of_the_jobs() {
     let ledger = ledger("pool_load_summary").await;
@@ -149,6 +173,11 @@ async fn the_pool_load_summary_always_equals_a_scan_of_the_jobs() {
         step(&ledger, &mut rng, jobs, &mut attempts).await;
         let summary = ledger.pool_load(POOL).await.expect("summary");
         assert_eq!(summary, scanned(&ledger).await, "after step {n}");
+        let states: Vec<_> = (ledger.state_counts().await.expect("states"))
+            .into_iter()
+            .map(|c| (c.pool, c.state.to_string(), c.jobs))
+            .collect();
+        assert_eq!(states, counted(&ledger).await, "states after step {n}");
     }
     for i in 0..jobs {
         ledger.bury(&job(i).job_id, "end").await.expect("bury");

@@ -151,7 +151,7 @@ async fn watch_takes_each_new_object_once_across_a_restart() {
     farm.kill(first);
 
     farm.put_file("in/c.mp4", &clip);
-    farm.start(watch(&farm));
+    let second = farm.start(watch(&farm));
     wait_jobs(&farm, 3, Duration::from_secs(60)).await;
     // A few more passes of the new watcher, and of nothing else.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -161,6 +161,13 @@ async fn watch_takes_each_new_object_once_across_a_restart() {
         3,
         "each object enqueued once"
     );
+    // The new watcher asked the ledger about the three objects once, on its first pass,
+    // and about none on the passes after it: a pass does not re-read what it has taken.
+    let log = std::fs::read_to_string(farm.dir.path().join(format!("cell{second}.log")))
+        .expect("the second watcher's log");
+    let passes: Vec<&str> = log.lines().filter(|l| l.contains("watch pass")).collect();
+    assert_eq!(passes.len(), 1, "{log}");
+    assert!(passes[0].contains("looked_up=3"), "{log}");
 }
 
 /// (ETag, size) of an object.

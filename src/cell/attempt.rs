@@ -80,6 +80,9 @@ pub struct Attempt<'a> {
     ledger: &'a Ledger,
     /// Cuts this attempt alone short (a child of the cell's abort token).
     pub cancel: CancellationToken,
+    /// What the ledger already knew of the source when the job was claimed: the
+    /// submission's ranged probe, or an earlier attempt's probe.
+    pub known_probe: Option<serde_json::Value>,
 }
 
 impl<'a> Attempt<'a> {
@@ -103,7 +106,7 @@ impl<'a> Attempt<'a> {
             }
         };
         match claim {
-            Claim::Run { attempt } => Ok(Attempt {
+            Claim::Run { attempt, probe } => Ok(Attempt {
                 id: AttemptId {
                     job_id: job.job_id.clone(),
                     attempt,
@@ -112,6 +115,7 @@ impl<'a> Attempt<'a> {
                 job,
                 ledger,
                 cancel: CancellationToken::new(),
+                known_probe: probe,
             }),
             Claim::Finished { state } => {
                 tracing::info!(%state, "duplicate delivery of a finished job; dropping");

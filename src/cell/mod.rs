@@ -16,6 +16,7 @@
 
 mod alive;
 mod attempt;
+mod laps;
 mod metrics;
 mod reconcile;
 mod reload;
@@ -43,6 +44,7 @@ use crate::job::{JobMessage, ResultMessage};
 use crate::queue::{Names, Publisher, QueueError, JOB_ID_HEADER, REASON_HEADER};
 
 use attempt::{Attempt, Ending, Settle};
+use laps::{Laps, Phase};
 use reload::Reload;
 use running::Work;
 use slots::Slots;
@@ -233,30 +235,45 @@ impl Cell {
 
     /// Everything about one delivery, ending in one [`Settle`].
     async fn handle(&self, pool: &str, delivery: &Delivery, abort: &CancellationToken) {
-        let settle = match JobMessage::parse(&delivery.data) {
-            Ok(job) => {
-                let span = tracing::info_span!("job", job = %job.job_id, pipeline = %job.pipeline);
-                self.attempt(pool, job, abort).instrument(span).await
-            }
+        let job = match JobMessage::parse(&delivery.data) {
+            Ok(job) => job,
             Err(e) => {
                 tracing::warn!(pool, error = %e, "malformed message; dead-lettering");
-                Settle::DeadLetter {
+                let settle = Settle::DeadLetter {
                     reason: e.to_string(),
                     job_id: String::new(),
-                }
+                };
+                return self.settle(pool, delivery, settle).await;
             }
         };
-        self.settle(pool, delivery, settle).await;
+        let span = tracing::info_span!("job", job = %job.job_id, pipeline = %job.pipeline);
+        async {
+            let laps = Laps::start();
+            let settle = self.attempt(pool, job, abort, &laps).await;
+            self.settle(pool, delivery, settle).await;
+            laps.lap(Phase::Settle);
+            tracing::info!(%laps, "job timings");
+        }
+        .instrument(span)
+        .await;
     }
 
     /// Claims and runs one job; the attempt is tracked (its lease renewed, its estimate
     /// weighed by a spot notice) while it runs.
-    async fn attempt(&self, pool: &str, job: JobMessage, abort: &CancellationToken) -> Settle {
+    async fn attempt(
+        &self,
+        pool: &str,
+        job: JobMessage,
+        abort: &CancellationToken,
+        laps: &Laps,
+    ) -> Settle {
         let config = self.config();
         let lease = Duration::from_secs(config.cell.lease_secs);
         let max = config.cell.max_attempts;
         let ledger = &self.systems.ledger;
-        let mut attempt = match Attempt::claim(ledger, job, pool, &self.cell_id, lease, max).await {
+        let claimed = Attempt::claim(ledger, job, pool, &self.cell_id, lease, max).await;
+        laps.lap(Phase::Claim);
+        let mut attempt = match claimed {
             Ok(attempt) => attempt,
             Err(settle) => return settle,
         };
@@ -276,6 +293,7 @@ impl Cell {
             threads: self.slots.threads(),
             estimate: &estimate,
             progress,
+            laps,
         };
         let produced = work::execute(&ctx, &attempt).await;
         self.untrack(&job_id);
@@ -290,6 +308,7 @@ impl Cell {
             fault_budget: Duration::from_secs(config.cell.fault_budget_secs),
         };
         let settle = attempt.end(produced, ending).await;
+        laps.lap(Phase::Commit);
         tracing::info!(
             secs = started.elapsed().as_secs_f64(),
             settle = settle.kind(),

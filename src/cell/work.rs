@@ -7,15 +7,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OutputSpec, Pipeline, SourceLimits, TIMEOUT_MARGIN};
 use crate::failure::JobFailure;
-use crate::ffmpeg::{self, probe, progress, Access, FfmpegError, Limits, Sandbox, Tool};
+use crate::ffmpeg::{self, header, probe, progress, Access, FfmpegError, Limits, Sandbox, Tool};
 use crate::job::{unquote_etag, JobMessage, OutputObject};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
 use super::attempt::Attempt;
+use super::laps::{Laps, Phase};
 
 /// What an attempt needs from its cell.
 pub struct Context<'a> {
@@ -28,6 +30,8 @@ pub struct Context<'a> {
     pub estimate: &'a (dyn Fn(f64) + Sync),
     /// Told how far the attempt's FFmpeg steps have got, as they run.
     pub progress: super::running::Meter,
+    /// Where the attempt's time goes.
+    pub laps: &'a Laps,
 }
 
 /// A directory removed on drop.
@@ -90,9 +94,11 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
     ));
     let source = make_room(ctx, job, pipeline, &root).await?;
     let scratch = Scratch::create(root, ctx.sandbox)?;
+    ctx.laps.lap(Phase::Head);
     limits.access = Access::scratch(&scratch.0);
     let source_probe = fetch_source(ctx, attempt, &source, pipeline, &limits, &scratch).await?;
     let base = fetch_assets(ctx, pipeline, &scratch).await?;
+    ctx.laps.lap(Phase::Download);
     let vars = pipeline
         .step_vars(&ctx.config.vars, &source_probe, base)
         .map_err(|reason| JobFailure::Pipeline {
@@ -111,28 +117,16 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         let secs = pipeline.derived_timeout_secs(source_probe.duration.unwrap_or(0.0), floor);
         limits.timeout = std::time::Duration::from_secs(secs);
     }
-    let steps = commands.len();
-    for (step, args) in commands.iter().enumerate() {
-        let report = step_report(&ctx.progress, step, steps, source_probe.duration);
-        ffmpeg::run_reporting(
-            ctx.sandbox,
-            Tool::Ffmpeg,
-            args,
-            &limits,
-            &attempt.cancel,
-            Some(report),
-        )
-        .await
-        .map_err(|source| match source {
-            FfmpegError::TimedOut { secs, .. } if derived => JobFailure::OverEstimate {
-                step,
-                secs,
-                margin: TIMEOUT_MARGIN,
-                source,
-            },
-            source => JobFailure::Step { step, source },
-        })?;
-    }
+    run_steps(
+        ctx,
+        attempt,
+        &commands,
+        &limits,
+        derived,
+        source_probe.duration,
+    )
+    .await?;
+    ctx.laps.lap(Phase::Ffmpeg);
     // Outputs are our own files with names from the config, so image outputs may be
     // probed with the image2 demuxer that untrusted sources are denied.
     let mut output_limits = limits.clone();
@@ -147,11 +141,49 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         &attempt.cancel,
     )
     .await?;
+    ctx.laps.lap(Phase::Checks);
     // Last look before anything becomes visible: a superseded attempt uploads nothing.
     if !attempt.holds().await? {
         return Err(JobFailure::Superseded);
     }
-    publish(ctx, attempt, &source_probe, files, &scratch).await
+    let produced = publish(ctx, attempt, &source_probe, files, &scratch).await;
+    ctx.laps.lap(Phase::Upload);
+    produced
+}
+
+/// Runs the pipeline's FFmpeg steps in order, each reporting its progress to the job's
+/// meter; a step past a derived timeout is over its estimate.
+async fn run_steps(
+    ctx: &Context<'_>,
+    attempt: &Attempt<'_>,
+    commands: &[Vec<String>],
+    limits: &Limits,
+    derived: bool,
+    duration: Option<f64>,
+) -> Result<(), JobFailure> {
+    let steps = commands.len();
+    for (step, args) in commands.iter().enumerate() {
+        let report = step_report(&ctx.progress, step, steps, duration);
+        ffmpeg::run_reporting(
+            ctx.sandbox,
+            Tool::Ffmpeg,
+            args,
+            limits,
+            &attempt.cancel,
+            Some(report),
+        )
+        .await
+        .map_err(|source| match source {
+            FfmpegError::TimedOut { secs, .. } if derived => JobFailure::OverEstimate {
+                step,
+                secs,
+                margin: TIMEOUT_MARGIN,
+                source,
+            },
+            source => JobFailure::Step { step, source },
+        })?;
+    }
+    Ok(())
 }
 
 /// Where step `step` of `steps` sends FFmpeg's progress: the job's meter, as a fraction
@@ -230,6 +262,10 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 
 /// Downloads the source to `in/source`, probes it and holds it to the pipeline's
 /// limits; the estimate and the ledger learn what it is.
+///
+/// Probed once: a probe the ledger already holds for the job (made at submission, or
+/// by an earlier attempt) is used as it is. The job id is derived from the source's
+/// ETag and [`make_room`] has checked that ETag, so the probe describes these bytes.
 async fn fetch_source(
     ctx: &Context<'_>,
     attempt: &Attempt<'_>,
@@ -243,13 +279,26 @@ async fn fetch_source(
     ctx.store
         .download_found(&src.bucket, source, &input)
         .await?;
-    let source_probe = probe::probe(&input, ctx.sandbox, limits, &attempt.cancel)
-        .await
-        .map_err(|e| {
-            pixel_bomb(&attempt.job.pipeline, &pipeline.limits, &e).unwrap_or(JobFailure::Probe(e))
-        })?;
-    let probe_json = serde_json::to_value(&source_probe).expect("a probe always serializes");
-    attempt.record_probe(&probe_json).await?;
+    ctx.laps.lap(Phase::Download);
+    let known = attempt
+        .known_probe
+        .as_ref()
+        .and_then(|v| serde_json::from_value::<probe::Probe>(v.clone()).ok())
+        .filter(|p| !p.streams.is_empty());
+    let source_probe = match known {
+        Some(known) => known,
+        None => {
+            let p = probe::probe(&input, ctx.sandbox, limits, &attempt.cancel)
+                .await
+                .map_err(|e| {
+                    pixel_bomb(&attempt.job.pipeline, &pipeline.limits, &e)
+                        .unwrap_or(JobFailure::Probe(e))
+                })?;
+            let probe_json = serde_json::to_value(&p).expect("a probe always serializes");
+            attempt.record_probe(&probe_json).await?;
+            p
+        }
+    };
     if source_probe.video().is_none() && source_probe.audio().is_none() {
         return Err(JobFailure::Output {
             path: "source".into(),
@@ -257,6 +306,7 @@ async fn fetch_source(
         });
     }
     within_limits(&attempt.job.pipeline, &pipeline.limits, &source_probe)?;
+    ctx.laps.lap(Phase::Probe);
     if let Some(duration) = source_probe.duration {
         (ctx.estimate)(duration * pipeline.cost_factor);
     }
@@ -358,32 +408,46 @@ async fn publish(
         pipeline: job.pipeline.clone(),
         reason,
     })?;
-    let mut outputs = Vec::with_capacity(files.len());
-    let mut entries = Vec::with_capacity(files.len());
-    for file in files {
-        let key = output_key(&dest.key, &file.rel);
-        let (size, sha256) = digest(&file.path).map_err(|source| JobFailure::Scratch {
-            path: file.path.display().to_string(),
-            source,
-        })?;
-        upload_patiently(
-            ctx,
-            &dest.bucket,
-            &key,
-            &file.path,
-            file.content_type.as_deref(),
-        )
+    // Outputs go up a few at a time (an HLS ladder has hundreds of segments), each
+    // digested while the others upload; the order of the manifest is the outputs'.
+    let uploads = files.into_iter().map(|file| {
+        let dest = &dest;
+        async move {
+            let key = output_key(&dest.key, &file.rel);
+            let path = file.path.clone();
+            let digested = tokio::task::spawn_blocking(move || digest(&path))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            let (size, sha256) = digested.map_err(|source| JobFailure::Scratch {
+                path: file.path.display().to_string(),
+                source,
+            })?;
+            upload_patiently(
+                ctx,
+                &dest.bucket,
+                &key,
+                &file.path,
+                file.content_type.as_deref(),
+            )
+            .await?;
+            let entry = serde_json::json!({
+                "key": key, "size": size, "sha256": sha256,
+                "content_type": file.content_type, "probe": file.probe,
+            });
+            let output = OutputObject {
+                bucket: dest.bucket.clone(),
+                key,
+                size,
+            };
+            Ok::<_, JobFailure>((entry, output))
+        }
+    });
+    let uploaded: Vec<(serde_json::Value, OutputObject)> = futures_util::stream::iter(uploads)
+        .buffered(UPLOADS_AT_ONCE)
+        .try_collect()
         .await?;
-        entries.push(serde_json::json!({
-            "key": key, "size": size, "sha256": sha256,
-            "content_type": file.content_type, "probe": file.probe,
-        }));
-        outputs.push(OutputObject {
-            bucket: dest.bucket.clone(),
-            key,
-            size,
-        });
-    }
+    let (entries, outputs): (Vec<_>, Vec<_>) = uploaded.into_iter().unzip();
     let manifest = serde_json::json!({
         "v": crate::job::VERSION,
         "job_id": job.job_id,
@@ -409,6 +473,10 @@ async fn publish(
     };
     Ok(Produced { outputs, manifest })
 }
+
+/// Outputs uploaded at once by one attempt: enough to hide each PUT's round trip behind
+/// the others', few enough that a slot's uploads do not crowd the other slots'.
+const UPLOADS_AT_ONCE: usize = 4;
 
 /// Tries an upload whose SDK retries all failed again, with backoff, before the attempt
 /// gives up the outputs it made: an S3 hiccup must not cost an encode.
@@ -499,6 +567,8 @@ struct OutputFile {
 }
 
 /// Finds every declared output and checks it; a missing or wrong output fails the job.
+/// A still image is read from its header in-process ([`header::still_image`]); anything
+/// else is probed by ffprobe.
 async fn check_outputs(
     ctx: &Context<'_>,
     pipeline: &Pipeline,
@@ -527,12 +597,15 @@ async fn check_outputs(
             }
             let mut found = None;
             if needs_probe(spec) {
-                let p = probe::probe(&path, ctx.sandbox, limits, cancel)
-                    .await
-                    .map_err(|e| JobFailure::Output {
-                        path: rel.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let p = match header::still_image(&path) {
+                    Some(p) => p,
+                    None => probe::probe(&path, ctx.sandbox, limits, cancel)
+                        .await
+                        .map_err(|e| JobFailure::Output {
+                            path: rel.clone(),
+                            reason: e.to_string(),
+                        })?,
+                };
                 probe::verify(&spec.expect(), &p, source).map_err(|reason| JobFailure::Output {
                     path: rel.clone(),
                     reason,

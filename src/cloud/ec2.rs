@@ -1,14 +1,21 @@
 //! The `ec2` cloud: a sibling cell is an EC2 spot instance booted from the farm's AMI.
 //!
 //! With a launch template, one CreateFleet `instant` request spreads the cells over every
-//! configured instance type and subnet with the configured allocation strategy. Without
-//! one, RunInstances is tried per instance type and subnet, in the configured order,
-//! until the cells are launched. A capacity refusal moves on to the next choice at once (it is
-//! not retried in the same place); any other error stops the launch. With
-//! `on_demand_fallback`, what spot refused everywhere is launched on-demand, as long as
-//! the pool's on-demand instances stay within `on_demand_ceiling`: the cloud counts
-//! them by their lifecycle (every instance of the pool that is not spot), so the bound
-//! holds across cells and restarts.
+//! configured instance type and subnet with the configured allocation strategy; the
+//! template carries what a fleet request cannot set (user data, IMDS options, shutdown
+//! behaviour, instance profile, disk: `deploy/cellfarm.yaml` makes one). Without one,
+//! RunInstances is tried per instance type and subnet, in the configured order, until
+//! the cells are launched. A capacity refusal moves on to the next choice at once (it is
+//! not retried in the same place). A denied launch (`UnauthorizedOperation`,
+//! `AuthFailure`, the spot service-linked role missing) or an invalid one stops the
+//! launch, and the cells launched before it are kept in the error. With
+//! `on_demand_fallback`, what spot refused for capacity everywhere is launched
+//! on-demand, as long as the pool's on-demand instances stay within
+//! `on_demand_ceiling`: the cloud counts them by their lifecycle (every instance of the
+//! pool that is not spot), so the bound holds across cells and restarts.
+//!
+//! A launch ends by [`LAUNCH_DEADLINE`], its requests' retries included, and every
+//! request's ClientToken derives from the decision's token, which is random.
 //!
 //! Every instance carries the tags `cellfarm:farm`, `cellfarm:pool` and
 //! `cellfarm:launched-by`; its user data is the config URL and nothing else (credentials
@@ -17,9 +24,12 @@
 //! ceiling holds even when Redis forgot the pending launches.
 
 use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
 use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::operation::create_fleet::CreateFleetError;
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     DefaultTargetCapacityType, Filter, FleetLaunchTemplateConfigRequest,
@@ -31,8 +41,9 @@ use aws_sdk_ec2::types::{
     TagSpecification, TargetCapacitySpecificationRequest,
 };
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
-use super::{Cloud, CloudError, Machine};
+use super::{Cloud, CloudError, Machine, LAUNCH_DEADLINE};
 use crate::config::Ec2;
 use crate::metadata::{Metadata, POOL_TAG};
 
@@ -109,15 +120,9 @@ impl Ec2Cloud {
             .build()
     }
 
-    /// One CreateFleet `instant` request for `n` cells of `market`.
-    async fn fleet(
-        &self,
-        template: &str,
-        pool: &str,
-        n: u32,
-        market: Market,
-        token: &str,
-    ) -> Result<(Vec<String>, Vec<String>), String> {
+    /// The fleet's one launch template config: the template, and every instance type
+    /// in every subnet as its overrides.
+    fn fleet_config(&self, template: &str) -> FleetLaunchTemplateConfigRequest {
         let mut spec = FleetLaunchTemplateSpecificationRequest::builder()
             .version(&self.cfg.launch_template_version);
         spec = if template.starts_with("lt-") {
@@ -151,9 +156,21 @@ impl Ec2Cloud {
                 config = config.overrides(o.build());
             }
         }
+        config.build()
+    }
+
+    /// One CreateFleet `instant` request for `n` cells of `market`. Capacity refusals
+    /// (per override, or of the whole request) go to `refusals`; any other error in the
+    /// answer fails the launch, with the instances the fleet did launch kept.
+    async fn fleet(
+        &self,
+        template: &str,
+        req: Request<'_>,
+        refusals: &mut Vec<String>,
+    ) -> Result<Vec<String>, Partial> {
         let capacity = TargetCapacitySpecificationRequest::builder()
-            .total_target_capacity(n as i32)
-            .default_target_capacity_type(match market {
+            .total_target_capacity(req.n as i32)
+            .default_target_capacity_type(match req.market {
                 Market::Spot => DefaultTargetCapacityType::Spot,
                 Market::OnDemand => DefaultTargetCapacityType::OnDemand,
             })
@@ -162,7 +179,7 @@ impl Ec2Cloud {
             .client
             .create_fleet()
             .r#type(FleetType::Instant)
-            .launch_template_configs(config.build())
+            .launch_template_configs(self.fleet_config(template))
             .target_capacity_specification(capacity)
             .spot_options(
                 SpotOptionsRequest::builder()
@@ -171,52 +188,41 @@ impl Ec2Cloud {
                     ))
                     .build(),
             )
-            .tag_specifications(self.tags(pool))
-            .client_token(client_token(token, "fleet"))
+            .tag_specifications(self.tags(req.pool))
+            .client_token(client_token(
+                req.token,
+                &format!("fleet-{}", req.market as u8),
+            ))
+            .customize()
+            .config_override(bounded(req.deadline).map_err(Partial::none)?)
             .send()
             .await;
         let out = match out {
             Ok(out) => out,
             // The whole request refused for capacity: nothing launched, try elsewhere.
-            Err(e) if is_capacity(&e) => return Ok((Vec::new(), vec![describe(e)])),
-            Err(e) => return Err(describe(e)),
+            Err(e) if refusal(&e) == Some(Refusal::Capacity) => {
+                refusals.push(describe(e));
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(Partial::none(format!("CreateFleet: {}", describe(e)))),
         };
-        let ids = out
-            .instances()
-            .iter()
-            .flat_map(|i| i.instance_ids().iter().cloned())
-            .collect();
-        let errors = out
-            .errors()
-            .iter()
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e.error_code().unwrap_or("error"),
-                    e.error_message().unwrap_or_default()
-                )
-            })
-            .collect();
-        Ok((ids, errors))
+        fleet_answer(&out, refusals)
     }
 
-    /// RunInstances for up to `n` cells of one instance type in one subnet.
+    /// RunInstances for up to `req.n` cells of one instance type in one subnet.
     async fn run(
         &self,
-        pool: &str,
-        n: u32,
+        req: Request<'_>,
         instance_type: &str,
         subnet: Option<&str>,
-        market: Market,
-        token: &str,
     ) -> Result<Vec<String>, SdkError<RunInstancesError>> {
-        let mut req = self
+        let mut builder = self
             .client
             .run_instances()
             .set_image_id(self.cfg.image_id.clone())
             .instance_type(InstanceType::from(instance_type))
             .min_count(1)
-            .max_count(n as i32)
+            .max_count(req.n as i32)
             .set_subnet_id(subnet.map(String::from))
             .set_security_group_ids(
                 (!self.cfg.security_groups.is_empty()).then(|| self.cfg.security_groups.clone()),
@@ -235,21 +241,25 @@ impl Ec2Cloud {
                     .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
                     .build(),
             )
-            .tag_specifications(self.tags(pool))
+            .tag_specifications(self.tags(req.pool))
             .client_token(client_token(
-                token,
-                &format!("{instance_type}/{}", subnet.unwrap_or("")),
+                req.token,
+                &format!(
+                    "{}/{instance_type}/{}",
+                    req.market as u8,
+                    subnet.unwrap_or("")
+                ),
             ));
         if let Some(profile) = &self.cfg.instance_profile {
             let spec = IamInstanceProfileSpecification::builder();
-            req = req.iam_instance_profile(if profile.starts_with("arn:") {
+            builder = builder.iam_instance_profile(if profile.starts_with("arn:") {
                 spec.arn(profile).build()
             } else {
                 spec.name(profile).build()
             });
         }
-        if market == Market::Spot {
-            req = req.instance_market_options(
+        if req.market == Market::Spot {
+            builder = builder.instance_market_options(
                 InstanceMarketOptionsRequest::builder()
                     .market_type(MarketType::Spot)
                     .spot_options(
@@ -261,11 +271,10 @@ impl Ec2Cloud {
                     .build(),
             );
         }
-        let out = req
+        let overrides = bounded(req.deadline).map_err(SdkError::construction_failure)?;
+        let out = builder
             .customize()
-            .config_override(
-                aws_sdk_ec2::config::Builder::new().retry_classifier(NoRetryOnCapacity),
-            )
+            .config_override(overrides)
             .send()
             .await?;
         Ok(out
@@ -275,15 +284,14 @@ impl Ec2Cloud {
             .collect())
     }
 
-    /// RunInstances over every (type, subnet) choice until `n` cells are running.
+    /// RunInstances over every (type, subnet) choice until `req.n` cells are running.
+    /// A capacity refusal moves on to the next choice; any other error ends the launch
+    /// with the cells launched so far.
     async fn run_each(
         &self,
-        pool: &str,
-        n: u32,
-        market: Market,
-        token: &str,
+        req: Request<'_>,
         refusals: &mut Vec<String>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, Partial> {
         let subnets: Vec<Option<&str>> = if self.cfg.subnets.is_empty() {
             vec![None]
         } else {
@@ -292,22 +300,24 @@ impl Ec2Cloud {
         let mut ids = Vec::new();
         for instance_type in &self.cfg.instance_types {
             for subnet in &subnets {
-                let left = n - ids.len() as u32;
+                let left = req.n - ids.len() as u32;
                 if left == 0 {
                     return Ok(ids);
                 }
-                let market_token = format!("{token}-{}", market as u8);
-                match self
-                    .run(pool, left, instance_type, *subnet, market, &market_token)
-                    .await
-                {
+                let one = Request { n: left, ..req };
+                match self.run(one, instance_type, *subnet).await {
                     Ok(launched) => ids.extend(launched),
-                    Err(e) if is_capacity(&e) => refusals.push(format!(
+                    Err(e) if refusal(&e) == Some(Refusal::Capacity) => refusals.push(format!(
                         "{instance_type} in {}: {}",
                         subnet.unwrap_or("the default subnet"),
                         describe(e)
                     )),
-                    Err(e) => return Err(format!("RunInstances {instance_type}: {}", describe(e))),
+                    Err(e) => {
+                        return Err(Partial {
+                            launched: ids,
+                            reason: format!("RunInstances {instance_type}: {}", describe(e)),
+                        })
+                    }
                 }
             }
         }
@@ -374,64 +384,89 @@ impl Ec2Cloud {
 
     async fn launch_market(
         &self,
-        pool: &str,
-        n: u32,
-        market: Market,
-        token: &str,
+        req: Request<'_>,
         refusals: &mut Vec<String>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, Partial> {
         match &self.cfg.launch_template {
-            Some(template) => {
-                let market_token = format!("{token}-{}", market as u8);
-                let (ids, errors) = self
-                    .fleet(template, pool, n, market, &market_token)
-                    .await
-                    .map_err(|e| format!("CreateFleet: {e}"))?;
-                refusals.extend(errors);
-                Ok(ids)
-            }
-            None => self.run_each(pool, n, market, token, refusals).await,
+            Some(template) => self.fleet(template, req, refusals).await,
+            None => self.run_each(req, refusals).await,
         }
+    }
+
+    /// Spot first, then on-demand for what spot refused (with `on_demand_fallback`).
+    /// Only capacity refusals fall back: a denied or invalid request fails as it is.
+    async fn launch_within(
+        &self,
+        spot: Request<'_>,
+        refusals: &mut Vec<String>,
+    ) -> Result<Vec<String>, Partial> {
+        let mut ids = self.launch_market(spot, refusals).await?;
+        let short = spot.n - ids.len() as u32;
+        if short == 0 || !self.cfg.on_demand_fallback {
+            return Ok(ids);
+        }
+        let rest = match self.on_demand_room(spot.pool, short, refusals).await {
+            Ok(rest) => rest,
+            Err(reason) => {
+                return Err(Partial {
+                    launched: ids,
+                    reason,
+                })
+            }
+        };
+        if rest > 0 {
+            tracing::warn!(pool = spot.pool, wanted = spot.n, spot = ids.len(), on_demand = rest,
+                refusals = ?refusals, "spot capacity refused; launching on-demand");
+            let on_demand = Request {
+                n: rest,
+                market: Market::OnDemand,
+                ..spot
+            };
+            match self.launch_market(on_demand, refusals).await {
+                Ok(more) => ids.extend(more),
+                Err(mut p) => {
+                    ids.append(&mut p.launched);
+                    return Err(Partial { launched: ids, ..p });
+                }
+            }
+        }
+        Ok(ids)
     }
 }
 
 #[async_trait]
 impl Cloud for Ec2Cloud {
     async fn launch(&self, pool: &str, n: u32, token: &str) -> Result<Vec<String>, CloudError> {
-        let fail = |reason: String| CloudError::Launch {
+        let fail = |reason: String, launched: Vec<String>| CloudError::Launch {
             pool: pool.into(),
             n,
             reason,
+            launched,
+        };
+        let spot = Request {
+            pool,
+            n,
+            market: Market::Spot,
+            token,
+            deadline: Instant::now() + LAUNCH_DEADLINE,
         };
         let mut refusals = Vec::new();
-        let mut ids = self
-            .launch_market(pool, n, Market::Spot, token, &mut refusals)
+        let ids = self
+            .launch_within(spot, &mut refusals)
             .await
-            .map_err(fail)?;
-        if (ids.len() as u32) < n && self.cfg.on_demand_fallback {
-            let rest = self
-                .on_demand_room(pool, n - ids.len() as u32, &mut refusals)
-                .await
-                .map_err(fail)?;
-            if rest > 0 {
-                tracing::warn!(pool, wanted = n, spot = ids.len(), on_demand = rest,
-                    refusals = ?refusals, "spot capacity refused; launching on-demand");
-                ids.extend(
-                    self.launch_market(pool, rest, Market::OnDemand, token, &mut refusals)
-                        .await
-                        .map_err(fail)?,
-                );
-            }
-        }
+            .map_err(|p| fail(p.reason, p.launched))?;
         if ids.is_empty() {
-            return Err(fail(format!(
-                "no capacity: {}",
-                if refusals.is_empty() {
-                    "EC2 launched nothing and said nothing".to_string()
-                } else {
-                    refusals.join("; ")
-                }
-            )));
+            return Err(fail(
+                format!(
+                    "no capacity: {}",
+                    if refusals.is_empty() {
+                        "EC2 launched nothing and said nothing".to_string()
+                    } else {
+                        refusals.join("; ")
+                    }
+                ),
+                Vec::new(),
+            ));
         }
         if (ids.len() as u32) < n {
             tracing::warn!(pool, wanted = n, launched = ids.len(), refusals = ?refusals,
@@ -515,28 +550,91 @@ impl Cloud for Ec2Cloud {
     }
 }
 
-/// A ClientToken (at most 64 ASCII characters) unique to the decision and the request
-/// within it (`fleet`, or the type and subnet of a RunInstances), so a retried request
-/// launches nothing twice.
+/// The instances of a CreateFleet answer; its capacity refusals go to `refusals`, and
+/// any other error fails the launch with the instances kept.
+fn fleet_answer(
+    out: &aws_sdk_ec2::operation::create_fleet::CreateFleetOutput,
+    refusals: &mut Vec<String>,
+) -> Result<Vec<String>, Partial> {
+    let ids: Vec<String> = out
+        .instances()
+        .iter()
+        .flat_map(|i| i.instance_ids().iter().cloned())
+        .collect();
+    let mut fatal = Vec::new();
+    for e in out.errors() {
+        let (code, message) = (
+            e.error_code().unwrap_or("error"),
+            e.error_message().unwrap_or_default(),
+        );
+        match classify(code, message) {
+            Refusal::Capacity => refusals.push(format!("{code}: {message}")),
+            Refusal::Denied | Refusal::Invalid => fatal.push(format!("{code}: {message}")),
+        }
+    }
+    if fatal.is_empty() {
+        Ok(ids)
+    } else {
+        Err(Partial {
+            launched: ids,
+            reason: format!("CreateFleet: {}", fatal.join("; ")),
+        })
+    }
+}
+
+/// A ClientToken (at most 64 ASCII characters) unique to the decision's token (random
+/// per decision: EC2 remembers a token for at least a day after its instances end) and
+/// the request within it (the market, and a RunInstances' type and subnet), so a
+/// retried request launches nothing twice.
 fn client_token(token: &str, request: &str) -> String {
     let digest = Sha256::digest(format!("{token}/{request}"));
     hex::encode(&digest[..16])
 }
 
-/// Makes a RunInstances refused for capacity fail at once instead of being retried in
-/// the same place: EC2 answers capacity refusals with HTTP 500, which the SDK would
+/// Attempts per launch request, the first included: one retry of a throttled or
+/// dropped request. Capacity refusals are never retried in place
+/// ([`NoRetryOnCapacity`]), and [`LAUNCH_DEADLINE`] bounds the whole launch anyway.
+const LAUNCH_ATTEMPTS: u32 = 2;
+
+/// The per-request config of a launch request: what is left of the launch's deadline
+/// as its operation timeout (retries included), [`LAUNCH_ATTEMPTS`], and no retry of a
+/// capacity refusal. An error once the deadline has passed.
+fn bounded(deadline: Instant) -> Result<aws_sdk_ec2::config::Builder, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(format!(
+            "the launch deadline ({} s) passed",
+            LAUNCH_DEADLINE.as_secs()
+        ));
+    }
+    Ok(aws_sdk_ec2::config::Builder::new()
+        .retry_config(RetryConfig::standard().with_max_attempts(LAUNCH_ATTEMPTS))
+        .retry_classifier(NoRetryOnCapacity)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(crate::aws::CONNECT_TIMEOUT.min(left))
+                .operation_timeout(left)
+                .build(),
+        ))
+}
+
+/// Makes a launch refused for capacity fail at once instead of being retried in the
+/// same place: EC2 answers capacity refusals with HTTP 500, which the SDK would
 /// otherwise retry with backoff before the launch could move on.
 #[derive(Debug)]
 struct NoRetryOnCapacity;
 
 impl ClassifyRetry for NoRetryOnCapacity {
     fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
-        let code = ctx
+        let error = ctx
             .output_or_error()
             .and_then(Result::err)
-            .and_then(|e| e.as_operation_error())
-            .and_then(|e| e.downcast_ref::<RunInstancesError>())
-            .and_then(ProvideErrorMetadata::code);
+            .and_then(|e| e.as_operation_error());
+        let code = error.and_then(|e| {
+            let run = e.downcast_ref::<RunInstancesError>().map(|e| e.code());
+            let fleet = e.downcast_ref::<CreateFleetError>().map(|e| e.code());
+            run.or(fleet).flatten()
+        });
         if code.is_some_and(|c| CAPACITY_ERRORS.contains(&c)) {
             RetryAction::RetryForbidden
         } else {
@@ -549,10 +647,47 @@ impl ClassifyRetry for NoRetryOnCapacity {
     }
 }
 
-fn is_capacity<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
-    e.as_service_error()
-        .and_then(|s| s.code())
-        .is_some_and(|code| CAPACITY_ERRORS.contains(&code))
+/// What a refused launch (or part of one) means for the rest of the launch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Refusal {
+    /// No capacity there: try the next choice, then on-demand.
+    Capacity,
+    /// The caller may not launch (a missing permission, the spot service-linked role
+    /// that cannot be created): no other place or market will do better.
+    Denied,
+    /// The request is wrong (a bad template, type or subnet): fails as it is.
+    Invalid,
+}
+
+/// Sorts an EC2 error code (and its message: CreateFleet wraps an authorisation
+/// failure such as `AuthFailure.ServiceLinkedRoleCreationNotPermitted` in an
+/// `UnfulfillableCapacity` entry) into a [`Refusal`].
+fn classify(code: &str, message: &str) -> Refusal {
+    let denied = |s: &str| {
+        s.contains("UnauthorizedOperation")
+            || s.contains("AuthFailure")
+            || s.contains("ServiceLinkedRole")
+            || s.contains("not authorized")
+            || s.contains("OptInRequired")
+            || s.contains("Blocked")
+    };
+    if denied(code) || denied(message) {
+        Refusal::Denied
+    } else if CAPACITY_ERRORS.contains(&code) {
+        Refusal::Capacity
+    } else {
+        Refusal::Invalid
+    }
+}
+
+/// The refusal of a request EC2 answered with an error; `None` when it did not answer
+/// (a timeout, a dropped connection): not a capacity refusal.
+fn refusal<E: ProvideErrorMetadata>(e: &SdkError<E>) -> Option<Refusal> {
+    let s = e.as_service_error()?;
+    Some(classify(
+        s.code().unwrap_or_default(),
+        s.message().unwrap_or_default(),
+    ))
 }
 
 fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(e: SdkError<E>) -> String {
@@ -566,16 +701,65 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(e: SdkError<E
     }
 }
 
+/// A launch that failed after launching `launched`.
+#[derive(Debug)]
+struct Partial {
+    launched: Vec<String>,
+    reason: String,
+}
+
+impl Partial {
+    /// A failure before anything was launched.
+    fn none(reason: String) -> Partial {
+        Partial {
+            launched: Vec::new(),
+            reason,
+        }
+    }
+}
+
+/// One launch request: `n` cells of `pool` in `market`, within the launch's deadline.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    pool: &'a str,
+    n: u32,
+    market: Market,
+    /// The decision's token, which every ClientToken of the launch derives from.
+    token: &'a str,
+    deadline: Instant,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn client_tokens_fit_ec2_and_differ_per_request() {
-        let a = client_token("demo-default-7-0", "fleet");
+        let a = client_token("demo-default-7", "fleet-0");
         assert_eq!(a.len(), 32);
-        assert_eq!(a, client_token("demo-default-7-0", "fleet"));
-        assert_ne!(a, client_token("demo-default-7-0", "c5.xlarge/subnet-1"));
-        assert_ne!(a, client_token("demo-default-8-0", "fleet"));
+        assert_eq!(a, client_token("demo-default-7", "fleet-0"));
+        assert_ne!(a, client_token("demo-default-7", "fleet-1"));
+        assert_ne!(a, client_token("demo-default-7", "0/c5.xlarge/subnet-1"));
+        assert_ne!(a, client_token("demo-default-8", "fleet-0"));
+    }
+
+    #[test]
+    fn refusals_are_sorted_by_what_another_try_could_change() {
+        let cases = [
+            ("InsufficientInstanceCapacity", "no capacity", Refusal::Capacity),
+            ("UnfulfillableCapacity", "Unable to fulfill capacity due to your request configuration. Please adjust your request and try again.", Refusal::Capacity),
+            ("UnauthorizedOperation", "You are not authorized to perform this operation.", Refusal::Denied),
+            ("AuthFailure", "", Refusal::Denied),
+            (
+                "UnfulfillableCapacity",
+                "AuthFailure.ServiceLinkedRoleCreationNotPermitted: The provided credentials do not have permission to create the service-linked role for EC2 Spot Instances.",
+                Refusal::Denied,
+            ),
+            ("InvalidLaunchTemplateName.NotFoundException", "no template", Refusal::Invalid),
+            ("InvalidParameterValue", "bad subnet", Refusal::Invalid),
+        ];
+        for (code, message, want) in cases {
+            assert_eq!(classify(code, message), want, "{code}: {message}");
+        }
     }
 }

@@ -122,18 +122,19 @@ fn boot_time() -> std::io::Result<i64> {
 #[async_trait]
 impl Cloud for LocalCloud {
     async fn launch(&self, pool: &str, n: u32, token: &str) -> Result<Vec<String>, CloudError> {
-        let fail = |reason: String| CloudError::Launch {
+        let mut ids = Vec::new();
+        let fail = |reason: String, launched: &[String]| CloudError::Launch {
             pool: pool.into(),
             n,
             reason,
+            launched: launched.to_vec(),
         };
-        std::fs::create_dir_all(&self.log_dir).map_err(|e| fail(e.to_string()))?;
-        let mut ids = Vec::new();
+        std::fs::create_dir_all(&self.log_dir).map_err(|e| fail(e.to_string(), &ids))?;
         for i in 0..n {
             let id = format!("local-{token}-{i}");
             let log = std::fs::File::create(self.log_dir.join(format!("{id}.log")))
-                .map_err(|e| fail(e.to_string()))?;
-            let err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(e.to_string(), &ids))?;
+            let err = log.try_clone().map_err(|e| fail(e.to_string(), &ids))?;
             // std's Command: a dropped child keeps running, and process_group(0) puts it
             // in a group of its own, out of reach of signals sent to ours.
             Command::new(&self.binary)
@@ -146,7 +147,7 @@ impl Cloud for LocalCloud {
                 .stderr(err)
                 .process_group(0)
                 .spawn()
-                .map_err(|e| fail(format!("{}: {e}", self.binary.display())))?;
+                .map_err(|e| fail(format!("{}: {e}", self.binary.display()), &ids))?;
             ids.push(id);
         }
         Ok(ids)

@@ -10,6 +10,7 @@
 //! * The stderr tail is kept for the error message: a corrupt video fails with FFmpeg's
 //!   own reason.
 
+pub mod header;
 pub mod probe;
 pub mod progress;
 pub mod sandbox;

@@ -5,6 +5,7 @@
 //! attempt (a cell cut off from the broker but still encoding) commits nothing; a lease
 //! that runs out puts the job back to `queued` and its message is published again.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -54,8 +55,10 @@ pub struct AttemptId {
 /// What a delivery may do with its job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
-    /// Run it: this is attempt `attempt`.
-    Run { attempt: i32 },
+    /// Run it: this is attempt `attempt`. `probe` is what the ledger already knows of
+    /// the source (a ranged probe at submission, or an earlier attempt's), for this
+    /// job's source version: the job id is derived from the ETag.
+    Run { attempt: i32, probe: Option<Value> },
     /// Already done or already failed: the delivery is a duplicate.
     Finished { state: JobState },
     /// Another cell holds a live lease; the delivery is a duplicate.
@@ -191,6 +194,53 @@ impl Ledger {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Records many new jobs of one pool in one statement, each with what a ranged probe
+    /// found of its source (`probes[i]` for `jobs[i]`); returns the ids that were new.
+    /// A job already known is left as it is, as by [`Ledger::insert`].
+    pub async fn insert_many(
+        &self,
+        jobs: &[JobMessage],
+        probes: &[Option<Value>],
+        pool: &str,
+    ) -> Result<HashSet<String>, LedgerError> {
+        debug_assert_eq!(jobs.len(), probes.len(), "one probe slot per job");
+        let column = |f: fn(&JobMessage) -> &str| jobs.iter().map(f).collect::<Vec<&str>>();
+        let messages: Vec<Value> = jobs
+            .iter()
+            .map(|j| serde_json::to_value(j).expect("a job message always serializes"))
+            .collect();
+        let new: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO jobs (id, pipeline, pool, source_bucket, source_key, source_etag,
+                               message, probe)
+             SELECT id, pipeline, $7, bucket, key, etag, message, probe
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::jsonb[], $8::jsonb[])
+                  AS t(id, pipeline, bucket, key, etag, message, probe)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(column(|j| &j.job_id))
+        .bind(column(|j| &j.pipeline))
+        .bind(column(|j| &j.source.bucket))
+        .bind(column(|j| &j.source.key))
+        .bind(column(|j| &j.source.etag))
+        .bind(messages)
+        .bind(pool)
+        .bind(probes)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(new.into_iter().collect())
+    }
+
+    /// Removes jobs that were never published (their publish failed).
+    pub async fn forget_many(&self, job_ids: &[String]) -> Result<(), LedgerError> {
+        sqlx::query("DELETE FROM jobs WHERE id = ANY($1) AND state = 'queued' AND attempts = 0")
+            .bind(job_ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Puts a finished job back to `queued` with fresh attempts (reprocessing on demand).
     /// Returns false for a job that is queued or running now.
     pub async fn reset(&self, job_id: &str) -> Result<bool, LedgerError> {
@@ -207,15 +257,6 @@ impl Ledger {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Removes a job that was never published (its publish failed).
-    pub async fn forget(&self, job_id: &str) -> Result<(), LedgerError> {
-        sqlx::query("DELETE FROM jobs WHERE id = $1 AND state = 'queued' AND attempts = 0")
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Claims a job for one attempt by `cell_id`, creating its row if the message came
     /// from elsewhere.
     pub async fn claim(
@@ -229,7 +270,7 @@ impl Ledger {
         self.insert(job, pool).await?;
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT state, attempts, cell_id, lease_expires < now() AS expired, error
+            "SELECT state, attempts, cell_id, lease_expires < now() AS expired, error, probe
              FROM jobs WHERE id = $1 FOR UPDATE",
         )
         .bind(&job.job_id)
@@ -277,7 +318,10 @@ impl Ledger {
                 .bind(cell_id)
                 .execute(&mut *tx)
                 .await?;
-                Claim::Run { attempt }
+                Claim::Run {
+                    attempt,
+                    probe: row.get("probe"),
+                }
             }
         };
         tx.commit().await?;
@@ -653,6 +697,23 @@ impl Ledger {
         .await?)
     }
 
+    /// The versions (ETags) of `keys` in `bucket` the trigger has taken, by key: one
+    /// query for a listing's page.
+    pub async fn seen_many(
+        &self,
+        bucket: &str,
+        keys: &[&str],
+    ) -> Result<HashMap<String, String>, LedgerError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT key, etag FROM trigger_objects WHERE bucket = $1 AND key = ANY($2)",
+        )
+        .bind(bucket)
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Remembers that the trigger took this version of `bucket/key`.
     pub async fn remember(
         &self,
@@ -711,9 +772,26 @@ impl Ledger {
         .await?)
     }
 
+    /// Jobs per (pool, state), read from the pool summary (see [`Ledger::pool_load`]):
+    /// a few rows a pool however many jobs the ledger holds. States with no job are left
+    /// out.
     pub async fn state_counts(&self) -> Result<Vec<StateCount>, LedgerError> {
         let rows = sqlx::query(
-            "SELECT pool, state, count(*) AS jobs FROM jobs GROUP BY pool, state ORDER BY pool, state",
+            "SELECT pool, state, jobs FROM (
+                 SELECT pool, sum(queued)::int8 AS queued, sum(running)::int8 AS running,
+                        sum(succeeded)::int8 AS succeeded, sum(failed)::int8 AS failed,
+                        sum(dead)::int8 AS dead
+                 FROM pool_load GROUP BY pool) AS t,
+             LATERAL (VALUES ('queued', queued), ('running', running),
+                             ('succeeded', succeeded), ('failed', failed), ('dead', dead))
+                 AS s(state, jobs)
+             WHERE jobs > 0
+             UNION ALL
+             -- Cancelled jobs are few and not in the summary: counted on the
+             -- (pool, state) index.
+             SELECT pool, state, count(*) FROM jobs WHERE state = 'cancelled'
+             GROUP BY pool, state
+             ORDER BY pool, state",
         )
         .fetch_all(&self.pool)
         .await?;

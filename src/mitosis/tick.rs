@@ -24,7 +24,7 @@ use async_trait::async_trait;
 
 use super::budget::{self, Spend};
 use super::{decide, Decision, Observation, Policy};
-use crate::cloud::Cloud;
+use crate::cloud::{Cloud, CloudError, Machine};
 use crate::config::Config;
 use crate::ledger::{EventKind, Ledger, PipelineLoad};
 use crate::locks::{Coordinator, Lock};
@@ -35,6 +35,14 @@ use crate::queue::{self, Names, Publisher};
 const UNKNOWN_JOB_SECS: f64 = 180.0;
 /// The lock outlives any tick by far; it only matters if its holder dies mid-tick.
 const LOCK_TTL_MS: u64 = 15_000;
+// A launch ends well before the lock does, the observation before it included: no
+// second decider launches while the first one's launch is still in flight.
+const _: () = assert!(crate::cloud::LAUNCH_DEADLINE.as_millis() * 3 / 2 < LOCK_TTL_MS as u128);
+/// How long a census of the cloud's machines serves every decider of the farm: one
+/// DescribeInstances a pool a minute, not one a heartbeat (the API rate is the
+/// account's, shared with everything else in it). Launches in between are counted by
+/// the pending launches; a machine gone in between is checked again before a reap.
+const CENSUS_MS: u64 = 60_000;
 /// How long a caller that must tick (submit, the trigger, a leaving cell) waits out a
 /// lock held by another decider.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -66,7 +74,8 @@ pub trait Farm: Send + Sync {
     async fn pending(&self, pool: &str) -> anyhow::Result<u32>;
     /// True while the pool is in its post-launch cooldown.
     async fn cooling(&self, pool: &str) -> anyhow::Result<bool>;
-    /// A token unique to one launch decision (the cloud's idempotency token).
+    /// A token unique to one launch decision (the cloud's idempotency token), never
+    /// repeated: EC2 remembers a ClientToken for a day or more after its instances end.
     async fn launch_token(&self, pool: &str) -> anyhow::Result<String>;
     /// Records launched cells as pending for `timeout_secs` and starts the cooldown.
     async fn launched(
@@ -95,6 +104,25 @@ pub trait Farm: Send + Sync {
         price_per_hour: f64,
         running_now: u32,
     ) -> anyhow::Result<f64>;
+    /// The pool's last census of the cloud's machines, while it is fresh. A farm
+    /// without a census (the simulator's) asks the cloud every tick.
+    async fn census(&self, _pool: &str) -> anyhow::Result<Option<Vec<Machine>>> {
+        Ok(None)
+    }
+    /// Keeps a census of the pool's machines for `ms`.
+    async fn keep_census(
+        &self,
+        _pool: &str,
+        _machines: &[Machine],
+        _ms: u64,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Adds launched machines to the pool's census, if there is one, without making it
+    /// last longer: until the next census, the census counts them like the others.
+    async fn add_to_census(&self, _pool: &str, _launched: &[Machine]) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// The farm's time, in seconds since the Unix epoch: the wall clock, or a simulator's.
     fn now(&self) -> i64 {
         chrono::Utc::now().timestamp()
@@ -267,24 +295,39 @@ impl Ticker<'_> {
         let cells = self.farm.cells(pool).await?;
         let mut pending = self.farm.pending(pool).await?;
         // The cloud's own machines are the backstop when Redis lost the pending launches.
-        if let Some(machines) = self.cloud.machines(pool).await? {
+        if let Some((mut machines, counted)) = self.machines(pool, false).await? {
             let timeout = self.config.pools[pool].launch_timeout_secs;
             let now = self.farm.now();
             let mine = me.and_then(|m| m.machine);
-            let sorted = super::reap::sort(&machines, &cells.machines, mine, now, timeout);
+            // Booting and silent machines, and the machines of dying cells, which still
+            // hold their places under the ceiling.
+            let count = |machines: &[Machine]| {
+                let sorted = super::reap::sort(machines, &cells.machines, mine, now, timeout);
+                let draining = (machines.iter())
+                    .filter(|m| cells.draining.contains(&m.id))
+                    .count() as u32;
+                (sorted, draining)
+            };
+            let (mut sorted, mut draining) = count(&machines);
+            // A census is taken again where it would change the decision: a machine
+            // gone since (a cell that died young) must neither be reaped nor hold a
+            // place. Where it says no more than the pending launches, it stands.
+            let stale = !sorted.silent.is_empty() || sorted.booting + draining > pending;
+            if stale && !counted {
+                if let Some((fresh, _)) = self.machines(pool, true).await? {
+                    machines = fresh;
+                    (sorted, draining) = count(&machines);
+                }
+            }
             if !sorted.silent.is_empty() {
                 self.reap(pool, &sorted.silent, now).await?;
             }
-            // A dying cell's machine still holds its place under the ceiling.
-            let draining = machines
-                .iter()
-                .filter(|m| cells.draining.contains(&m.id))
-                .count() as u32;
             tracing::debug!(
                 pool,
                 recorded = pending,
                 booting = sorted.booting,
                 draining,
+                machines = machines.len(),
                 "pending launches"
             );
             pending = pending.max(sorted.booting + draining);
@@ -297,6 +340,26 @@ impl Ticker<'_> {
             alive: cells.alive,
             pending,
         })
+    }
+
+    /// The pool's machines, and whether the cloud was asked just now: the farm's
+    /// census while it is fresh (and `fresh` is false), else the cloud's answer, kept
+    /// as the census for [`CENSUS_MS`]. None when the cloud cannot tell.
+    async fn machines(
+        &self,
+        pool: &str,
+        fresh: bool,
+    ) -> anyhow::Result<Option<(Vec<Machine>, bool)>> {
+        if !fresh {
+            if let Some(machines) = self.farm.census(pool).await? {
+                return Ok(Some((machines, false)));
+            }
+        }
+        let Some(machines) = self.cloud.machines(pool).await? else {
+            return Ok(None);
+        };
+        self.farm.keep_census(pool, &machines, CENSUS_MS).await?;
+        Ok(Some((machines, true)))
     }
 
     /// Ends machines no cell beats on, and records each with its reason.
@@ -401,20 +464,45 @@ impl Ticker<'_> {
             return Ok(TickOutcome::Stayed);
         }
         let token = self.farm.launch_token(pool).await?;
-        let ids = self.cloud.launch(pool, n, &token).await?;
-        self.farm
-            .launched(pool, &ids, p.launch_timeout_secs, p.cooldown_secs)
-            .await?;
-        let reason = format!(
-            "{} ready, {} queued, {} running, {:.0} s of work; {} alive, {} pending",
-            obs.ready, obs.queued, obs.in_flight, obs.work_secs, obs.alive, obs.pending
-        );
-        tracing::info!(pool, cells = n, %reason, "mitosis: launching");
-        let decider = me.map_or(self.who, |m| m.cell_id);
-        self.farm
-            .record(pool, EventKind::Launch, decider, n, &reason)
-            .await?;
-        Ok(TickOutcome::Launched(n))
+        // A failed launch may have launched some cells: they bill, so they are pending
+        // and recorded like any launch, and then the failure is the tick's.
+        let (ids, failure) = match self.cloud.launch(pool, n, &token).await {
+            Ok(ids) => (ids, None),
+            Err(e) => match &e {
+                CloudError::Launch { launched, .. } => (launched.clone(), Some(e)),
+                _ => return Err(e.into()),
+            },
+        };
+        let launched = ids.len() as u32;
+        if launched > 0 {
+            self.farm
+                .launched(pool, &ids, p.launch_timeout_secs, p.cooldown_secs)
+                .await?;
+            let now = self.farm.now();
+            let machines: Vec<Machine> = (ids.iter())
+                .map(|id| Machine {
+                    id: id.clone(),
+                    launched_at: now,
+                })
+                .collect();
+            self.farm.add_to_census(pool, &machines).await?;
+            let mut reason = format!(
+                "{} ready, {} queued, {} running, {:.0} s of work; {} alive, {} pending",
+                obs.ready, obs.queued, obs.in_flight, obs.work_secs, obs.alive, obs.pending
+            );
+            if let Some(e) = &failure {
+                reason.push_str(&format!("; {launched} of {n} launched: {e}"));
+            }
+            tracing::info!(pool, cells = launched, %reason, "mitosis: launching");
+            let decider = me.map_or(self.who, |m| m.cell_id);
+            self.farm
+                .record(pool, EventKind::Launch, decider, launched, &reason)
+                .await?;
+        }
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(TickOutcome::Launched(launched)),
+        }
     }
 
     /// Deregisters the cell, then looks once more at each pool's waiting work: a job
@@ -571,9 +659,14 @@ impl Farm for LiveFarm<'_> {
         Ok(self.locks.cooling(pool).await?)
     }
 
+    /// Random, not a Redis counter: a counter restarts when Redis loses its data, and
+    /// a token EC2 still remembers launches nothing new (or returns the old instances).
     async fn launch_token(&self, pool: &str) -> anyhow::Result<String> {
-        let n = self.locks.next_launch(pool).await?;
-        Ok(format!("{}-{pool}-{n}", self.names.farm()))
+        Ok(format!(
+            "{}-{pool}-{:032x}",
+            self.names.farm(),
+            rand::random::<u128>()
+        ))
     }
 
     async fn launched(
@@ -603,6 +696,26 @@ impl Farm for LiveFarm<'_> {
         let cells = self.ledger.cell_changes(pool, since).await?;
         let secs = budget::billed_secs(cells.carried, &cells.changes, since, now, running_now);
         Ok(secs * price_per_hour / 3600.0)
+    }
+
+    async fn census(&self, pool: &str) -> anyhow::Result<Option<Vec<Machine>>> {
+        let json = self.locks.census(pool).await?;
+        // An unreadable census (another version's) is no census: the cloud is asked.
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    async fn keep_census(&self, pool: &str, machines: &[Machine], ms: u64) -> anyhow::Result<()> {
+        let json = serde_json::to_string(machines).expect("machines always serialize");
+        Ok(self.locks.keep_census(pool, &json, ms).await?)
+    }
+
+    async fn add_to_census(&self, pool: &str, launched: &[Machine]) -> anyhow::Result<()> {
+        let Some(mut machines) = self.census(pool).await? else {
+            return Ok(());
+        };
+        machines.extend_from_slice(launched);
+        let json = serde_json::to_string(&machines).expect("machines always serialize");
+        Ok(self.locks.amend_census(pool, &json).await?)
     }
 
     async fn record(

@@ -83,7 +83,8 @@ impl Trigger<'_> {
             _ => self.store.head(bucket, key).await?,
         };
         // One ranged probe serves the routes by duration and the jobs' work estimates.
-        let duration = submit::ranged_duration(self.config, self.store, bucket, &meta).await;
+        let probe = submit::ranged(self.config, self.store, bucket, &meta).await;
+        let duration = probe.as_ref().and_then(|p| p.duration);
         let Some((index, route)) = self.route(bucket, &meta, duration) else {
             tracing::info!(bucket, key, "no route matches; skipped");
             self.ledger
@@ -97,7 +98,7 @@ impl Trigger<'_> {
             .unwrap_or_else(|| format!("routes[{index}]"));
         let source = Source {
             meta: meta.clone(),
-            duration_secs: duration,
+            probe,
         };
         let (jobs, pools) = self.submit(route, bucket, source).await?;
         self.ledger

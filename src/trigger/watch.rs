@@ -3,7 +3,14 @@
 //! taken in this version (ETag) through [`Trigger::object`], so an object becomes jobs
 //! once, across restarts of the watcher. `--reconcile` makes one pass and exits: next to
 //! the Lambda it finds objects whose events were lost.
+//!
+//! A watcher remembers what it has taken or found taken (key and ETag), so that a pass
+//! over a prefix of a million objects asks the ledger only about the objects that are
+//! new or changed since the last pass, a listing page at a time. (On a server whose
+//! listing carries no ETags, s3s-fs, each pass still HEADs every object to learn them.)
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Outcome, Trigger, Upload};
@@ -12,6 +19,11 @@ use crate::config::Config;
 use crate::ledger::SubmitOutcome;
 use crate::queue::Broker;
 use crate::s3url::S3Url;
+use crate::store::ObjectMeta;
+use crate::submit;
+
+/// Objects asked about in one ledger query.
+const LOOKUP_PAGE: usize = 1000;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
@@ -22,6 +34,10 @@ pub struct Pass {
     pub taken: usize,
     /// Jobs enqueued (not already known).
     pub enqueued: usize,
+    /// Objects the ledger was asked about: new to this watcher, or changed.
+    pub looked_up: usize,
+    /// Objects listed that could not be read (HEAD failed): the next pass tries again.
+    pub unreadable: usize,
 }
 
 /// `cellfarm watch`: what to watch, and how.
@@ -54,10 +70,7 @@ pub async fn run(
     let systems = Systems::connect(config, sdk)
         .await?
         .with_cloud(config, location, "watch", None)?;
-    let watcher = Watcher {
-        config,
-        systems: &systems,
-    };
+    let watcher = Watcher::new(config, &systems);
     let stop = tokio_util::sync::CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
@@ -71,16 +84,30 @@ pub async fn run(
             "{} object(s) under {url}; {} taken, {} job(s) enqueued",
             pass.objects, pass.taken, pass.enqueued
         );
+        if let Some(e) = submit::shortfall(pass.unreadable, pass.objects - pass.unreadable) {
+            anyhow::bail!("{e}; run the reconcile again to take them");
+        }
     }
     Ok(())
 }
 
 pub struct Watcher<'a> {
-    pub config: &'a Config,
-    pub systems: &'a Systems,
+    config: &'a Config,
+    systems: &'a Systems,
+    /// Key → ETag of the objects taken, by this watcher or before it: not asked about
+    /// again while their ETag stays.
+    taken: Mutex<HashMap<String, String>>,
 }
 
-impl Watcher<'_> {
+impl<'a> Watcher<'a> {
+    pub fn new(config: &'a Config, systems: &'a Systems) -> Watcher<'a> {
+        Watcher {
+            config,
+            systems,
+            taken: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Passes every `interval` until `stop` fires; one pass with `interval` `None`.
     pub async fn run(
         &self,
@@ -100,9 +127,9 @@ impl Watcher<'_> {
                 }
                 Err(e) => return Err(e),
             };
-            if pass.taken > 0 {
-                tracing::info!(prefix = %url, objects = pass.objects, taken = pass.taken,
-                    enqueued = pass.enqueued, "watch pass");
+            if pass.looked_up > 0 {
+                tracing::info!(prefix = %url, objects = pass.objects, looked_up = pass.looked_up,
+                    taken = pass.taken, enqueued = pass.enqueued, "watch pass");
             }
             let Some(every) = interval else {
                 return Ok(pass);
@@ -129,37 +156,45 @@ impl Watcher<'_> {
             ledger,
             publisher: broker.publisher(),
         };
-        let mut pass = Pass::default();
+        let found = submit::objects(store, url, true).await?;
+        for u in &found.unreadable {
+            tracing::warn!(error = %u, "cannot read an object; the next pass tries again");
+        }
+        let mut pass = Pass {
+            objects: found.objects.len() + found.unreadable.len(),
+            unreadable: found.unreadable.len(),
+            ..Pass::default()
+        };
         let mut outcomes = Vec::new();
-        for o in store.list(&url.bucket, &url.key).await? {
-            if o.key.ends_with('/') {
-                continue;
+        let fresh: Vec<_> = {
+            let taken = self.taken.lock().expect("never poisoned");
+            let known = |o: &&ObjectMeta| taken.get(&o.key) == Some(&o.etag);
+            found.objects.iter().filter(|o| !known(o)).collect()
+        };
+        for page in fresh.chunks(LOOKUP_PAGE) {
+            pass.looked_up += page.len();
+            let keys: Vec<&str> = page.iter().map(|o| o.key.as_str()).collect();
+            let seen = ledger.seen_many(&url.bucket, &keys).await?;
+            for o in page {
+                if seen.get(&o.key) != Some(&o.etag) {
+                    let upload = Upload {
+                        bucket: url.bucket.clone(),
+                        key: o.key.clone(),
+                        etag: Some(o.etag.clone()),
+                        size: Some(o.size),
+                        sequencer: None,
+                    };
+                    let outcome = trigger.object(&upload).await?;
+                    pass.taken += 1;
+                    if let Outcome::Routed { jobs, .. } = &outcome {
+                        let new = jobs.iter().filter(|j| j.outcome != SubmitOutcome::Known);
+                        pass.enqueued += new.count();
+                    }
+                    outcomes.push(outcome);
+                }
+                let mut taken = self.taken.lock().expect("never poisoned");
+                taken.insert(o.key.clone(), o.etag.clone());
             }
-            pass.objects += 1;
-            // Some S3 servers (s3s-fs) list objects without their ETag.
-            let o = if o.etag.is_empty() {
-                store.head(&url.bucket, &o.key).await?
-            } else {
-                o
-            };
-            let seen = ledger.seen(&url.bucket, &o.key).await?;
-            if seen.is_some_and(|(etag, _)| etag == o.etag) {
-                continue;
-            }
-            let upload = Upload {
-                bucket: url.bucket.clone(),
-                key: o.key.clone(),
-                etag: Some(o.etag.clone()),
-                size: Some(o.size),
-                sequencer: None,
-            };
-            let outcome = trigger.object(&upload).await?;
-            pass.taken += 1;
-            if let Outcome::Routed { jobs, .. } = &outcome {
-                let new = jobs.iter().filter(|j| j.outcome != SubmitOutcome::Known);
-                pass.enqueued += new.count();
-            }
-            outcomes.push(outcome);
         }
         let pools = super::pools(&outcomes);
         self.systems

@@ -1,7 +1,9 @@
 //! A loopback EC2 endpoint that refuses capacity: it forwards the EC2 query API to
 //! moto_server (`CELLFARM_TEST_EC2`), records every request's Action and form
 //! parameters, and for the instance types it is told to refuse in one market (spot or
-//! on-demand) answers the way EC2 does when it has no capacity:
+//! on-demand) answers the way EC2 does when it has no capacity (or, with
+//! [`Ec2Proxy::deny`], when the caller may not launch them: the same shapes with
+//! `UnauthorizedOperation`, HTTP 403 for RunInstances):
 //!
 //! - RunInstances: HTTP 500 with the error code `InsufficientInstanceCapacity` (a server
 //!   error in EC2's error list), nothing launched;
@@ -15,10 +17,11 @@
 //! rewritten, and sent to moto on a connection of its own with the client's headers,
 //! so the client's signature headers reach moto unchanged (moto does not check them).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -98,9 +101,17 @@ impl Recorded {
     }
 }
 
+/// EC2's capacity refusal code.
+const NO_CAPACITY: &str = "InsufficientInstanceCapacity";
+/// EC2's code for a caller without the permission.
+pub const UNAUTHORIZED: &str = "UnauthorizedOperation";
+
 #[derive(Default)]
 struct State {
-    refused: BTreeSet<(Market, String)>,
+    /// Refused (market, type), with the error code to refuse it with.
+    refused: BTreeMap<(Market, String), &'static str>,
+    /// Actions answered only after this long.
+    held: BTreeMap<String, Duration>,
     recorded: Vec<Recorded>,
 }
 
@@ -128,10 +139,26 @@ impl Ec2Proxy {
 
     /// From now on, refuses `types` in `market` for lack of capacity.
     pub fn refuse(&self, market: Market, types: &[&str]) {
+        self.refuse_with(market, types, NO_CAPACITY);
+    }
+
+    /// From now on, refuses `types` in `market` as not authorised
+    /// (`UnauthorizedOperation`).
+    pub fn deny(&self, market: Market, types: &[&str]) {
+        self.refuse_with(market, types, UNAUTHORIZED);
+    }
+
+    fn refuse_with(&self, market: Market, types: &[&str], code: &'static str) {
         let mut state = self.state.lock().expect("never poisoned");
         state
             .refused
-            .extend(types.iter().map(|t| (market, t.to_string())));
+            .extend(types.iter().map(|t| ((market, t.to_string()), code)));
+    }
+
+    /// From now on, answers `action` only after `delay` (moto still carries it out).
+    pub fn hold(&self, action: &str, delay: Duration) {
+        let mut state = self.state.lock().expect("never poisoned");
+        state.held.insert(action.to_string(), delay);
     }
 
     /// Every request so far, in arrival order.
@@ -158,28 +185,40 @@ fn handle(request: Request, upstream: &str, state: &Mutex<State>) -> Response {
     };
     let refused = |market: Market, t: &str| {
         let state = state.lock().expect("never poisoned");
-        state.refused.contains(&(market, t.to_string()))
+        state.refused.get(&(market, t.to_string())).copied()
     };
+    let held = state
+        .lock()
+        .expect("never poisoned")
+        .held
+        .get(&action)
+        .copied();
+    if let Some(delay) = held {
+        std::thread::sleep(delay);
+    }
     let market = record.market();
     let response = match action.as_str() {
         "RunInstances" => {
             let t = record.param("InstanceType").unwrap_or_default().to_string();
-            if refused(market, &t) {
+            if let Some(code) = refused(market, &t) {
                 record.refused.push(t.clone());
-                run_refused(&t)
+                run_refused(&t, code)
             } else {
                 forward(&request, &request.body, upstream)
             }
         }
         "CreateFleet" => {
-            let all = overrides(&params);
-            let (no, yes): (Vec<_>, Vec<_>) = all.into_iter().partition(|o| {
-                o.get("InstanceType")
-                    .is_some_and(|t| refused(market, t.as_str()))
-            });
+            let mut no = Vec::new();
+            let mut yes = Vec::new();
+            for o in overrides(&params) {
+                match o.get("InstanceType").and_then(|t| refused(market, t)) {
+                    Some(code) => no.push((o, code)),
+                    None => yes.push(o),
+                }
+            }
             record.refused = no
                 .iter()
-                .filter_map(|o| o.get("InstanceType").cloned())
+                .filter_map(|(o, _)| o.get("InstanceType").cloned())
                 .collect();
             fleet(&request, &params, market, &no, &yes, upstream)
         }
@@ -189,13 +228,14 @@ fn handle(request: Request, upstream: &str, state: &Mutex<State>) -> Response {
     response
 }
 
-/// A CreateFleet with `no` refused and `yes` left: forwarded with `yes` only, the
-/// refusals added to moto's answer; or, with nothing left, answered here.
+/// A CreateFleet with `no` refused (each with its error code) and `yes` left:
+/// forwarded with `yes` only, the refusals added to moto's answer; or, with nothing
+/// left, answered here.
 fn fleet(
     request: &Request,
     params: &BTreeMap<String, String>,
     market: Market,
-    no: &[BTreeMap<String, String>],
+    no: &[(BTreeMap<String, String>, &str)],
     yes: &[BTreeMap<String, String>],
     upstream: &str,
 ) -> Response {
@@ -215,7 +255,7 @@ fn fleet(
         .collect::<String>();
     let errors: String = no
         .iter()
-        .map(|o| {
+        .map(|(o, code)| {
             let fields: String = o
                 .iter()
                 .map(|(k, v)| format!("<{}>{v}</{}>", lower_first(k), lower_first(k)))
@@ -224,10 +264,14 @@ fn fleet(
                 "<item><launchTemplateAndOverrides><launchTemplateSpecification>{template}\
                  </launchTemplateSpecification><overrides>{fields}</overrides>\
                  </launchTemplateAndOverrides><lifecycle>{}</lifecycle>\
-                 <errorCode>InsufficientInstanceCapacity</errorCode><errorMessage>{}\
+                 <errorCode>{code}</errorCode><errorMessage>{}\
                  </errorMessage></item>",
                 market.as_str(),
-                capacity_message(market, o.get("InstanceType").map_or("", String::as_str)),
+                message(
+                    code,
+                    market,
+                    o.get("InstanceType").map_or("", String::as_str)
+                ),
             )
         })
         .collect();
@@ -267,27 +311,35 @@ fn fleet(
     response
 }
 
-/// EC2's messages for a capacity refusal.
-fn capacity_message(market: Market, instance_type: &str) -> String {
-    match market {
-        Market::Spot => "There is no Spot capacity available that matches your request.".into(),
-        Market::OnDemand => format!(
+/// EC2's messages for a refusal with `code`.
+fn message(code: &str, market: Market, instance_type: &str) -> String {
+    match (code, market) {
+        (UNAUTHORIZED, _) => "You are not authorized to perform this operation.".into(),
+        (_, Market::Spot) => {
+            "There is no Spot capacity available that matches your request.".into()
+        }
+        (_, Market::OnDemand) => format!(
             "We currently do not have sufficient {instance_type} capacity in the \
              Availability Zone you requested."
         ),
     }
 }
 
-fn run_refused(instance_type: &str) -> Response {
+fn run_refused(instance_type: &str, code: &str) -> Response {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
-         <Response><Errors><Error><Code>InsufficientInstanceCapacity</Code>\
+         <Response><Errors><Error><Code>{code}</Code>\
          <Message>{}</Message></Error></Errors>\
          <RequestID>ec2-proxy-{}</RequestID></Response>",
-        capacity_message(Market::Spot, instance_type),
+        message(code, Market::Spot, instance_type),
         rand::random::<u32>()
     );
-    Response::new("500 Internal Server Error", body).header("content-type", "text/xml")
+    let status = if code == UNAUTHORIZED {
+        "403 Forbidden"
+    } else {
+        "500 Internal Server Error"
+    };
+    Response::new(status, body).header("content-type", "text/xml")
 }
 
 /// The overrides of a CreateFleet's first launch template config, in order, each as
@@ -333,9 +385,10 @@ fn decode(body: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn encode(params: &BTreeMap<String, String>) -> String {
+/// A query-protocol body of `params`, encoded as the AWS SDKs do.
+pub fn encode<'a>(params: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
     params
-        .iter()
+        .into_iter()
         .map(|(k, v)| {
             format!(
                 "{}={}",

@@ -13,6 +13,7 @@ pub mod imds;
 pub mod lambda_api;
 pub mod moto;
 pub mod prom;
+pub mod stack;
 pub mod wait;
 
 use std::cell::RefCell;

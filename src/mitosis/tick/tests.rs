@@ -66,6 +66,9 @@ struct State {
     events: Vec<(EventKind, String, u32)>,
     /// Dollars spent today.
     spent_usd: f64,
+    /// The census of the pool's machines; kept only when `keeps_census`.
+    census: Option<Vec<Machine>>,
+    keeps_census: bool,
 }
 
 #[derive(Default)]
@@ -173,6 +176,22 @@ impl Farm for MemFarm {
     async fn spent_today(&self, _: &str, _: f64, _: u32) -> anyhow::Result<f64> {
         Ok(self.state().spent_usd)
     }
+    async fn census(&self, _: &str) -> anyhow::Result<Option<Vec<Machine>>> {
+        Ok(self.state().census.clone())
+    }
+    async fn keep_census(&self, _: &str, machines: &[Machine], _: u64) -> anyhow::Result<()> {
+        let mut s = self.state();
+        if s.keeps_census {
+            s.census = Some(machines.to_vec());
+        }
+        Ok(())
+    }
+    async fn add_to_census(&self, _: &str, launched: &[Machine]) -> anyhow::Result<()> {
+        if let Some(census) = &mut self.state().census {
+            census.extend_from_slice(launched);
+        }
+        Ok(())
+    }
     async fn record(
         &self,
         _: &str,
@@ -189,8 +208,12 @@ impl Farm for MemFarm {
 /// A cloud that launches instantly and has the machines the test says it has.
 struct MemCloud {
     machines: Option<Vec<Machine>>,
+    /// How many times the tick asked for the machines.
+    asked: Mutex<u32>,
     launched: Mutex<u32>,
     terminated: Mutex<Vec<String>>,
+    /// A launch fails after launching this many cells.
+    fails_after: Option<u32>,
 }
 
 impl MemCloud {
@@ -212,19 +235,32 @@ impl MemCloud {
         });
         MemCloud {
             machines,
+            asked: Mutex::new(0),
             launched: Mutex::new(0),
             terminated: Mutex::new(Vec::new()),
+            fails_after: None,
         }
     }
 }
 
 #[async_trait]
 impl Cloud for MemCloud {
-    async fn launch(&self, _: &str, n: u32, _: &str) -> Result<Vec<String>, CloudError> {
-        *self.launched.lock().unwrap() += n;
-        Ok((0..n).map(|i| format!("i-{i}")).collect())
+    async fn launch(&self, pool: &str, n: u32, _: &str) -> Result<Vec<String>, CloudError> {
+        let k = self.fails_after.map_or(n, |k| k.min(n));
+        *self.launched.lock().unwrap() += k;
+        let ids = (0..k).map(|i| format!("i-{i}")).collect();
+        match self.fails_after {
+            None => Ok(ids),
+            Some(_) => Err(CloudError::Launch {
+                pool: pool.into(),
+                n,
+                reason: "UnauthorizedOperation".into(),
+                launched: ids,
+            }),
+        }
     }
     async fn machines(&self, _: &str) -> Result<Option<Vec<Machine>>, CloudError> {
+        *self.asked.lock().unwrap() += 1;
         let terminated = self.terminated.lock().unwrap();
         Ok(self.machines.as_ref().map(|ms| {
             let alive = ms.iter().filter(|m| !terminated.contains(&m.id));
@@ -315,6 +351,23 @@ async fn cooldown_holds_growth_but_not_zero_to_one() {
 }
 
 #[tokio::test]
+async fn cells_launched_by_a_failed_launch_are_pending_and_recorded() {
+    let farm = MemFarm::with(|s| s.ready = 40);
+    let mut cloud = MemCloud::blind();
+    cloud.fails_after = Some(2);
+    let config = config();
+    let e = ticker(&config, &farm, &cloud)
+        .tick("p", None)
+        .await
+        .expect_err("the launch failed");
+    assert!(format!("{e:#}").contains("i-0, i-1"), "{e:#}");
+    let s = farm.state();
+    assert_eq!(s.pending, 2, "the launched cells are pending");
+    assert_eq!(s.events, [(EventKind::Launch, "test".into(), 2)]);
+    assert!(!s.locked, "the lock is released");
+}
+
+#[tokio::test]
 async fn a_held_lock_means_someone_else_decides() {
     let farm = MemFarm::with(|s| {
         s.ready = 40;
@@ -334,6 +387,51 @@ async fn the_clouds_machines_are_the_backstop_for_forgotten_launches() {
     let cloud = MemCloud::with(Some(&booting));
     assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Stayed);
     assert_eq!(*cloud.launched.lock().unwrap(), 0);
+}
+
+/// Property: the census stands between ticks where it agrees with the pending launches
+/// (the cloud is asked once for two ticks, and a launch joins the census), and is taken
+/// again where it would hold back a launch: a machine in it that is gone since (a cell
+/// that died young) holds no place.
+#[tokio::test]
+async fn the_census_stands_until_it_would_change_the_decision() {
+    let now = chrono::Utc::now().timestamp();
+    let machine = |id: &str| Machine {
+        id: id.into(),
+        launched_at: now - 10,
+    };
+    // One booting machine, recorded as pending: two ticks ask the cloud once.
+    let farm = MemFarm::with(|s| {
+        s.ready = 1;
+        s.pending = 1;
+        s.keeps_census = true;
+    });
+    let cloud = MemCloud::with(Some(&[("a", 10)]));
+    assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Stayed);
+    assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Stayed);
+    assert_eq!(*cloud.asked.lock().unwrap(), 1, "one census for two ticks");
+
+    // A census with two booting machines against no recorded launch: one is gone,
+    // the cloud is asked, and the pool (ceiling 4, 40 jobs) launches past it.
+    let farm = MemFarm::with(|s| {
+        s.ready = 40;
+        s.census = Some(vec![machine("a"), machine("gone")]);
+        s.keeps_census = true;
+    });
+    let cloud = MemCloud::with(Some(&[("a", 10)]));
+    assert_eq!(tick(&farm, &cloud, None).await, TickOutcome::Launched(3));
+    assert_eq!(
+        *cloud.asked.lock().unwrap(),
+        1,
+        "the census was taken again"
+    );
+    let census = farm.state().census.clone().unwrap_or_default();
+    let ids: Vec<&str> = census.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a", "i-0", "i-1", "i-2"],
+        "the fresh census, and the launched cells"
+    );
 }
 
 /// Property: machines being reclaimed hold no place under the ceiling, so a pool whose
