@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Helpers shared by the scripts in scripts/: log, die, have, as_root, apt_install.
+# Helpers shared by the scripts in scripts/: log, die, have, as_root, apt_install,
+# start_dashboard.
 # Source it, do not run it. Each script names itself before sourcing, so that every
 # line it prints keeps that script's prefix:
 #
@@ -63,4 +64,22 @@ apt_install() {
     log "apt-get install ${missing[*]}"
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >&"${LOG_FD:-1}"
+}
+
+# start_dashboard BIN CONFIG DIR: starts `BIN --config CONFIG dashboard` on a free
+# loopback port in the background, its output in DIR/out and DIR/err; sets
+# DASHBOARD_PID and DASHBOARD_URL (from the line it prints first), or dies.
+DASHBOARD_PID=""
+start_dashboard() {
+    "$1" --config "$2" dashboard --listen 127.0.0.1:0 >"$3/out" 2>"$3/err" &
+    DASHBOARD_PID=$!
+    DASHBOARD_URL=""
+    local _
+    for _ in $(seq 1 100); do
+        DASHBOARD_URL="$(sed -n 's/^dashboard at //p' "$3/out")"
+        [ -n "$DASHBOARD_URL" ] && return 0
+        kill -0 "$DASHBOARD_PID" 2>/dev/null || die "the dashboard exited: $(cat "$3/err")"
+        sleep 0.1
+    done
+    die "the dashboard did not say where it is: $(cat "$3/err")"
 }

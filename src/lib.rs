@@ -19,11 +19,15 @@
 //!
 //! And one per concern of our own:
 //!
+//! * [`alerts`] — what is wrong with the farm (not scaling, failures, slow jobs,
+//!   budget, interruptions): one pure function over facts the ledger and Redis hold.
 //! * [`config`] — the TOML config, parsed into typed fields and checked as a whole.
 //! * [`s3url`] — `s3://bucket/key` URLs, below both `config` and `store`.
 //! * [`job`] — the job and result messages (contract v1) and the job id.
 //! * [`outkey`] — where a job's outputs go: the pipeline's `output` template expanded
 //!   at submission, keys kept as data, and the manifest's key.
+//! * [`costs`] — what the farm's machines cost and what on demand would have:
+//!   per-second billing with a 60-second minimum, a pure function of their stays.
 //! * [`failure`] — a failed attempt's fate (hand back, retry, fail, dead): one pure
 //!   classification.
 //! * [`mitosis`] — how many cells a pool needs ([`mitosis::decide`], pure) and the tick
@@ -40,8 +44,15 @@
 //!   needs (roles, launch template, subnets, buckets, notification), every gap named
 //!   with its fix.
 //! * [`jobs`] — `cellfarm jobs`: the ledger's jobs and where their outputs are.
+//! * [`by_hand`] — `cellfarm cancel` and `cellfarm retry`: a job stopped or run again
+//!   by hand.
+//! * [`progress`] — how far the work has got: each running job's ETA, each pool's
+//!   remaining work-seconds and ETA, from the cells' beats and the ledger's load.
 //! * [`simulate`] — `cellfarm simulate`: the real mitosis tick on a virtual clock
 //!   against a model of spot instances and a workload, beside a message-count policy.
+//! * [`dashboard`] — `cellfarm dashboard`: the farm on one page that refreshes itself,
+//!   the same data under `/api/`, and `/metrics`.
+//! * [`metrics`] — the Prometheus text format of the farm and of one cell.
 //! * [`args`] — `cellfarm args`: the FFmpeg command lines of a pipeline.
 //! * [`update`] — fetching, verifying and re-executing a newer binary.
 //! * [`boot`] — reading the config (file or S3) and connecting to every system once
@@ -50,12 +61,16 @@
 //! `main.rs` only parses the command line, loads the config and calls the subcommand's
 //! `run` in its module.
 
+pub mod alerts;
 pub mod args;
 pub mod aws;
 pub mod boot;
+pub mod by_hand;
 pub mod cell;
 pub mod cloud;
 pub mod config;
+pub mod costs;
+pub mod dashboard;
 pub mod doctor;
 pub mod failure;
 pub mod ffmpeg;
@@ -64,8 +79,10 @@ pub mod jobs;
 pub mod ledger;
 pub mod locks;
 pub mod metadata;
+pub mod metrics;
 pub mod mitosis;
 pub mod outkey;
+pub mod progress;
 pub mod queue;
 pub mod s3url;
 pub mod simulate;

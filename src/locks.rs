@@ -37,6 +37,28 @@ pub struct Beat {
     /// sick): its machine is going away, and does not hold a place under the ceiling.
     #[serde(default)]
     pub leaving: bool,
+    /// The jobs the cell runs now and how far each has got (empty from cells older
+    /// than progress reporting).
+    #[serde(default)]
+    pub jobs: Vec<RunningJob>,
+}
+
+/// A job running in a cell, as the cell's beat tells it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningJob {
+    pub job_id: String,
+    pub pool: String,
+    pub pipeline: String,
+    /// How far the job is, from 0 to 1 (see [`crate::ffmpeg::progress::fraction`]);
+    /// 0 until its first FFmpeg step reports.
+    pub fraction: f64,
+    /// Seconds of source encoded per second of wall time, as FFmpeg last said.
+    pub speed: Option<f64>,
+    /// Seconds since the attempt started.
+    pub elapsed_secs: f64,
+    /// The attempt's estimated work-seconds (probed duration × the pipeline's
+    /// `cost_factor`), once the source is probed.
+    pub work_secs: Option<f64>,
 }
 
 /// The farm's shared, expiring state in Redis: what cells say of themselves

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cellfarm::boot::{self, ConfigSource};
-use cellfarm::{args, cell, jobs, simulate, status, submit, trigger};
+use cellfarm::{args, by_hand, cell, dashboard, jobs, simulate, status, submit, trigger};
 
 /// Exit code for a bad config or command line (BSD `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
@@ -67,6 +67,13 @@ enum Command {
     /// List jobs, newest first, with their outputs' s3:// URLs: by source object, state or
     /// pipeline.
     Jobs(jobs::Args),
+    /// Serve the farm on one page (and as JSON under /api/, and /metrics).
+    Dashboard(dashboard::Args),
+    /// Stop a queued or running job: its row says cancelled at once, and the cell running
+    /// it stops it within a heartbeat, publishing nothing.
+    Cancel(by_hand::Args),
+    /// Queue a failed, dead or cancelled job again, with fresh attempts.
+    Retry(by_hand::Args),
     /// The trigger without Lambda: poll s3://bucket/prefix/ and turn each new object
     /// into jobs by the config's routes, once.
     Watch(trigger::watch::Args),
@@ -148,6 +155,9 @@ async fn run(
         Command::Lambda => trigger::lambda::run(config, &location, sdk).await,
         Command::Status { json } => status::run(&config, sdk, json).await,
         Command::Jobs(a) => jobs::run(&config, a).await,
+        Command::Dashboard(a) => dashboard::run(&config, sdk, &a).await,
+        Command::Cancel(a) => by_hand::cancel(&config, &a).await,
+        Command::Retry(a) => by_hand::retry(&config, sdk, &a).await,
         Command::Doctor(a) => cellfarm::doctor::run(&config, sdk, &a).await,
         // Handled before the config is loaded; kept here so the match stays whole.
         Command::Simulate(_) => unreachable!("main runs the simulator before loading a config"),

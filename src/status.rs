@@ -2,11 +2,13 @@
 
 use serde::Serialize;
 
+use crate::alerts::{self, Alert};
 use crate::boot::Systems;
 use crate::config::Config;
 use crate::ledger::{Failure, Ledger, StateCount};
 use crate::locks::{Beat, Coordinator};
 use crate::mitosis::budget::{self, Spend};
+use crate::progress::{self, human_secs, JobProgress, PoolProgress};
 use crate::queue::{Broker, Names};
 
 #[derive(Debug, Serialize)]
@@ -17,6 +19,12 @@ pub struct Status {
     pub cells: Vec<Beat>,
     pub pools: Vec<PoolCost>,
     pub failures: Vec<Failure>,
+    /// Each pool's work left and its ETA.
+    pub progress: Vec<PoolProgress>,
+    /// Each running job's progress and ETA, from its cell's beat.
+    pub running: Vec<JobProgress>,
+    /// What is wrong now ([`crate::alerts::evaluate`]).
+    pub alerts: Vec<Alert>,
 }
 
 /// A pool's cost guardrails now.
@@ -82,14 +90,26 @@ pub async fn gather(
     for (name, pool) in &config.pools {
         pools.push(pool_cost(name, pool, ledger, beats, &cells).await?);
     }
-    Ok(Status {
+    let running = progress::running_jobs(&cells);
+    let mut pool_progress = Vec::new();
+    for pool in config.pools.keys() {
+        let loads = ledger.pool_load(pool).await?;
+        pool_progress.push(progress::pool_progress(config, pool, &loads, &running));
+    }
+    let mut status = Status {
         farm: config.farm.name.clone(),
         queues,
         jobs: ledger.state_counts().await?,
         cells,
         pools,
         failures: ledger.recent_failures(FAILURES_SHOWN).await?,
-    })
+        progress: pool_progress,
+        running,
+        alerts: Vec::new(),
+    };
+    let facts = alerts::gather(config, ledger, beats, &status).await?;
+    status.alerts = alerts::evaluate(&facts, &config.alerts);
+    Ok(status)
 }
 
 /// The pool's spend today, billed from the ledger as its tick bills it
@@ -178,10 +198,12 @@ impl std::fmt::Display for Status {
                 c.cell_id, c.running, c.slots
             )?;
         }
+        self.write_progress(f)?;
         writeln!(f, "pools (cost guardrails, UTC day):")?;
         for p in &self.pools {
             write!(f, "{p}")?;
         }
+        self.write_alerts(f)?;
         if !self.failures.is_empty() {
             writeln!(f, "recent failures:")?;
             for x in &self.failures {
@@ -196,6 +218,55 @@ impl std::fmt::Display for Status {
                     x.error
                 )?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Status {
+    /// Each pool's work left and ETA, then each running job's progress and ETA.
+    fn write_progress(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "work left (per pool):")?;
+        for p in &self.progress {
+            let eta = p
+                .eta_secs
+                .map_or("unknown (nothing reports)".into(), human_secs);
+            writeln!(
+                f,
+                "  {:<20} queued {:>6}  running {:>4}  {} of work  {:.2} work-s/s  ETA {eta}",
+                p.pool,
+                p.queued,
+                p.running,
+                human_secs(p.remaining_work_secs),
+                p.throughput
+            )?;
+        }
+        if !self.running.is_empty() {
+            writeln!(f, "running jobs:")?;
+        }
+        for j in &self.running {
+            let speed = j.job.speed.map_or("-".into(), |s| format!("{s:.2}x"));
+            let eta = j.eta_secs.map_or("-".into(), human_secs);
+            writeln!(
+                f,
+                "  {} {:<16} {:>5.1}%  speed {speed:>7}  ETA {eta:>7}  on {}",
+                j.job.job_id,
+                j.job.pipeline,
+                100.0 * j.job.fraction,
+                j.cell_id
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_alerts(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.alerts.is_empty() {
+            writeln!(f, "alerts: none")?;
+        } else {
+            writeln!(f, "alerts:")?;
+        }
+        for a in &self.alerts {
+            writeln!(f, "  {:<14} {:<24} {}", a.kind, a.subject, a.message)?;
         }
         Ok(())
     }

@@ -256,6 +256,7 @@ async fn a_cell_serves_its_pools_from_its_beat_until_it_drains() {
         config_version: None,
         machine: None,
         leaving: false,
+        jobs: Vec::new(),
     };
     let serving = |pool| locks.serving(pool);
     assert_eq!(serving("p").await.expect("count"), 0);

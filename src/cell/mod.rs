@@ -14,8 +14,10 @@
 //! the deliveries on it, which the broker redelivers; jobs already running carry on and
 //! commit through the ledger, and their late acks fail harmlessly.
 
+mod alive;
 mod attempt;
 mod laps;
+mod metrics;
 mod reconcile;
 mod reload;
 mod running;
@@ -126,6 +128,8 @@ struct Cell {
     machine: Option<String>,
     exit: Mutex<Option<Exit>>,
     launch_id: Mutex<Option<String>>,
+    /// The last beat sent, which the cell's `/metrics` serves.
+    last_beat: Mutex<Option<crate::locks::Beat>>,
 }
 
 impl Cell {
@@ -154,6 +158,7 @@ impl Cell {
             sandbox,
             exit: Mutex::new(None),
             launch_id: Mutex::new(identity.launch_id),
+            last_beat: Mutex::new(None),
         }
     }
 
@@ -275,7 +280,9 @@ impl Cell {
         let source = &attempt.job.source;
         tracing::info!(attempt = attempt.id.attempt, source = %format!("s3://{}/{}", source.bucket, source.key), "job started");
         let started = Instant::now();
-        attempt.cancel = self.track(&attempt.id.job_id, abort);
+        let what = (pool, attempt.job.pipeline.as_str());
+        let (cancel, progress) = self.track(&attempt.id.job_id, what, abort);
+        attempt.cancel = cancel;
         let job_id = attempt.id.job_id.clone();
         let estimate = |secs: f64| self.estimate(&job_id, secs);
         let ctx = work::Context {
@@ -285,6 +292,7 @@ impl Cell {
             sandbox: &self.sandbox,
             threads: self.slots.threads(),
             estimate: &estimate,
+            progress,
             laps,
         };
         let produced = work::execute(&ctx, &attempt).await;

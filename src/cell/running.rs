@@ -3,12 +3,13 @@
 //! notice weighs), and since when it has been idle (one idle clock).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::Cell;
+use crate::locks::RunningJob;
 
 /// The jobs this cell is running, and since when it has been idle.
 pub(super) struct Work {
@@ -35,7 +36,21 @@ pub(super) struct Running {
     pub(super) started: Instant,
     /// Estimated wall seconds of the whole attempt, once the source is probed.
     pub(super) estimate_secs: Option<f64>,
+    pool: String,
+    pipeline: String,
+    /// Written by the task reading FFmpeg's progress, read by the beat.
+    progress: Arc<Mutex<Progress>>,
 }
+
+/// How far a job is: the fraction done (0 to 1) and FFmpeg's last speed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    fraction: f64,
+    speed: Option<f64>,
+}
+
+/// Tells a job's progress to its cell: the fraction done (0 to 1) and FFmpeg's speed.
+pub type Meter = Arc<dyn Fn(f64, Option<f64>) + Send + Sync>;
 
 impl Work {
     pub(super) fn new() -> Work {
@@ -88,17 +103,70 @@ impl Work {
 }
 
 impl Cell {
-    /// Records that this cell runs `job_id` (so the tick renews its lease) and returns
-    /// the token that cuts this job alone short.
-    pub(super) fn track(&self, job_id: &str, abort: &CancellationToken) -> CancellationToken {
+    /// Records that this cell runs `job_id` of `pool` and `pipeline` (so the tick renews
+    /// its lease and the beat shows it) and returns the token that cuts this job alone
+    /// short and the meter its progress goes to.
+    pub(super) fn track(
+        &self,
+        job_id: &str,
+        (pool, pipeline): (&str, &str),
+        abort: &CancellationToken,
+    ) -> (CancellationToken, Meter) {
         let cancel = abort.child_token();
+        let progress = Arc::new(Mutex::new(Progress::default()));
         let running = Running {
             cancel: cancel.clone(),
             started: Instant::now(),
             estimate_secs: None,
+            pool: pool.to_string(),
+            pipeline: pipeline.to_string(),
+            progress: progress.clone(),
         };
         self.work.state().jobs.insert(job_id.to_string(), running);
-        cancel
+        let meter: Meter = Arc::new(move |fraction, speed| {
+            let mut p = progress.lock().expect("never poisoned");
+            // A later step never reports less done than an earlier one.
+            p.fraction = p.fraction.max(fraction);
+            if speed.is_some() {
+                p.speed = speed;
+            }
+        });
+        (cancel, meter)
+    }
+
+    /// The jobs running here and how far each has got, for the beat.
+    pub(super) fn running_jobs(&self) -> Vec<RunningJob> {
+        let s = self.work.state();
+        s.jobs
+            .iter()
+            .map(|(id, job)| {
+                let p = *job.progress.lock().expect("never poisoned");
+                RunningJob {
+                    job_id: id.clone(),
+                    pool: job.pool.clone(),
+                    pipeline: job.pipeline.clone(),
+                    fraction: p.fraction,
+                    speed: p.speed,
+                    elapsed_secs: job.started.elapsed().as_secs_f64(),
+                    work_secs: job.estimate_secs,
+                }
+            })
+            .collect()
+    }
+
+    /// Cuts short the jobs of `job_ids` that run here (cancelled by hand); true if any
+    /// did.
+    pub(super) fn cut(&self, job_ids: &[String]) -> bool {
+        let s = self.work.state();
+        let mut cut = false;
+        for id in job_ids {
+            if let Some(job) = s.jobs.get(id) {
+                tracing::info!(job = %id, "cancelled by hand; stopping it");
+                job.cancel.cancel();
+                cut = true;
+            }
+        }
+        cut
     }
 
     pub(super) fn untrack(&self, job_id: &str) {

@@ -50,6 +50,11 @@ impl Cell {
             config = %self.reload.location(), version = %self.reload.version(), "cell starting");
         let pulse = tokio::spawn(self.clone().pulse_loop(shutdown.clone()));
         let ticker = tokio::spawn(self.clone().tick_loop(shutdown.clone()));
+        let metrics = self
+            .config()
+            .cell
+            .metrics_listen
+            .map(|addr| tokio::spawn(self.clone().serve_metrics(addr)));
         let watcher = self
             .metadata
             .clone()
@@ -76,6 +81,9 @@ impl Cell {
         self.slots.wait_idle().await;
         ticker.abort();
         pulse.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         if let Some(w) = watcher {
             w.abort();
         }

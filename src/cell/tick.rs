@@ -21,9 +21,14 @@ impl Cell {
     pub(super) async fn pulse_loop(self: Arc<Self>, shutdown: Shutdown) {
         let period = Duration::from_secs(self.config().cell.heartbeat_secs);
         let mut every = tokio::time::interval(period);
+        let mut first = true;
         loop {
             every.tick().await;
             if self.beat(&shutdown).await {
+                if std::mem::take(&mut first) {
+                    // Off the pulse: metadata and the ledger must not delay the next beat.
+                    tokio::spawn(self.clone().record_alive());
+                }
                 // A launched cell stops counting as pending once it is alive.
                 let launch_id = self.launch_id.lock().expect("never poisoned").take();
                 if let Some(id) = launch_id {
@@ -80,9 +85,12 @@ impl Cell {
             draining: shutdown.drain.is_cancelled() || self.deregistered(),
             machine: self.machine.clone(),
             leaving: self.needs_replacement(),
+            jobs: self.running_jobs(),
         };
         let ttl = 3 * self.config().cell.heartbeat_secs;
-        match self.systems.locks.beat(&beat, ttl).await {
+        let sent = self.systems.locks.beat(&beat, ttl).await;
+        *self.last_beat.lock().expect("never poisoned") = Some(beat);
+        match sent {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed");
@@ -97,6 +105,13 @@ impl Cell {
         let ledger = &self.systems.ledger;
         if let Err(e) = ledger.renew(&self.cell_id, &leases, lease).await {
             tracing::warn!(error = %e, "cannot renew job leases");
+        }
+        // A job cancelled by hand stops here within a beat; its attempt commits nothing.
+        match ledger.cancelled_among(&self.cell_id, &leases).await {
+            Ok(cancelled) => {
+                self.cut(&cancelled);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check for cancelled jobs"),
         }
     }
 

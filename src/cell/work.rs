@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OutputSpec, Pipeline, SourceLimits, TIMEOUT_MARGIN};
 use crate::failure::JobFailure;
-use crate::ffmpeg::{self, header, probe, Access, FfmpegError, Limits, Sandbox, Tool};
+use crate::ffmpeg::{self, header, probe, progress, Access, FfmpegError, Limits, Sandbox, Tool};
 use crate::job::{unquote_etag, JobMessage, OutputObject};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
@@ -28,6 +28,8 @@ pub struct Context<'a> {
     pub threads: usize,
     /// Told the attempt's estimated wall seconds once the source is probed.
     pub estimate: &'a (dyn Fn(f64) + Sync),
+    /// Told how far the attempt's FFmpeg steps have got, as they run.
+    pub progress: super::running::Meter,
     /// Where the attempt's time goes.
     pub laps: &'a Laps,
 }
@@ -115,19 +117,15 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         let secs = pipeline.derived_timeout_secs(source_probe.duration.unwrap_or(0.0), floor);
         limits.timeout = std::time::Duration::from_secs(secs);
     }
-    for (step, args) in commands.iter().enumerate() {
-        ffmpeg::run(ctx.sandbox, Tool::Ffmpeg, args, &limits, &attempt.cancel)
-            .await
-            .map_err(|source| match source {
-                FfmpegError::TimedOut { secs, .. } if derived => JobFailure::OverEstimate {
-                    step,
-                    secs,
-                    margin: TIMEOUT_MARGIN,
-                    source,
-                },
-                source => JobFailure::Step { step, source },
-            })?;
-    }
+    run_steps(
+        ctx,
+        attempt,
+        &commands,
+        &limits,
+        derived,
+        source_probe.duration,
+    )
+    .await?;
     ctx.laps.lap(Phase::Ffmpeg);
     // Outputs are our own files with names from the config, so image outputs may be
     // probed with the image2 demuxer that untrusted sources are denied.
@@ -151,6 +149,58 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
     let produced = publish(ctx, attempt, &source_probe, files, &scratch).await;
     ctx.laps.lap(Phase::Upload);
     produced
+}
+
+/// Runs the pipeline's FFmpeg steps in order, each reporting its progress to the job's
+/// meter; a step past a derived timeout is over its estimate.
+async fn run_steps(
+    ctx: &Context<'_>,
+    attempt: &Attempt<'_>,
+    commands: &[Vec<String>],
+    limits: &Limits,
+    derived: bool,
+    duration: Option<f64>,
+) -> Result<(), JobFailure> {
+    let steps = commands.len();
+    for (step, args) in commands.iter().enumerate() {
+        let report = step_report(&ctx.progress, step, steps, duration);
+        ffmpeg::run_reporting(
+            ctx.sandbox,
+            Tool::Ffmpeg,
+            args,
+            limits,
+            &attempt.cancel,
+            Some(report),
+        )
+        .await
+        .map_err(|source| match source {
+            FfmpegError::TimedOut { secs, .. } if derived => JobFailure::OverEstimate {
+                step,
+                secs,
+                margin: TIMEOUT_MARGIN,
+                source,
+            },
+            source => JobFailure::Step { step, source },
+        })?;
+    }
+    Ok(())
+}
+
+/// Where step `step` of `steps` sends FFmpeg's progress: the job's meter, as a fraction
+/// of the whole pipeline over a source of `duration` seconds.
+fn step_report(
+    meter: &super::running::Meter,
+    step: usize,
+    steps: usize,
+    duration: Option<f64>,
+) -> progress::Report {
+    let meter = meter.clone();
+    std::sync::Arc::new(move |sample| {
+        meter(
+            progress::fraction(step, steps, &sample, duration),
+            sample.speed,
+        );
+    })
 }
 
 /// Looks the source object up (one HEAD, which the download then goes by), and checks

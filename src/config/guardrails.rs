@@ -69,6 +69,7 @@ fn check_budget(name: &str, pool: &Pool, problems: &mut Vec<String>) {
     for (key, value) in [
         ("budget_per_day", pool.budget_per_day),
         ("price_per_hour", pool.price_per_hour),
+        ("on_demand_per_hour", pool.on_demand_per_hour),
     ] {
         if !positive(value) {
             problems.push(format!("pools.{name}.{key}: must be above 0"));

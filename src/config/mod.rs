@@ -13,6 +13,7 @@
 
 mod defaults;
 mod guardrails;
+mod observe;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ use crate::s3url::S3Url;
 use defaults::*;
 
 pub use defaults::DEFAULT_DEMUXERS;
+pub use observe::{AlertsConfig, DashboardConfig};
 pub use read::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +57,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The binary cells should run (see [`crate::update`]).
     pub update: Option<Update>,
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 /// The `[update]` table: a cellfarm binary in S3 and its SHA-256.
@@ -224,6 +230,10 @@ pub struct CellConfig {
     /// vCPU.
     #[serde(default)]
     pub ffmpeg_max_tasks: u64,
+    /// Where the cell serves its own `/metrics` (Prometheus text), read at start; none:
+    /// it serves nothing.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for CellConfig {
@@ -249,6 +259,7 @@ impl Default for CellConfig {
             ffprobe: default_ffprobe(),
             ffmpeg_max_file_mib: default_ffmpeg_max_file(),
             ffmpeg_max_tasks: 0,
+            metrics_listen: None,
         }
     }
 }
@@ -315,6 +326,9 @@ pub struct Pool {
     /// Dollars one cell costs an hour (the spot price of its instance type), for
     /// `budget_per_day`.
     pub price_per_hour: Option<f64>,
+    /// Dollars the same instance costs an hour on demand: what the farm would have paid
+    /// without spot, for the savings `status` and the dashboard show.
+    pub on_demand_per_hour: Option<f64>,
     /// The cells `max_vcpus` allows, worked out when the config is read.
     #[serde(skip)]
     pub vcpu_ceiling: Option<u32>,

@@ -12,6 +12,7 @@
 
 pub mod header;
 pub mod probe;
+pub mod progress;
 pub mod sandbox;
 pub mod template;
 
@@ -151,6 +152,20 @@ pub async fn run(
     limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<String, FfmpegError> {
+    run_reporting(sandbox, tool, args, limits, cancel, None).await
+}
+
+/// [`run`], and with `report`, FFmpeg also writes its progress to stdout
+/// ([`progress::PROGRESS_ARGS`]), and each block goes to `report` as it arrives;
+/// stdout is then the progress alone, and `Ok` carries nothing.
+pub async fn run_reporting(
+    sandbox: &Sandbox,
+    tool: Tool,
+    args: &[String],
+    limits: &Limits,
+    cancel: &CancellationToken,
+    report: Option<progress::Report>,
+) -> Result<String, FfmpegError> {
     let program = tool.name();
     tracing::debug!(program, ?args, layers = ?sandbox.layers(), "running");
     let run_limits = sandbox::Limits {
@@ -164,6 +179,9 @@ pub async fn run(
             source: std::io::Error::other(format!("preparing its Landlock rules: {e}")),
         })?;
     let mut cmd: Command = confined.cmd;
+    if report.is_some() {
+        cmd.args(progress::PROGRESS_ARGS);
+    }
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -182,11 +200,16 @@ pub async fn run(
     let stdout = child.stdout.take().expect("stdout is piped");
     let tail = tokio::spawn(read_tail(stderr));
     let out = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let mut stdout = stdout;
-        tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut buf)
-            .await
-            .map(|_| buf)
+        match report {
+            Some(report) => read_progress(stdout, &report).await,
+            None => {
+                let mut buf = Vec::new();
+                let mut stdout = stdout;
+                tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut buf)
+                    .await
+                    .map(|_| buf)
+            }
+        }
     });
     let status = tokio::select! {
         status = child.wait() => Some(status),
@@ -239,6 +262,22 @@ fn check_status(program: &str, status: ExitStatus, tail: String) -> Result<(), F
             tail,
         }),
     }
+}
+
+/// Hands each progress block on as its closing line arrives; reads to the end, so
+/// FFmpeg never blocks on a full pipe.
+async fn read_progress(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    report: &progress::Report,
+) -> std::io::Result<Vec<u8>> {
+    let mut lines = BufReader::new(stream).split(b'\n');
+    let mut parser = progress::Parser::default();
+    while let Some(line) = lines.next_segment().await? {
+        if let Some(sample) = parser.line(&String::from_utf8_lossy(&line)) {
+            report(sample);
+        }
+    }
+    Ok(Vec::new())
 }
 
 /// Keeps the last [`TAIL_LINES`] lines of a stream, each cut to [`TAIL_LINE_BYTES`].

@@ -15,10 +15,16 @@ use sqlx::{Executor, Row};
 use crate::config::Postgres;
 use crate::job::{JobMessage, OutputObject, ResultMessage};
 
+mod by_hand;
+mod costs;
 mod spend;
+mod watch;
 mod words;
 
+pub use by_hand::Cancel;
+pub use costs::{Interruptions, Machine};
 pub use spend::{CellChange, CellChanges};
+pub use watch::{Durations, JobCount, LastHour, Minute, PoolWindow, DURATION_BUCKETS};
 pub use words::{AttemptOutcome, EventKind, JobState, SubmitOutcome, UnknownWord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -780,6 +786,11 @@ impl Ledger {
                              ('succeeded', succeeded), ('failed', failed), ('dead', dead))
                  AS s(state, jobs)
              WHERE jobs > 0
+             UNION ALL
+             -- Cancelled jobs are few and not in the summary: counted on the
+             -- (pool, state) index.
+             SELECT pool, state, count(*) FROM jobs WHERE state = 'cancelled'
+             GROUP BY pool, state
              ORDER BY pool, state",
         )
         .fetch_all(&self.pool)

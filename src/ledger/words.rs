@@ -74,6 +74,9 @@ words! {
         Failed = "failed",
         /// Every attempt spent on failures that might have passed.
         Dead = "dead",
+        /// Stopped by hand (`cellfarm cancel`): nothing published, `cellfarm retry`
+        /// runs it again.
+        Cancelled = "cancelled",
     }
 }
 
@@ -82,7 +85,7 @@ impl JobState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Dead
+            JobState::Succeeded | JobState::Failed | JobState::Dead | JobState::Cancelled
         )
     }
 }
@@ -105,6 +108,8 @@ words! {
         Fault = "fault",
         /// Its cell died or was cut off and the lease ran out.
         Lost = "lost",
+        /// Its job was cancelled by hand while it ran.
+        Cancelled = "cancelled",
     }
 }
 
@@ -112,6 +117,8 @@ words! {
     /// What happened to a cell (`cell_events.kind`).
     EventKind {
         Launch = "launch",
+        /// A launched machine's cell beat for the first time.
+        Alive = "alive",
         Death = "death",
         Interruption = "interruption",
         Rebalance = "rebalance",

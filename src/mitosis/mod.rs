@@ -17,7 +17,7 @@ pub mod reap;
 mod tick;
 
 pub use budget::gate;
-pub use tick::{Cells, Farm, LiveFarm, Me, TickOutcome, Ticker};
+pub use tick::{weigh, Cells, Farm, LiveFarm, Me, TickOutcome, Ticker};
 
 /// What a pool looks like now.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

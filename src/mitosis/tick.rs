@@ -539,7 +539,7 @@ impl Ticker<'_> {
 
 /// Jobs running, jobs queued and seconds of work waiting, from a pool's load per
 /// pipeline. A pipeline gone from the config still has work: it weighs as plain seconds.
-fn weigh(config: &Config, loads: &[PipelineLoad]) -> (u64, u64, f64) {
+pub fn weigh(config: &Config, loads: &[PipelineLoad]) -> (u64, u64, f64) {
     let mut in_flight = 0;
     let mut queued = 0;
     let mut work_secs = 0.0;

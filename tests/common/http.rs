@@ -124,3 +124,26 @@ fn read(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         body,
     })
 }
+
+/// A `GET` over a fresh connection: (status code, body).
+pub fn get(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to the dashboard");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("a timeout");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).expect("read the answer");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("headers, then a body");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, body.to_string())
+}

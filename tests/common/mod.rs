@@ -12,6 +12,7 @@ pub mod http;
 pub mod imds;
 pub mod lambda_api;
 pub mod moto;
+pub mod prom;
 pub mod stack;
 pub mod wait;
 
