@@ -8,8 +8,7 @@ COMMENT ON COLUMN job_attempts.outcome IS
     'succeeded | failed | retry | handed_back | interrupted (spot notice) | lost (lease expired) | superseded | fault | cancelled (by hand)';
 
 -- Cell events that can be costed: the machine behind the event, what it is, where, how
--- it is bought and what it costs, where known (configured prices, or the spot price
--- history on EC2). A row from before this migration, or from a cloud that does not say,
+-- it is bought and what it costs, where known (the pool's configured prices). A row from before this migration, or from a cloud that does not say,
 -- leaves them NULL and is not costed.
 ALTER TABLE cell_events
     ADD COLUMN instance_id TEXT,

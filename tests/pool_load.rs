@@ -93,7 +93,7 @@ async fn step(ledger: &Ledger, rng: &mut StdRng, jobs: usize, attempts: &mut [i3
         cell_id: "cell".into(),
     };
     let lease = Duration::from_secs(rng.gen_range(0..2) * 60);
-    match rng.gen_range(0..9) {
+    match rng.gen_range(0..10) {
         0 if rng.gen_bool(0.5) => {
             ledger.insert(&j, POOL).await.expect("insert");
         }
@@ -138,6 +138,15 @@ async fn step(ledger: &Ledger, rng: &mut StdRng, jobs: usize, attempts: &mut [i3
             ledger.reset(&j.job_id).await.expect("reset");
             (ledger.forget_many(std::slice::from_ref(&j.job_id)).await).expect("forget");
         }
+        8 => {
+            // By hand: a cancel, or a retry of an ended job.
+            if rng.gen_bool(0.5) {
+                ledger.cancel(&j.job_id).await.expect("cancel");
+            } else {
+                // A job in a state that cannot be retried is left as it is.
+                let _refused = ledger.reopen(&j.job_id).await.expect("reopen");
+            }
+        }
         _ => {
             ledger.requeue_expired(&j.job_id).await.expect("requeue");
             ledger.bury_queued(&j.job_id, "lost").await.expect("bury");
@@ -160,7 +169,7 @@ async fn counted(ledger: &Ledger) -> Vec<(String, String, i64)> {
 
 /// Property: after every one of 600 random transitions of 40 jobs (inserts one at a
 /// time and in batches, claims with live and lapsed leases, probes, retries, hand-backs,
-/// failures, resets, forgotten and buried jobs), the summary the tick reads equals a scan
+/// failures, resets, cancels and retries by hand, forgotten and buried jobs), the summary the tick reads equals a scan
 /// of the jobs, and so do the counts by state that `status` reads: no job's share is lost
 /// or counted twice, and an emptied pool weighs exactly nothing.
 #[tokio::test]

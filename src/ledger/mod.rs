@@ -780,17 +780,13 @@ impl Ledger {
             "SELECT pool, state, jobs FROM (
                  SELECT pool, sum(queued)::int8 AS queued, sum(running)::int8 AS running,
                         sum(succeeded)::int8 AS succeeded, sum(failed)::int8 AS failed,
-                        sum(dead)::int8 AS dead
+                        sum(dead)::int8 AS dead, sum(cancelled)::int8 AS cancelled
                  FROM pool_load GROUP BY pool) AS t,
              LATERAL (VALUES ('queued', queued), ('running', running),
-                             ('succeeded', succeeded), ('failed', failed), ('dead', dead))
+                             ('succeeded', succeeded), ('failed', failed), ('dead', dead),
+                             ('cancelled', cancelled))
                  AS s(state, jobs)
              WHERE jobs > 0
-             UNION ALL
-             -- Cancelled jobs are few and not in the summary: counted on the
-             -- (pool, state) index.
-             SELECT pool, state, count(*) FROM jobs WHERE state = 'cancelled'
-             GROUP BY pool, state
              ORDER BY pool, state",
         )
         .fetch_all(&self.pool)
