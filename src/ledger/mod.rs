@@ -772,31 +772,19 @@ impl Ledger {
         .await?)
     }
 
-    /// Jobs per (pool, state), read from the pool summary (see [`Ledger::pool_load`]):
-    /// a few rows a pool however many jobs the ledger holds. States with no job are left
-    /// out.
+    /// Jobs per (pool, state): [`Ledger::job_counts`] summed over the pipelines.
     pub async fn state_counts(&self) -> Result<Vec<StateCount>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT pool, state, jobs FROM (
-                 SELECT pool, sum(queued)::int8 AS queued, sum(running)::int8 AS running,
-                        sum(succeeded)::int8 AS succeeded, sum(failed)::int8 AS failed,
-                        sum(dead)::int8 AS dead, sum(cancelled)::int8 AS cancelled
-                 FROM pool_load GROUP BY pool) AS t,
-             LATERAL (VALUES ('queued', queued), ('running', running),
-                             ('succeeded', succeeded), ('failed', failed), ('dead', dead),
-                             ('cancelled', cancelled))
-                 AS s(state, jobs)
-             WHERE jobs > 0
-             ORDER BY pool, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
+        let mut by_state: std::collections::BTreeMap<(String, String), i64> = Default::default();
+        for c in self.job_counts().await? {
+            *by_state.entry((c.pool, c.state.to_string())).or_default() += c.jobs as i64;
+        }
+        by_state
+            .into_iter()
+            .map(|((pool, state), jobs)| {
                 Ok(StateCount {
-                    pool: r.get("pool"),
-                    state: r.get::<String, _>("state").parse()?,
-                    jobs: r.get("jobs"),
+                    pool,
+                    state: state.parse()?,
+                    jobs,
                 })
             })
             .collect()
