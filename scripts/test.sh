@@ -4,7 +4,8 @@
 # stack's lint (scripts/check-stack.sh: cfn-lint and parliament on deploy/).
 # Extra arguments go to `cargo test`, before its `--`, e.g. a name filter:
 #   scripts/test.sh ledger
-# CELLFARM_TEST_THREADS sets the test harness's parallelism (default 4).
+# CELLFARM_TEST_THREADS sets the test harness's parallelism (default 4). Every test
+# binary runs even after one fails (--no-fail-fast), so that one run names every failure.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,8 +26,8 @@ scripts/services.sh
 log "cargo build --locked --all-targets (CARGO_TARGET_DIR=${CARGO_TARGET_DIR})"
 cargo build --locked --all-targets
 
-log "cargo test --locked --all-targets ${*:+$* }-- --test-threads=${CELLFARM_TEST_THREADS:-4}"
-cargo test --locked --all-targets "$@" -- --test-threads="${CELLFARM_TEST_THREADS:-4}"
+log "cargo test --locked --no-fail-fast --all-targets ${*:+$* }-- --test-threads=${CELLFARM_TEST_THREADS:-4}"
+cargo test --locked --no-fail-fast --all-targets "$@" -- --test-threads="${CELLFARM_TEST_THREADS:-4}"
 # Not with a name filter: that runs just those tests.
 [ "$#" -gt 0 ] || scripts/check-deploy.sh
 [ "$#" -gt 0 ] || scripts/check-stack.sh

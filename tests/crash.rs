@@ -87,10 +87,10 @@ async fn a_cell_killed_mid_upload_publishes_no_manifest() {
     let clip = farm.clip("clip", 2.0, "testsrc2");
     farm.put_file("inbox/clip.mp4", &clip);
     let id = farm.submit_id("inbox/clip.mp4", "h264_ladder");
-    // A slow S3 for outputs: each output PUT waits 3 s, so the cell is mid-upload for
-    // seconds between its two outputs.
+    // A slow S3 for one of the two outputs: its PUT waits 3 s, so the cell is
+    // mid-upload for seconds after the other output is up (outputs upload at once).
     let slow = Faults::on(&["PUT"], 0, 1)
-        .paths_containing("/outputs/")
+        .paths_containing("480p.mp4")
         .delaying(Duration::from_secs(3));
     let proxy = FaultyS3::start(slow);
     farm.edit_config(|doc| edit::set(doc, "s3.endpoint", proxy.url.as_str()));
