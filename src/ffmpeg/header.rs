@@ -1,6 +1,6 @@
-//! What a still image is, read from its header in-process: the output checks of an
-//! image (a poster, a contact sheet) cost a few reads instead of an ffprobe process
-//! (about 60 ms here, as much as the thumbnail's own FFmpeg).
+//! What an output is, read from its header in-process: the output checks of an image
+//! (a poster, a contact sheet) cost a few reads instead of an ffprobe process (about
+//! 60 ms here, as much as the thumbnail's own FFmpeg); MP4s are read by [`super::mp4`].
 //!
 //! Only outputs are read this way (files a confined FFmpeg wrote from names in the
 //! config); sources are always probed by ffprobe in the sandbox. A file this module does
@@ -13,6 +13,12 @@ use super::probe::{Probe, Stream};
 /// The largest header this reader looks through for a JPEG's frame header: FFmpeg
 /// writes it in the first few hundred bytes; EXIF or ICC segments may push it further.
 const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// What the output at `path` is, read in-process: a still image, or an MP4
+/// ([`super::mp4::read`]); `None` when neither reader fully understands it.
+pub fn read(path: &Path) -> Option<Probe> {
+    still_image(path).or_else(|| super::mp4::read(path))
+}
 
 /// The still image at `path`, described as ffprobe would describe it (codec, size,
 /// pixel format; the format is named `image2` or `png_pipe`, where ffprobe picks between

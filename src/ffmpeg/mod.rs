@@ -10,7 +10,9 @@
 //! * The stderr tail is kept for the error message: a corrupt video fails with FFmpeg's
 //!   own reason.
 
+pub mod h264;
 pub mod header;
+pub mod mp4;
 pub mod probe;
 pub mod progress;
 pub mod sandbox;
