@@ -3,7 +3,8 @@
 # local files with the best parallelism found, in the same run. Prints both wall times
 # and the ratio raw/farm (1.0 = the farm costs nothing), then the per-job overhead on
 # tiny jobs, and for both where a job's time goes outside FFmpeg (the cell's
-# `job timings` lines: claim, head, download, probe, checks, upload, commit, settle).
+# `job timings` lines: claim, head, download, probe, checks, upload, commit, settle;
+# `slot`, the wait of a job taken ahead for a running encode, is shown apart).
 #
 #   scripts/bench.sh                 # 12 x 30 s 720p clips through h264_ladder, 20 tiny jobs
 #   BENCH_CLIPS=4 BENCH_SECS=10 scripts/bench.sh   # a quicker, rougher run
@@ -134,9 +135,10 @@ for line in open(sys.argv[1], errors="replace"):
 if not jobs:
     sys.exit("no job timings in " + sys.argv[1])
 mean = {k: v / jobs for k, v in phases.items()}
-outside = mean["total"] - mean["ffmpeg"]
-parts = " ".join(f"{k}={v:.1f}" for k, v in mean.items() if k not in ("ffmpeg", "total"))
-print(f"per job (ms, mean of {jobs}): ffmpeg={mean['ffmpeg']:.1f} outside={outside:.1f} [{parts}]")
+slot = mean.get("slot", 0.0)
+outside = mean["total"] - mean["ffmpeg"] - slot
+parts = " ".join(f"{k}={v:.1f}" for k, v in mean.items() if k not in ("ffmpeg", "total", "slot"))
+print(f"per job (ms, mean of {jobs}): ffmpeg={mean['ffmpeg']:.1f} slot={slot:.1f} outside={outside:.1f} [{parts}]")
 PYEOF
 }
 

@@ -17,6 +17,9 @@ pub enum Phase {
     Download,
     /// Probing the source (or reading the probe made at submission) and recording it.
     Probe,
+    /// Waiting for an encoder: a job taken ahead waits for a running encode to end.
+    /// Not overhead: the slot's CPU is busy meanwhile.
+    Slot,
     /// The pipeline's FFmpeg steps: the part that is not overhead.
     Ffmpeg,
     /// Checking the outputs against the pipeline's expectations.
@@ -30,11 +33,12 @@ pub enum Phase {
     Settle,
 }
 
-const PHASES: [Phase; 9] = [
+const PHASES: [Phase; 10] = [
     Phase::Claim,
     Phase::Head,
     Phase::Download,
     Phase::Probe,
+    Phase::Slot,
     Phase::Ffmpeg,
     Phase::Checks,
     Phase::Upload,
@@ -49,6 +53,7 @@ impl Phase {
             Phase::Head => "head",
             Phase::Download => "download",
             Phase::Probe => "probe",
+            Phase::Slot => "slot",
             Phase::Ffmpeg => "ffmpeg",
             Phase::Checks => "checks",
             Phase::Upload => "upload",

@@ -47,7 +47,7 @@ use attempt::{Attempt, Ending, Settle};
 use laps::{Laps, Phase};
 use reload::Reload;
 use running::Work;
-use slots::Slots;
+use slots::{Slots, Turn};
 
 pub use start::{run, Options};
 pub use work::output_key;
@@ -234,7 +234,13 @@ impl Cell {
     }
 
     /// Everything about one delivery, ending in one [`Settle`].
-    async fn handle(&self, pool: &str, delivery: &Delivery, abort: &CancellationToken) {
+    async fn handle(
+        &self,
+        pool: &str,
+        delivery: &Delivery,
+        abort: &CancellationToken,
+        turn: &Turn,
+    ) {
         let job = match JobMessage::parse(&delivery.data) {
             Ok(job) => job,
             Err(e) => {
@@ -249,7 +255,7 @@ impl Cell {
         let span = tracing::info_span!("job", job = %job.job_id, pipeline = %job.pipeline);
         async {
             let laps = Laps::start();
-            let settle = self.attempt(pool, job, abort, &laps).await;
+            let settle = self.attempt(pool, job, abort, turn, &laps).await;
             self.settle(pool, delivery, settle).await;
             laps.lap(Phase::Settle);
             tracing::info!(%laps, "job timings");
@@ -265,6 +271,7 @@ impl Cell {
         pool: &str,
         job: JobMessage,
         abort: &CancellationToken,
+        turn: &Turn,
         laps: &Laps,
     ) -> Settle {
         let config = self.config();
@@ -285,6 +292,7 @@ impl Cell {
         attempt.cancel = cancel;
         let job_id = attempt.id.job_id.clone();
         let estimate = |secs: f64| self.estimate(&job_id, secs);
+        let encoding = |on: bool| self.encoding(&job_id, on);
         let ctx = work::Context {
             // The config of this attempt: a reload takes effect from the next job on.
             config: &config,
@@ -292,6 +300,8 @@ impl Cell {
             sandbox: &self.sandbox,
             threads: self.slots.threads(),
             estimate: &estimate,
+            turn,
+            encoding: &encoding,
             progress,
             laps,
         };

@@ -36,6 +36,8 @@ pub(super) struct Running {
     pub(super) started: Instant,
     /// Estimated wall seconds of the whole attempt, once the source is probed.
     pub(super) estimate_secs: Option<f64>,
+    /// Since when its FFmpeg steps run, while they run.
+    encoding_since: Option<Instant>,
     pool: String,
     pipeline: String,
     /// Written by the task reading FFmpeg's progress, read by the beat.
@@ -118,6 +120,7 @@ impl Cell {
             cancel: cancel.clone(),
             started: Instant::now(),
             estimate_secs: None,
+            encoding_since: None,
             pool: pool.to_string(),
             pipeline: pipeline.to_string(),
             progress: progress.clone(),
@@ -173,9 +176,63 @@ impl Cell {
         self.work.state().jobs.remove(job_id);
     }
 
+    /// Records that `job_id`'s FFmpeg steps have started (`on`) or ended.
+    pub(super) fn encoding(&self, job_id: &str, on: bool) {
+        if let Some(job) = self.work.state().jobs.get_mut(job_id) {
+            job.encoding_since = on.then(Instant::now);
+        }
+    }
+
+    /// Encodes running here that should end within [`super::slots::LOOKAHEAD`]: each
+    /// may have the next job taken for its slot.
+    pub(super) fn ending_soon(&self) -> usize {
+        let s = self.work.state();
+        s.jobs
+            .values()
+            .filter(|job| {
+                let fraction = job.progress.lock().expect("never poisoned").fraction;
+                job.encoding_since.is_some_and(|since| {
+                    remaining(since.elapsed(), fraction, job.estimate_secs)
+                        .is_some_and(|r| r <= super::slots::LOOKAHEAD)
+                })
+            })
+            .count()
+    }
+
     pub(super) fn estimate(&self, job_id: &str, secs: f64) {
         if let Some(job) = self.work.state().jobs.get_mut(job_id) {
             job.estimate_secs = Some(secs);
         }
+    }
+}
+
+/// How long an encode running for `elapsed` has left: extrapolated from its progress
+/// once FFmpeg has reported some, else its estimate less the time spent; `None` when
+/// neither is known.
+fn remaining(elapsed: Duration, fraction: f64, estimate_secs: Option<f64>) -> Option<Duration> {
+    let secs = if fraction >= MEASURED_FRACTION {
+        elapsed.as_secs_f64() * (1.0 - fraction.min(1.0)) / fraction
+    } else {
+        estimate_secs? - elapsed.as_secs_f64()
+    };
+    Some(Duration::from_secs_f64(secs.max(0.0)))
+}
+
+/// The progress past which the encode's own pace says more than the pipeline's estimate.
+const MEASURED_FRACTION: f64 = 0.05;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encode_left_is_its_pace_once_measured_else_its_estimate() {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let ten = Duration::from_secs(10);
+        assert_eq!(secs(remaining(ten, 0.5, Some(100.0))), Some(10.0));
+        assert_eq!(secs(remaining(ten, 0.0, Some(12.0))), Some(2.0));
+        assert_eq!(secs(remaining(ten, 0.01, Some(5.0))), Some(0.0), "overdue");
+        assert_eq!(remaining(ten, 0.0, None), None);
+        assert_eq!(secs(remaining(ten, 1.0, None)), Some(0.0));
     }
 }

@@ -1,16 +1,19 @@
 //! The cell's consuming: one broker connection per session, reconnecting with backoff
 //! when it is lost; a free slot takes the next message, priority lanes first.
 //!
-//! # A delivery is only taken for a free slot
+//! # A delivery is only taken for a slot that will be free
 //!
-//! A cell holds no message it cannot start. A message a cell holds unstarted is hidden
-//! backlog: the broker counts it as unacknowledged, not ready, the ledger as queued, not
-//! running, so mitosis would let an idle neighbour die beside a busy cell sitting on long
-//! jobs, and the job would wait for a slot of that cell when another is free. So a slot
-//! first waits to be free, then takes one message (`basic.get`) from the priority lanes,
-//! then the work queues, and starts it; when every lane is empty it looks again after a
-//! short wait ([`FIRST_POLL`], doubling to [`MAX_POLL`]). The cell's unacknowledged
-//! deliveries are its running jobs, no more.
+//! A cell holds no message it cannot start soon. A message a cell holds unstarted is
+//! hidden backlog: the broker counts it as unacknowledged, not ready, the ledger as
+//! queued, not running, so mitosis would let an idle neighbour die beside a busy cell
+//! sitting on long jobs, and the job would wait for a slot of that cell when another is
+//! free. So the session first waits until a job taken now would find an encoder (one is
+//! free, or a running encode ends within [`super::slots::LOOKAHEAD`]: see
+//! [`super::slots::Slots`]), then takes one message (`basic.get`) from the priority
+//! lanes, then the work queues, and starts it at once: claimed, downloaded and checked,
+//! it waits at most that long for its encoder. When every lane is empty it looks again
+//! after a short wait ([`FIRST_POLL`], doubling to [`MAX_POLL`]). The cell's
+//! unacknowledged deliveries are its running jobs, no more.
 //!
 //! Consumers with a prefetch cannot give that. RabbitMQ's prefetch (`basic.qos`) is per
 //! consumer, and a cell has one consumer per lane and pool: up to 2 × pools × prefetch
@@ -119,6 +122,11 @@ impl Cell {
             if shutdown.drain.is_cancelled() {
                 break;
             }
+            tokio::select! {
+                () = self.slots.startable(|| self.ending_soon()) => {}
+                _ = shutdown.drain.cancelled() => break,
+                _ = lost.notified() => return Err(connection_lost(&broker)),
+            }
             // Not cut short by a stop: a message the broker has sent must reach a slot.
             let taken = tokio::select! {
                 _ = lost.notified() => return Err(connection_lost(&broker)),
@@ -140,8 +148,9 @@ impl Cell {
             let cell = self.clone();
             let abort = shutdown.abort.clone();
             self.work.begin();
+            let turn = self.slots.turn();
             tokio::spawn(async move {
-                cell.handle(&pool, &delivery, &abort).await;
+                cell.handle(&pool, &delivery, &abort, &turn).await;
                 cell.work.end();
                 drop(permit);
             });

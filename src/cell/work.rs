@@ -28,6 +28,10 @@ pub struct Context<'a> {
     pub threads: usize,
     /// Told the attempt's estimated wall seconds once the source is probed.
     pub estimate: &'a (dyn Fn(f64) + Sync),
+    /// The attempt's place in line for an encoder, taken for its FFmpeg steps only.
+    pub turn: &'a super::slots::Turn,
+    /// Told when the attempt's FFmpeg steps start (true) and end (false).
+    pub encoding: &'a (dyn Fn(bool) + Sync),
     /// Told how far the attempt's FFmpeg steps have got, as they run.
     pub progress: super::running::Meter,
     /// Where the attempt's time goes.
@@ -117,7 +121,16 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         let secs = pipeline.derived_timeout_secs(source_probe.duration.unwrap_or(0.0), floor);
         limits.timeout = std::time::Duration::from_secs(secs);
     }
-    run_steps(
+    // The slot is held for the encode alone: the download above and the checks and
+    // upload below overlap other jobs' encodes.
+    let encoder = ctx
+        .turn
+        .encoder(&attempt.cancel)
+        .await
+        .ok_or(JobFailure::Cancelled)?;
+    ctx.laps.lap(Phase::Slot);
+    (ctx.encoding)(true);
+    let ran = run_steps(
         ctx,
         attempt,
         &commands,
@@ -125,7 +138,10 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         derived,
         source_probe.duration,
     )
-    .await?;
+    .await;
+    (ctx.encoding)(false);
+    drop(encoder);
+    ran?;
     ctx.laps.lap(Phase::Ffmpeg);
     // Outputs are our own files with names from the config, so image outputs may be
     // probed with the image2 demuxer that untrusted sources are denied.
@@ -567,7 +583,7 @@ struct OutputFile {
 }
 
 /// Finds every declared output and checks it; a missing or wrong output fails the job.
-/// A still image is read from its header in-process ([`header::still_image`]); anything
+/// A still image or an H.264/AAC MP4 is read in-process ([`header::read`]); anything
 /// else is probed by ffprobe.
 async fn check_outputs(
     ctx: &Context<'_>,
@@ -597,7 +613,7 @@ async fn check_outputs(
             }
             let mut found = None;
             if needs_probe(spec) {
-                let p = match header::still_image(&path) {
+                let p = match header::read(&path) {
                     Some(p) => p,
                     None => probe::probe(&path, ctx.sandbox, limits, cancel)
                         .await
