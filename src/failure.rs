@@ -67,6 +67,17 @@ pub enum JobFailure {
     /// This cell's scratch disk cannot hold the job; another cell may.
     #[error("the job needs {needed_mib} MiB of scratch space, {free_mib} MiB are free here")]
     NoRoom { needed_mib: u64, free_mib: u64 },
+    /// A detector pass found a defect its pipeline rejects.
+    #[error("{file}: {defect} (pipelines.{pipeline}.steps[{step}].detect.{key} = \"reject\")")]
+    Defect {
+        pipeline: String,
+        step: usize,
+        /// `source`, or the output's path.
+        file: String,
+        /// The first rejected defect, with its time range, and how many more.
+        defect: String,
+        key: &'static str,
+    },
     #[error("another attempt took the job over")]
     Superseded,
     #[error("cancelled: the cell is stopping")]
@@ -148,6 +159,7 @@ pub fn class(failure: &JobFailure) -> Class {
         JobFailure::Output { .. }
         | JobFailure::Pipeline { .. }
         | JobFailure::Limit { .. }
+        | JobFailure::Defect { .. }
         | JobFailure::OverEstimate { .. } => Permanent,
         JobFailure::Ledger(_)
         | JobFailure::Queue(_)

@@ -58,6 +58,13 @@ pub struct ResultMessage {
     pub manifest: Option<OutputObject>,
     pub attempt: u32,
     pub cell_id: String,
+    /// The defects the pipeline's detector passes flagged, one line each
+    /// (`source: black picture from 2.00 s to 4.00 s`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The detector passes' reports, also written beside the outputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub defects: Vec<crate::ffmpeg::detect::Report>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -196,6 +196,8 @@ impl<'a> Attempt<'a> {
             manifest: Some(produced.manifest),
             attempt: self.id.attempt as u32,
             cell_id: self.id.cell_id.clone(),
+            warnings: produced.warnings,
+            defects: produced.reports,
         };
         if !self.ledger.succeed(&self.id, &result, claim).await? {
             tracing::warn!("the job was taken over before commit; nothing committed");

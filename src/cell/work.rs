@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, OutputSpec, Pipeline, SourceLimits, TIMEOUT_MARGIN};
+use crate::config::{Config, Detect, OutputSpec, Pipeline, Policy, SourceLimits, TIMEOUT_MARGIN};
 use crate::failure::JobFailure;
-use crate::ffmpeg::{self, header, probe, progress, Access, FfmpegError, Limits, Sandbox, Tool};
+use crate::ffmpeg::{
+    self, detect, header, probe, progress, Access, FfmpegError, Limits, Sandbox, Tool,
+};
 use crate::job::{unquote_etag, JobMessage, OutputObject};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
@@ -73,10 +75,13 @@ impl Drop for Scratch {
     }
 }
 
-/// What an attempt produced: its outputs and the manifest written after them.
+/// What an attempt produced: its outputs and the manifest written after them, and what
+/// its detector passes found and flagged.
 pub struct Produced {
     pub outputs: Vec<OutputObject>,
     pub manifest: OutputObject,
+    pub warnings: Vec<String>,
+    pub reports: Vec<detect::Report>,
 }
 
 /// Runs the job's pipeline and uploads its outputs, then its manifest; the caller
@@ -109,11 +114,9 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
             pipeline: job.pipeline.clone(),
             reason,
         })?;
-    let commands = ffmpeg::commands(pipeline.step_args(), &vars, &limits).map_err(|reason| {
-        JobFailure::Pipeline {
-            pipeline: job.pipeline.clone(),
-            reason,
-        }
+    let plan = plan(pipeline, &vars, &limits, &scratch).map_err(|reason| JobFailure::Pipeline {
+        pipeline: job.pipeline.clone(),
+        reason,
     })?;
     let derived = explicit_timeout(ctx.config, pipeline).is_none();
     if derived {
@@ -130,18 +133,10 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
         .ok_or(JobFailure::Cancelled)?;
     ctx.laps.lap(Phase::Slot);
     (ctx.encoding)(true);
-    let ran = run_steps(
-        ctx,
-        attempt,
-        &commands,
-        &limits,
-        derived,
-        source_probe.duration,
-    )
-    .await;
+    let ran = run_steps(ctx, attempt, &plan, &limits, derived, &source_probe).await;
     (ctx.encoding)(false);
     drop(encoder);
-    ran?;
+    let reports = ran?;
     ctx.laps.lap(Phase::Ffmpeg);
     // Outputs are our own files with names from the config, so image outputs may be
     // probed with the image2 demuxer that untrusted sources are denied.
@@ -162,24 +157,81 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
     if !attempt.holds().await? {
         return Err(JobFailure::Superseded);
     }
-    let produced = publish(ctx, attempt, &source_probe, files, &scratch).await;
+    let produced = publish(ctx, attempt, &source_probe, files, reports, &scratch).await;
     ctx.laps.lap(Phase::Upload);
     produced
 }
 
-/// Runs the pipeline's FFmpeg steps in order, each reporting its progress to the job's
-/// meter; a step past a derived timeout is over its estimate.
+/// A step, ready to run: FFmpeg's whole argument list, or a detector pass over a file.
+enum Planned<'p> {
+    Ffmpeg(Vec<String>),
+    Detect {
+        detect: &'p Detect,
+        path: PathBuf,
+        /// `source`, or the output's path.
+        file: String,
+    },
+}
+
+/// The pipeline's steps with `vars` substituted, in order.
+fn plan<'p>(
+    pipeline: &'p Pipeline,
+    vars: &BTreeMap<&str, String>,
+    limits: &Limits,
+    scratch: &Scratch,
+) -> Result<Vec<Planned<'p>>, String> {
+    pipeline
+        .steps
+        .iter()
+        .map(|step| match &step.detect {
+            Some(detect) => Ok(match detect.output_path() {
+                Some(rel) => Planned::Detect {
+                    detect,
+                    path: scratch.0.join("out").join(rel),
+                    file: rel.to_string(),
+                },
+                None => Planned::Detect {
+                    detect,
+                    path: scratch.0.join("in/source"),
+                    file: "source".into(),
+                },
+            }),
+            None => {
+                let mut commands = ffmpeg::commands([step.args.as_slice()], vars, limits)?;
+                Ok(Planned::Ffmpeg(commands.remove(0)))
+            }
+        })
+        .collect()
+}
+
+/// Runs the pipeline's steps in order, each FFmpeg step reporting its progress to the
+/// job's meter (a step past a derived timeout is over its estimate); returns the
+/// reports of its detector passes.
 async fn run_steps(
     ctx: &Context<'_>,
     attempt: &Attempt<'_>,
-    commands: &[Vec<String>],
+    plan: &[Planned<'_>],
     limits: &Limits,
     derived: bool,
-    duration: Option<f64>,
-) -> Result<(), JobFailure> {
-    let steps = commands.len();
-    for (step, args) in commands.iter().enumerate() {
-        let report = step_report(&ctx.progress, step, steps, duration);
+    source: &probe::Probe,
+) -> Result<Vec<detect::Report>, JobFailure> {
+    let steps = plan.len();
+    let mut reports = Vec::new();
+    for (step, planned) in plan.iter().enumerate() {
+        let args = match planned {
+            Planned::Ffmpeg(args) => args,
+            Planned::Detect { detect, path, file } => {
+                let pass = Pass {
+                    step,
+                    detect,
+                    path,
+                    file,
+                };
+                reports.push(pass.run(ctx, attempt, source, limits).await?);
+                continue;
+            }
+        };
+        let report = step_report(&ctx.progress, step, steps, source.duration);
         ffmpeg::run_reporting(
             ctx.sandbox,
             Tool::Ffmpeg,
@@ -199,7 +251,88 @@ async fn run_steps(
             source => JobFailure::Step { step, source },
         })?;
     }
-    Ok(())
+    Ok(reports)
+}
+
+/// One detector pass of a job.
+struct Pass<'a> {
+    step: usize,
+    detect: &'a Detect,
+    path: &'a Path,
+    file: &'a str,
+}
+
+impl Pass<'_> {
+    /// Decodes the file once with every detector, and holds what they found to the
+    /// pipeline's policies: a rejected defect fails the job, an ignored one is dropped
+    /// from the report, a flagged one stays in it (and becomes a warning).
+    async fn run(
+        &self,
+        ctx: &Context<'_>,
+        attempt: &Attempt<'_>,
+        source: &probe::Probe,
+        limits: &Limits,
+    ) -> Result<detect::Report, JobFailure> {
+        let failed = |source| JobFailure::Step {
+            step: self.step,
+            source,
+        };
+        let probed = match self.detect.output_path() {
+            None => source.clone(),
+            Some(_) => match header::read(self.path) {
+                Some(p) => p,
+                None => probe::probe(self.path, ctx.sandbox, limits, &attempt.cancel)
+                    .await
+                    .map_err(failed)?,
+            },
+        };
+        let tuning = self.detect.tuning();
+        let mut report = match detect::args(&path_arg(self.path), &probed, &tuning, limits) {
+            None => detect::Report {
+                file: self.file.into(),
+                ..detect::Report::default()
+            },
+            Some(args) => {
+                let log = std::sync::Arc::new(std::sync::Mutex::new(detect::Log::default()));
+                let sink = log.clone();
+                let watch: ffmpeg::Watch =
+                    Box::new(move |line| sink.lock().expect("never poisoned").line(line));
+                ffmpeg::run_watching(
+                    ctx.sandbox,
+                    Tool::Ffmpeg,
+                    &args,
+                    limits,
+                    &attempt.cancel,
+                    watch,
+                )
+                .await
+                .map_err(failed)?;
+                let log = std::mem::take(&mut *log.lock().expect("never poisoned"));
+                log.report(self.file, &probed, &tuning)
+            }
+        };
+        report
+            .defects
+            .retain(|d| self.detect.policy(d.kind) != Policy::Ignore);
+        let mut rejected = report
+            .defects
+            .iter()
+            .filter(|d| self.detect.policy(d.kind) == Policy::Reject);
+        if let Some(first) = rejected.next() {
+            let more = rejected.count();
+            return Err(JobFailure::Defect {
+                pipeline: attempt.job.pipeline.clone(),
+                step: self.step,
+                file: self.file.into(),
+                defect: match more {
+                    0 => first.to_string(),
+                    n => format!("{first}, and {n} more rejected"),
+                },
+                key: first.kind.key(),
+            });
+        }
+        Ok(report)
+    }
 }
 
 /// Where step `step` of `steps` sends FFmpeg's progress: the job's meter, as a fraction
@@ -409,14 +542,16 @@ async fn fetch_assets<'p>(
     Ok(vars)
 }
 
-/// Uploads the checked outputs under the job's output prefix, then the manifest that
-/// names them all: the manifest is the last object written, so a reader that sees it
-/// sees every output, and an attempt cut short leaves none (the next overwrites).
+/// Uploads the checked outputs under the job's output prefix, and the detector passes'
+/// reports under `_defects/`, then the manifest that names them all: the manifest is
+/// the last object written, so a reader that sees it sees every output, and an attempt
+/// cut short leaves none (the next overwrites).
 async fn publish(
     ctx: &Context<'_>,
     attempt: &Attempt<'_>,
     source: &probe::Probe,
-    files: Vec<OutputFile>,
+    mut files: Vec<OutputFile>,
+    reports: Vec<detect::Report>,
     scratch: &Scratch,
 ) -> Result<Produced, JobFailure> {
     let job = &attempt.job;
@@ -424,46 +559,23 @@ async fn publish(
         pipeline: job.pipeline.clone(),
         reason,
     })?;
-    // Outputs go up a few at a time (an HLS ladder has hundreds of segments), each
-    // digested while the others upload; the order of the manifest is the outputs'.
-    let uploads = files.into_iter().map(|file| {
-        let dest = &dest;
-        async move {
-            let key = output_key(&dest.key, &file.rel);
-            let path = file.path.clone();
-            let digested = tokio::task::spawn_blocking(move || digest(&path))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
-            let (size, sha256) = digested.map_err(|source| JobFailure::Scratch {
-                path: file.path.display().to_string(),
-                source,
-            })?;
-            upload_patiently(
-                ctx,
-                &dest.bucket,
-                &key,
-                &file.path,
-                file.content_type.as_deref(),
-            )
-            .await?;
-            let entry = serde_json::json!({
-                "key": key, "size": size, "sha256": sha256,
-                "content_type": file.content_type, "probe": file.probe,
-            });
-            let output = OutputObject {
-                bucket: dest.bucket.clone(),
-                key,
-                size,
-            };
-            Ok::<_, JobFailure>((entry, output))
-        }
-    });
-    let uploaded: Vec<(serde_json::Value, OutputObject)> = futures_util::stream::iter(uploads)
-        .buffered(UPLOADS_AT_ONCE)
-        .try_collect()
-        .await?;
-    let (entries, outputs): (Vec<_>, Vec<_>) = uploaded.into_iter().unzip();
+    let outputs = files.len();
+    files.extend(report_files(&reports, scratch)?);
+    let uploaded = upload_all(ctx, &dest, files).await?;
+    let (mut entries, mut uploaded): (Vec<_>, Vec<_>) = uploaded.into_iter().unzip();
+    // The manifest holds each report whole, with the key it was written to.
+    let report_entries: Vec<serde_json::Value> = entries
+        .split_off(outputs)
+        .into_iter()
+        .zip(&reports)
+        .map(|(entry, report)| {
+            let mut whole = serde_json::to_value(report).expect("a report always serializes");
+            whole["key"] = entry["key"].clone();
+            whole
+        })
+        .collect();
+    let warnings = detect::warnings(&reports);
+    uploaded.truncate(outputs);
     let manifest = serde_json::json!({
         "v": crate::job::VERSION,
         "job_id": job.job_id,
@@ -473,6 +585,8 @@ async fn publish(
         "attempt": attempt.id.attempt,
         "cell_id": attempt.id.cell_id,
         "outputs": entries,
+        "warnings": warnings,
+        "defects": report_entries,
     });
     let path = scratch.0.join("work/_manifest.json");
     let body = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
@@ -487,7 +601,80 @@ async fn publish(
         key,
         size: body.len() as u64,
     };
-    Ok(Produced { outputs, manifest })
+    Ok(Produced {
+        outputs: uploaded,
+        manifest,
+        warnings,
+        reports,
+    })
+}
+
+/// Uploads `files` under `dest`, a few at a time (an HLS ladder has hundreds of
+/// segments), each digested while the others upload; returns each one's manifest entry
+/// and object, in the order of `files`.
+async fn upload_all(
+    ctx: &Context<'_>,
+    dest: &crate::s3url::S3Url,
+    files: Vec<OutputFile>,
+) -> Result<Vec<(serde_json::Value, OutputObject)>, JobFailure> {
+    let uploads = files.into_iter().map(|file| async move {
+        let key = output_key(&dest.key, &file.rel);
+        let path = file.path.clone();
+        let digested = tokio::task::spawn_blocking(move || digest(&path))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        let (size, sha256) = digested.map_err(|source| JobFailure::Scratch {
+            path: file.path.display().to_string(),
+            source,
+        })?;
+        upload_patiently(
+            ctx,
+            &dest.bucket,
+            &key,
+            &file.path,
+            file.content_type.as_deref(),
+        )
+        .await?;
+        let entry = serde_json::json!({
+            "key": key, "size": size, "sha256": sha256,
+            "content_type": file.content_type, "probe": file.probe,
+        });
+        let output = OutputObject {
+            bucket: dest.bucket.clone(),
+            key,
+            size,
+        };
+        Ok::<_, JobFailure>((entry, output))
+    });
+    futures_util::stream::iter(uploads)
+        .buffered(UPLOADS_AT_ONCE)
+        .try_collect()
+        .await
+}
+
+/// The detector passes' reports, written to scratch to be uploaded beside the outputs
+/// as `_defects/<file>.json`.
+fn report_files(
+    reports: &[detect::Report],
+    scratch: &Scratch,
+) -> Result<Vec<OutputFile>, JobFailure> {
+    let mut files = Vec::new();
+    for (i, report) in reports.iter().enumerate() {
+        let path = scratch.0.join(format!("work/_defects-{i}.json"));
+        let body = serde_json::to_vec_pretty(report).expect("a report always serializes");
+        std::fs::write(&path, body).map_err(|source| JobFailure::Scratch {
+            path: path.display().to_string(),
+            source,
+        })?;
+        files.push(OutputFile {
+            rel: format!("_defects/{}.json", report.file),
+            path,
+            content_type: Some("application/json".into()),
+            probe: None,
+        });
+    }
+    Ok(files)
 }
 
 /// Outputs uploaded at once by one attempt: enough to hide each PUT's round trip behind

@@ -158,3 +158,28 @@ pub(super) fn default_idle_grace() -> u64 {
 pub(super) fn default_launch_timeout() -> u64 {
     300
 }
+/// A detector pass reads the source unless told otherwise.
+pub(super) fn default_detect_input() -> String {
+    "{input}".into()
+}
+pub(super) fn reject() -> super::Policy {
+    super::Policy::Reject
+}
+pub(super) fn flag() -> super::Policy {
+    super::Policy::Flag
+}
+pub(super) fn ignore() -> super::Policy {
+    super::Policy::Ignore
+}
+/// A second of black, frozen picture or silence is a defect; a fade is not.
+pub(super) fn default_min_defect_secs() -> f64 {
+    1.0
+}
+/// From near-silence to louder than any mastered programme: only the absurd.
+pub(super) fn default_loudness_lufs() -> [f64; 2] {
+    [-40.0, -5.0]
+}
+/// About three video frames: more is audible lip-sync drift at the end.
+pub(super) fn default_max_drift_secs() -> f64 {
+    0.1
+}

@@ -471,7 +471,10 @@ pub struct Pipeline {
 impl Pipeline {
     /// Each step's FFmpeg arguments, placeholders unexpanded (see [`crate::ffmpeg::commands`]).
     pub fn step_args(&self) -> impl Iterator<Item = &[String]> {
-        self.steps.iter().map(|s| s.args.as_slice())
+        self.steps
+            .iter()
+            .filter(|s| s.detect.is_none())
+            .map(|s| s.args.as_slice())
     }
 
     /// Every placeholder's value for a job on a source probed as `source`: `base` (the
@@ -596,11 +599,90 @@ impl Default for SourceLimits {
     }
 }
 
+/// One step of a pipeline: an FFmpeg run (`args`) or a detector pass (`detect`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// FFmpeg arguments, one list element per argument, with `{placeholders}`.
+    #[serde(default)]
     pub args: Vec<String>,
+    /// A detector pass over the source or an output, instead of `args`.
+    pub detect: Option<Detect>,
+}
+
+/// A detector pass: one decode of a file with every detector in one filter graph (see
+/// [`crate::ffmpeg::detect`]), and what each kind of defect does to the job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Detect {
+    /// The file: `{input}` (the source, before the encode) or `{out}/<path>` (an
+    /// output, after the step that writes it).
+    #[serde(default = "default_detect_input")]
+    pub input: String,
+    /// Decoder errors, and fewer frames than the header promises.
+    #[serde(default = "reject")]
+    pub decode_errors: Policy,
+    #[serde(default = "flag")]
+    pub black: Policy,
+    /// A frozen picture that is not black (a black stretch is reported once, as black).
+    #[serde(default = "flag")]
+    pub freeze: Policy,
+    #[serde(default = "flag")]
+    pub silence: Policy,
+    /// Integrated loudness outside `loudness_lufs`.
+    #[serde(default = "ignore")]
+    pub loudness: Policy,
+    /// Audio and video durations apart by more than `max_drift_secs`.
+    #[serde(default = "flag")]
+    pub av_drift: Policy,
+    /// The shortest black, frozen or silent stretch reported, in seconds.
+    #[serde(default = "default_min_defect_secs")]
+    pub min_secs: f64,
+    /// `[low, high]` integrated loudness, LUFS.
+    #[serde(default = "default_loudness_lufs")]
+    pub loudness_lufs: [f64; 2],
+    #[serde(default = "default_max_drift_secs")]
+    pub max_drift_secs: f64,
+}
+
+impl Detect {
+    /// What this pass does about `kind`.
+    pub fn policy(&self, kind: crate::ffmpeg::detect::Kind) -> Policy {
+        use crate::ffmpeg::detect::Kind;
+        match kind {
+            Kind::DecodeErrors | Kind::Truncated => self.decode_errors,
+            Kind::Black => self.black,
+            Kind::Freeze => self.freeze,
+            Kind::Silence => self.silence,
+            Kind::Loudness => self.loudness,
+            Kind::AvDrift => self.av_drift,
+        }
+    }
+
+    pub fn tuning(&self) -> crate::ffmpeg::detect::Tuning {
+        crate::ffmpeg::detect::Tuning {
+            min_secs: self.min_secs,
+            loudness_lufs: (self.loudness_lufs[0], self.loudness_lufs[1]),
+            max_drift_secs: self.max_drift_secs,
+        }
+    }
+
+    /// The file the pass reads, relative to the job's outputs (`None` for the source).
+    pub fn output_path(&self) -> Option<&str> {
+        self.input.strip_prefix("{out}/")
+    }
+}
+
+/// What a defect does to its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// The job fails, naming the defect and where it is.
+    Reject,
+    /// The job succeeds with the defect among its warnings (result and manifest).
+    Flag,
+    /// Not reported.
+    Ignore,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -170,7 +170,7 @@ fn unknown_keys_are_named_with_their_path_at_any_depth() {
     for key in [
         "pools.default.floors: unknown key (allowed: max_queue_length, jobs_per_cell,",
         "pipelines.thumbs.outputs[0].codec: unknown key",
-        "pipelines.thumbs.steps[0].argz: unknown key (allowed: args)",
+        "pipelines.thumbs.steps[0].argz: unknown key (allowed: args, detect)",
         "routes[0].globe: unknown key",
     ] {
         assert!(msg.contains(key), "{key} in {msg}");
@@ -350,4 +350,59 @@ fn the_on_demand_fallback_needs_its_own_ceiling() {
     let text = ec2("on_demand_fallback = true\non_demand_ceiling = 3");
     let c = Config::parse(&text, "good.toml").unwrap();
     assert_eq!(c.cloud.ec2.unwrap().on_demand_ceiling, 3);
+}
+
+#[test]
+fn detector_steps_load_with_defaults_and_bad_ones_are_named() {
+    let good = GOOD.replace(
+        "steps = [{",
+        "steps = [{ detect = { black = \"reject\" } }, { detect = { input = \"{out}/poster.jpg\" } }, {",
+    );
+    let c = Config::parse(&good, "good.toml").unwrap();
+    let p = &c.pipelines["thumbs"];
+    let d = p.steps[0].detect.as_ref().unwrap();
+    assert_eq!(
+        (d.input.as_str(), d.black, d.freeze),
+        ("{input}", Policy::Reject, Policy::Flag)
+    );
+    assert_eq!(
+        (d.decode_errors, d.loudness),
+        (Policy::Reject, Policy::Ignore)
+    );
+    assert_eq!(
+        p.steps[1].detect.as_ref().unwrap().output_path(),
+        Some("poster.jpg")
+    );
+    assert_eq!(
+        p.step_args().count(),
+        1,
+        "detector passes are not FFmpeg steps"
+    );
+    let bad = GOOD.replace(
+        "steps = [{",
+        "steps = [{ detect = { input = \"{out}/../x\", min_secs = 0, blak = \"flag\" } }, \
+         { detect = { loudness_lufs = [-5, -40], black = \"reject\" }, args = [\"-i\"] }, \
+         { detect = { black = \"maybe\" } }, {",
+    );
+    let msg = Config::parse(&bad, "bad.toml").unwrap_err().to_string();
+    for key in [
+        "pipelines.thumbs.steps[0].detect.blak: unknown key",
+        "pipelines.thumbs.steps[2].detect.black",
+    ] {
+        assert!(msg.contains(key), "{key} in {msg}");
+    }
+    let bad = GOOD.replace(
+        "steps = [{",
+        "steps = [{ detect = { input = \"{out}/../x\", min_secs = 0 } }, \
+         { detect = { loudness_lufs = [-5, -40] }, args = [\"-i\"] }, {",
+    );
+    let msg = Config::parse(&bad, "bad.toml").unwrap_err().to_string();
+    for key in [
+        "pipelines.thumbs.steps[0].detect.input",
+        "pipelines.thumbs.steps[0].detect.min_secs",
+        "pipelines.thumbs.steps[1]: has both args and detect",
+        "pipelines.thumbs.steps[1].detect.loudness_lufs",
+    ] {
+        assert!(msg.contains(key), "{key} in {msg}");
+    }
 }

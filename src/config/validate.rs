@@ -282,13 +282,21 @@ fn check_pipeline(
         .chain(p.vars.keys().map(String::as_str))
         .chain(shared.keys().map(String::as_str))
         .collect();
-    for (i, args) in p.step_args().enumerate() {
-        if args.is_empty() {
-            bad(key(&format!("steps[{i}].args")), "empty");
+    for (i, step) in p.steps.iter().enumerate() {
+        let at = key(&format!("steps[{i}]"));
+        match &step.detect {
+            Some(d) => {
+                if !step.args.is_empty() {
+                    bad(at.clone(), "has both args and detect: one step does one");
+                }
+                check_detect(d, &format!("{at}.detect"), bad);
+            }
+            None if step.args.is_empty() => bad(format!("{at}.args"), "empty"),
+            None => {}
         }
-        for arg in args {
+        for arg in &step.args {
             if let Err(e) = template::check(arg, &names) {
-                bad(key(&format!("steps[{i}].args")), &e);
+                bad(format!("{at}.args"), &e);
             }
         }
     }
@@ -297,6 +305,35 @@ fn check_pipeline(
     }
     for (i, o) in p.outputs.iter().enumerate() {
         check_output(o, &key(&format!("outputs[{i}]")), bad);
+    }
+}
+
+/// A detector pass reads the source or a file of the job's own outputs, with sane knobs.
+fn check_detect(d: &crate::config::Detect, prefix: &str, bad: &mut impl FnMut(String, &str)) {
+    let plain = |rel: &str| {
+        !rel.is_empty()
+            && !rel.starts_with('/')
+            && !rel.contains(['{', '}', '*'])
+            && rel.split('/').all(|part| !part.is_empty() && part != "..")
+    };
+    if d.input != "{input}" && !d.output_path().is_some_and(plain) {
+        bad(
+            format!("{prefix}.input"),
+            "must be \"{input}\" (the source) or \"{out}/<path>\" (an output), without * or ..",
+        );
+    }
+    if d.min_secs.is_nan() || d.min_secs <= 0.0 {
+        bad(format!("{prefix}.min_secs"), "must be above 0");
+    }
+    let [low, high] = d.loudness_lufs;
+    if low.is_nan() || high.is_nan() || low >= high {
+        bad(
+            format!("{prefix}.loudness_lufs"),
+            "must be [low, high] with low < high",
+        );
+    }
+    if d.max_drift_secs.is_nan() || d.max_drift_secs < 0.0 {
+        bad(format!("{prefix}.max_drift_secs"), "must be 0 or more");
     }
 }
 

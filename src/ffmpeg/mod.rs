@@ -10,6 +10,7 @@
 //! * The stderr tail is kept for the error message: a corrupt video fails with FFmpeg's
 //!   own reason.
 
+pub mod detect;
 pub mod h264;
 pub mod header;
 pub mod mp4;
@@ -168,6 +169,37 @@ pub async fn run_reporting(
     cancel: &CancellationToken,
     report: Option<progress::Report>,
 ) -> Result<String, FfmpegError> {
+    run_full(sandbox, tool, args, limits, cancel, report, None).await
+}
+
+/// Where each line of a process's stderr goes as it arrives.
+pub type Watch = Box<dyn FnMut(&str) + Send>;
+
+/// [`run`] for a process whose log is its result (a detector pass, run with
+/// `-loglevel level+info`): every stderr line goes to `watch` as it arrives, and the
+/// error message of a failure keeps only the lines logged as warnings or errors.
+pub async fn run_watching(
+    sandbox: &Sandbox,
+    tool: Tool,
+    args: &[String],
+    limits: &Limits,
+    cancel: &CancellationToken,
+    watch: Watch,
+) -> Result<(), FfmpegError> {
+    run_full(sandbox, tool, args, limits, cancel, None, Some(watch))
+        .await
+        .map(drop)
+}
+
+async fn run_full(
+    sandbox: &Sandbox,
+    tool: Tool,
+    args: &[String],
+    limits: &Limits,
+    cancel: &CancellationToken,
+    report: Option<progress::Report>,
+    watch: Option<Watch>,
+) -> Result<String, FfmpegError> {
     let program = tool.name();
     tracing::debug!(program, ?args, layers = ?sandbox.layers(), "running");
     let run_limits = sandbox::Limits {
@@ -200,7 +232,7 @@ pub async fn run_reporting(
     drop(confined.ruleset);
     let stderr = child.stderr.take().expect("stderr is piped");
     let stdout = child.stdout.take().expect("stdout is piped");
-    let tail = tokio::spawn(read_tail(stderr));
+    let tail = tokio::spawn(read_tail(stderr, watch));
     let out = tokio::spawn(async move {
         match report {
             Some(report) => read_progress(stdout, &report).await,
@@ -282,12 +314,22 @@ async fn read_progress(
     Ok(Vec::new())
 }
 
-/// Keeps the last [`TAIL_LINES`] lines of a stream, each cut to [`TAIL_LINE_BYTES`].
-async fn read_tail(stream: impl tokio::io::AsyncRead + Unpin) -> String {
+/// Keeps the last [`TAIL_LINES`] lines of a stream, each cut to [`TAIL_LINE_BYTES`];
+/// with `watch`, hands every line to it and keeps only warnings and errors.
+async fn read_tail(stream: impl tokio::io::AsyncRead + Unpin, mut watch: Option<Watch>) -> String {
     let mut lines = BufReader::new(stream).split(b'\n');
     let mut tail = VecDeque::with_capacity(TAIL_LINES);
     while let Ok(Some(line)) = lines.next_segment().await {
         let mut line = String::from_utf8_lossy(&line).trim_end().to_string();
+        if let Some(watch) = watch.as_mut() {
+            watch(&line);
+            if !["[warning]", "[error]", "[fatal]"]
+                .iter()
+                .any(|l| line.contains(l))
+            {
+                continue;
+            }
+        }
         if line.is_empty() {
             continue;
         }
@@ -373,11 +415,11 @@ mod tests {
     #[tokio::test]
     async fn the_tail_keeps_the_last_lines() {
         let text: String = (0..50).map(|i| format!("line {i}\n")).collect();
-        let tail = read_tail(text.as_bytes()).await;
+        let tail = read_tail(text.as_bytes(), None).await;
         assert!(tail.starts_with("line 38 | "), "{tail}");
         assert!(tail.ends_with("line 49"), "{tail}");
         let graph = format!("{} matches no streams", "[0:v]scale=1280:720;".repeat(100));
-        let tail = read_tail(graph.as_bytes()).await;
+        let tail = read_tail(graph.as_bytes(), None).await;
         assert!(tail.ends_with("matches no streams"), "{tail}");
         assert!(tail.starts_with("[0:v]scale"), "{tail}");
         assert!(
