@@ -102,6 +102,10 @@ pub struct Route {
 pub struct FarmConfig {
     /// Prefix of every queue, Redis key and tag of this farm.
     pub name: String,
+    /// Most cells of the whole farm, across its pools: what the other pools leave under
+    /// it is the ceiling of its soak pools ([`Pool::soak`]).
+    #[serde(default)]
+    pub max_cells: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +303,11 @@ pub struct Pool {
     /// Cells kept even when idle.
     #[serde(default)]
     pub floor: u32,
+    /// Background work on borrowed room (Netflix's soak capacity): the pool's ceiling
+    /// is also what the other pools' cells leave under `farm.max_cells`, and when they
+    /// need that room back, its busy cells finish their jobs, take no more, and die.
+    #[serde(default)]
+    pub soak: bool,
     /// Most cells the pool may have (the vCPU-quota safeguard).
     #[serde(default = "default_ceiling")]
     pub ceiling: u32,

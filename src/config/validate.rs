@@ -203,6 +203,9 @@ impl Config {
         if self.pools.is_empty() {
             bad("pools".into(), "at least one pool is needed");
         }
+        if self.farm.max_cells == Some(0) {
+            bad("farm.max_cells".into(), "must be above 0");
+        }
         for (name, pool) in &self.pools {
             if !valid_name(name) {
                 bad(format!("pools.{name}"), "pool names are 1-40 of [a-z0-9_-]");
@@ -227,6 +230,12 @@ impl Config {
             }
             if pool.step == 0 {
                 bad(format!("pools.{name}.step"), "must be above 0");
+            }
+            if pool.soak && self.farm.max_cells.is_none() {
+                bad(
+                    format!("pools.{name}.soak"),
+                    "needs farm.max_cells: a soak pool's room is what the other pools leave under it",
+                );
             }
         }
     }

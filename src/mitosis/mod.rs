@@ -114,6 +114,11 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
     if waiting(obs) == 0 && obs.alive > keep {
         return Decision::Shed(obs.alive - keep);
     }
+    // Over its ceiling (a soak pool whose room the other pools took back, a lowered
+    // ceiling), a pool offers the surplus even while work waits.
+    if obs.alive > policy.ceiling {
+        return Decision::Shed(obs.alive - policy.ceiling);
+    }
     Decision::Stay
 }
 
@@ -121,6 +126,13 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
 /// pool offers: only once idle past the pool's grace.
 pub fn may_leave(idle_secs: Option<u64>, policy: &Policy) -> bool {
     idle_secs.is_some_and(|idle| idle >= policy.idle_grace_secs)
+}
+
+/// A soak pool's ceiling: its own, and no more than what the farm's `max_cells` leaves
+/// once the other pools' cells (alive and pending) are counted.
+pub fn soak_ceiling(own: u32, max_cells: u32, others: u64) -> u32 {
+    let room = u64::from(max_cells).saturating_sub(others);
+    own.min(u32::try_from(room).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
@@ -164,6 +176,11 @@ mod tests {
                 Launch(4),
             ),
             ("never past the ceiling", obs(400, 0, 0, 0), Launch(4)),
+            (
+                "over its ceiling, the surplus goes while work waits",
+                obs(400, 6, 6, 0),
+                Shed(2),
+            ),
             ("pending launches count", obs(40, 0, 1, 3), Stay),
             ("alive cells count", obs(30, 10, 4, 0), Stay),
             (
@@ -284,5 +301,12 @@ mod tests {
             }
         }
         assert_eq!(launched, 3);
+    }
+
+    #[test]
+    fn a_soak_pools_ceiling_is_the_room_the_others_leave() {
+        assert_eq!(soak_ceiling(10, 8, 3), 5);
+        assert_eq!(soak_ceiling(4, 8, 3), 4, "never past its own");
+        assert_eq!(soak_ceiling(10, 8, 9), 0, "others over the farm's ceiling");
     }
 }

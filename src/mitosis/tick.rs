@@ -229,6 +229,9 @@ impl Ticker<'_> {
                 tracing::warn!(pool, error = format!("{e:#}"), "mitosis tick failed");
             }
         }
+        if !me.leaving && me.idle_secs.is_none() && self.all_soak(pools) {
+            return self.yield_room(pools, me).await;
+        }
         if me.leaving || !self.idle_past_grace(pools, me.idle_secs) {
             return false;
         }
@@ -243,10 +246,55 @@ impl Ticker<'_> {
         })
     }
 
+    /// A soak pool's ceiling ([`super::soak_ceiling`]): the other pools' cells are
+    /// counted cheaply (serving and pending), not observed.
+    async fn soak_room(&self, pool: &str, own: u32) -> anyhow::Result<u32> {
+        let Some(max) = self.config.farm.max_cells else {
+            return Ok(own);
+        };
+        let mut others = 0;
+        for other in self.config.pools.keys().filter(|p| *p != pool) {
+            others += self.farm.serving(other).await? + u64::from(self.farm.pending(other).await?);
+        }
+        Ok(super::soak_ceiling(own, max, others))
+    }
+
     /// How long a claimed round lasts: just under a heartbeat, so that about one cell a
     /// heartbeat claims it whatever the phase of the beats.
     fn round_ms(&self) -> u64 {
         self.config.cell.heartbeat_secs * 900
+    }
+
+    /// True when every pool of `pools` is a soak pool.
+    fn all_soak(&self, pools: &[String]) -> bool {
+        !pools.is_empty()
+            && pools
+                .iter()
+                .all(|pool| self.config.pools.get(pool).is_some_and(|p| p.soak))
+    }
+
+    /// A busy soak cell gives its room back: it takes one of the deaths its pools
+    /// offer (a soak pool offers them while over its ceiling, work or not), and, true,
+    /// finishes its running jobs, takes no more, and dies. Its jobs wait in the queue
+    /// for room.
+    async fn yield_room(&self, pools: &[String], me: Me<'_>) -> bool {
+        const REASON: &str = "soak: the other pools took back the room under \
+                              farm.max_cells; finishing running jobs, taking no more";
+        let yielded = async {
+            if !self.farm.take_deaths(pools).await? {
+                return Ok(false);
+            }
+            self.farm.deregister(me.cell_id).await?;
+            tracing::info!(pools = ?pools, reason = REASON, "death: yielding the room");
+            (self.farm)
+                .record(&pools[0], EventKind::Death, me.cell_id, 1, REASON)
+                .await?;
+            Ok::<_, anyhow::Error>(true)
+        };
+        yielded.await.unwrap_or_else(|e| {
+            tracing::warn!(error = format!("{e:#}"), "mitosis: cannot yield");
+            false
+        })
     }
 
     /// True when every pool of `pools` would let a cell idle for `idle_secs` go.
@@ -396,7 +444,11 @@ impl Ticker<'_> {
             .get(pool)
             .ok_or_else(|| anyhow::anyhow!("no pool named {pool:?}"))?;
         let obs = self.observe(pool, me).await?;
-        let decision = decide(&obs, &Policy::from(p));
+        let mut policy = Policy::from(p);
+        if p.soak {
+            policy.ceiling = self.soak_room(pool, policy.ceiling).await?;
+        }
+        let decision = decide(&obs, &policy);
         let decision = self.gate(pool, p, decision, &obs, me.is_none()).await?;
         let idle_secs = me.and_then(|m| m.idle_secs);
         tracing::debug!(pool, ?obs, ?decision, ?idle_secs, "mitosis tick");
@@ -533,6 +585,13 @@ impl Ticker<'_> {
         self.farm
             .record(&pools[0], EventKind::Death, me.cell_id, 1, &reason)
             .await?;
+        // The room this cell leaves is the soak pools' to take, and a soak pool whose
+        // cells all yielded has none left to tick it.
+        let soak: Vec<String> = (self.config.pools.iter())
+            .filter(|(name, p)| p.soak && !pools.contains(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.kick(&soak).await;
         Ok(true)
     }
 }

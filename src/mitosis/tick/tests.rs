@@ -47,6 +47,9 @@ struct State {
     ready: u64,
     /// Ready messages of pools other than `p`.
     ready_elsewhere: std::collections::BTreeMap<String, u64>,
+    /// Cells serving, and launches pending, in pools other than the one ticked.
+    serving_elsewhere: std::collections::BTreeMap<String, u64>,
+    pending_elsewhere: std::collections::BTreeMap<String, u32>,
     /// Ready messages seen after a deregistration (a job published meanwhile).
     ready_after_deregister: Option<u64>,
     /// Jobs the ledger holds as queued whose message is not ready: held by a cell that
@@ -115,8 +118,12 @@ impl Farm for MemFarm {
         }
         Ok(true)
     }
-    async fn serving(&self, _: &str) -> anyhow::Result<u64> {
-        Ok(u64::from(self.state().alive))
+    async fn serving(&self, pool: &str) -> anyhow::Result<u64> {
+        let s = self.state();
+        Ok(s.serving_elsewhere
+            .get(pool)
+            .copied()
+            .unwrap_or(u64::from(s.alive)))
     }
     async fn ready(&self, pool: &str) -> anyhow::Result<u64> {
         let s = self.state();
@@ -154,8 +161,9 @@ impl Farm for MemFarm {
             draining: s.draining.clone(),
         })
     }
-    async fn pending(&self, _: &str) -> anyhow::Result<u32> {
-        Ok(self.state().pending)
+    async fn pending(&self, pool: &str) -> anyhow::Result<u32> {
+        let s = self.state();
+        Ok(s.pending_elsewhere.get(pool).copied().unwrap_or(s.pending))
     }
     async fn cooling(&self, _: &str) -> anyhow::Result<bool> {
         Ok(self.state().cooling)
@@ -725,4 +733,68 @@ async fn a_kick_ticks_only_for_a_free_round_or_a_pool_with_no_cell() {
     kick(&empty).await;
     assert_eq!(empty.state().observed, 1);
     assert_eq!(*cloud.launched.lock().unwrap(), 4, "one more: zero to one");
+}
+
+/// A farm of at most 4 cells whose pool `s` soaks up what `p` and `q` leave.
+fn soak_config() -> Config {
+    let text = CONFIG.replace("name = \"t\"", "name = \"t\"\n    max_cells = 4")
+        + "\n    [pools.s]\n    soak = true\n    jobs_per_cell = 1\n    ceiling = 10\n    step = 10\n";
+    Config::parse(&text, "soak test").unwrap()
+}
+
+/// Property: a soak pool grows only into the room the other pools leave under
+/// `farm.max_cells`, and when they take it back it offers its surplus even while its
+/// own work waits; a busy soak cell then yields (finishes its jobs, takes no more, dies),
+/// and a busy cell of an ordinary pool never does.
+#[tokio::test]
+async fn a_soak_pool_fills_the_spare_room_and_yields_it() {
+    let config = soak_config();
+    let cloud = MemCloud::blind();
+    // p has one cell and one launching, q none: two cells of room for s's ten jobs.
+    let farm = MemFarm::with(|s| {
+        s.ready = 10;
+        s.serving_elsewhere = [("p".into(), 1), ("q".into(), 0)].into();
+        s.pending_elsewhere = [("p".into(), 1), ("q".into(), 0)].into();
+    });
+    let first = ticker(&config, &farm, &cloud);
+    let (outcome, _) = first.tick("s", None).await.unwrap();
+    assert_eq!(outcome, TickOutcome::Launched(2), "only the room left");
+
+    // p now holds all four places: s's two cells are surplus, work or not.
+    let farm = MemFarm::with(|s| {
+        s.ready = 8;
+        s.alive = 2;
+        s.serving_elsewhere = [("p".into(), 4), ("q".into(), 0)].into();
+        s.pending_elsewhere = [("p".into(), 0), ("q".into(), 0)].into();
+    });
+    let later = ticker(&config, &farm, &cloud);
+    assert_eq!(later.tick("s", None).await.unwrap().0, TickOutcome::Shed(2));
+    let busy = |id| Me {
+        cell_id: id,
+        machine: None,
+        idle_secs: None,
+        leaving: false,
+    };
+    farm.state().rounds.insert("s".into());
+    assert!(
+        later.tick_cell(&["s".into()], busy("s1")).await,
+        "a busy soak cell yields"
+    );
+    farm.state().deaths.insert("p".into(), 1);
+    farm.state().rounds.insert("p".into());
+    assert!(
+        !later.tick_cell(&["p".into()], busy("p1")).await,
+        "a busy cell of an ordinary pool stays"
+    );
+    let s = farm.state();
+    assert_eq!(s.deregistered, ["s1"]);
+    assert_eq!(s.deaths["s"], 1, "one death taken of the two offered");
+    assert_eq!(s.events, [(EventKind::Death, "s1".into(), 1)]);
+}
+
+#[test]
+fn a_soak_pool_needs_the_farms_ceiling() {
+    let text = CONFIG.to_string() + "\n    [pools.s]\n    soak = true\n";
+    let msg = Config::parse(&text, "soak test").unwrap_err().to_string();
+    assert!(msg.contains("pools.s.soak: needs farm.max_cells"), "{msg}");
 }
