@@ -43,6 +43,17 @@ steps = [{ args = ["-re", "-i", "{input}", "-c:v", "libx264", "-preset", "ultraf
 outputs = [{ path = "out.mp4", video_codec = "h264" }]
 "#;
 
+/// `cellfarm submit` of every object under `prefix` to the pipeline of that name.
+fn submit(farm: &Farm, prefix: &str) {
+    let url = format!("s3://{}/{prefix}/", farm.bucket);
+    let out = farm.run(&["submit", "--prefix", &url, "--pipeline", prefix]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Jobs of `pipeline` by state: (started, queued or running).
 async fn progress(farm: &Farm, pipeline: &str) -> (i64, i64) {
     sqlx::query_as(
@@ -79,16 +90,7 @@ async fn soak_work_fills_spare_room_and_gives_it_back() {
     for i in 0..2 {
         farm.put_file(&format!("main/clip{i}.mp4"), &short);
     }
-    let submit = |prefix: &str| {
-        let url = format!("s3://{}/{prefix}/", farm.bucket);
-        let out = farm.run(&["submit", "--prefix", &url, "--pipeline", prefix]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    submit("soak");
+    submit(&farm, "soak");
     farm.wait_until(
         Duration::from_secs(60),
         "two soak jobs to start on the room of an idle farm",
@@ -100,7 +102,7 @@ async fn soak_work_fills_spare_room_and_gives_it_back() {
         2,
         "the soak pool filled the farm's two places"
     );
-    submit("main");
+    submit(&farm, "main");
 
     let seen = std::cell::Cell::new((0, 0));
     let what = Lazy(|| format!("every job to end (soak, main unfinished: {:?})", seen.get()));

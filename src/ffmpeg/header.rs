@@ -14,10 +14,13 @@ use super::probe::{Probe, Stream};
 /// writes it in the first few hundred bytes; EXIF or ICC segments may push it further.
 const MAX_HEADER_BYTES: usize = 1 << 20;
 
-/// What the output at `path` is, read in-process: a still image, or an MP4
-/// ([`super::mp4::read`]); `None` when neither reader fully understands it.
+/// What the output at `path` is, read in-process: a still image, an MP4
+/// ([`super::mp4::read`]) or an MPEG-TS segment ([`super::ts::read`]); `None` when no
+/// reader fully understands it.
 pub fn read(path: &Path) -> Option<Probe> {
-    still_image(path).or_else(|| super::mp4::read(path))
+    still_image(path)
+        .or_else(|| super::mp4::read(path))
+        .or_else(|| super::ts::read(path))
 }
 
 /// The still image at `path`, described as ffprobe would describe it (codec, size,

@@ -18,6 +18,7 @@ pub mod probe;
 pub mod progress;
 pub mod sandbox;
 pub mod template;
+pub mod ts;
 
 use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};

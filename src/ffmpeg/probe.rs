@@ -395,6 +395,40 @@ fn within(what: &str, got: f64, expected: f64, slack: f64) -> Result<(), String>
     Ok(())
 }
 
+/// What the in-process readers' tests hold them to: ffprobe itself.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// ffprobe's description of a local file.
+    pub fn ffprobe(path: &std::path::Path) -> Probe {
+        let out = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-print_format", "json"])
+            .args(["-show_format", "-show_streams"])
+            .arg(path)
+            .output()
+            .expect("ffprobe is installed");
+        parse(&String::from_utf8_lossy(&out.stdout)).expect("ffprobe's JSON")
+    }
+
+    /// `ours` describes `name` as ffprobe does: the same streams with the same fields,
+    /// durations within `secs` and frame rates within `fps`.
+    pub fn same_streams(name: &str, ours: &Probe, theirs: &Probe, secs: f64, fps: f64) {
+        assert_eq!(ours.format, theirs.format, "{name}");
+        assert_eq!(ours.streams.len(), theirs.streams.len(), "{name}");
+        for (a, b) in ours.streams.iter().zip(&theirs.streams) {
+            let (da, db) = (a.duration.expect("ours"), b.duration.expect("ffprobe's"));
+            assert!((da - db).abs() <= secs, "{name} {}: {da} vs {db}", a.kind);
+            if let (Some(x), Some(y)) = (a.fps, b.fps) {
+                assert!((x - y).abs() <= fps, "{name} fps {x} vs {y}");
+            }
+            let mut a = a.clone();
+            (a.duration, a.fps) = (b.duration, b.fps);
+            assert_eq!(&a, b, "{name}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
