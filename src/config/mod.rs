@@ -641,7 +641,7 @@ pub struct Detect {
     /// Integrated loudness outside `loudness_lufs`.
     #[serde(default = "ignore")]
     pub loudness: Policy,
-    /// Audio and video durations apart by more than `max_drift_secs`.
+    /// Audio and video starts or durations apart by more than `max_drift_secs`.
     #[serde(default = "flag")]
     pub av_drift: Policy,
     /// The shortest black, frozen or silent stretch reported, in seconds.

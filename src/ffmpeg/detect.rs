@@ -272,19 +272,7 @@ impl Log {
                 detail: format!("integrated loudness {i:.1} LUFS, outside {low} to {high}"),
             });
         }
-        if let (Some(v), Some(a)) = (
-            video.and_then(|v| v.duration),
-            probe.audio().and_then(|a| a.duration),
-        ) {
-            if (v - a).abs() > tuning.max_drift_secs {
-                defects.push(Defect {
-                    kind: Kind::AvDrift,
-                    start: Some(v.min(a)),
-                    end: Some(v.max(a)),
-                    detail: format!("audio lasts {a:.3} s and video {v:.3} s"),
-                });
-            }
-        }
+        defects.extend(drift(probe, tuning));
         Report {
             file: file.into(),
             defects,
@@ -294,6 +282,28 @@ impl Log {
             error_lines: self.errors,
         }
     }
+}
+
+/// Audio and video apart: starting at different times, or of different lengths.
+fn drift(probe: &Probe, tuning: &Tuning) -> Vec<Defect> {
+    let (Some(video), Some(audio)) = (probe.video(), probe.audio()) else {
+        return Vec::new();
+    };
+    [
+        ("starts at", video.start, audio.start),
+        ("lasts", video.duration, audio.duration),
+    ]
+    .into_iter()
+    .filter_map(|(what, v, a)| {
+        let (v, a) = (v?, a?);
+        ((v - a).abs() > tuning.max_drift_secs).then(|| Defect {
+            kind: Kind::AvDrift,
+            start: Some(v.min(a)),
+            end: Some(v.max(a)),
+            detail: format!("audio {what} {a:.3} s and video {what} {v:.3} s"),
+        })
+    })
+    .collect()
 }
 
 /// A defect over a stretch; one still open at the end of the pass ends with its stream.
@@ -478,6 +488,31 @@ mod tests {
             r.defects[2].end,
             Some(9.5),
             "open silence ends with the audio"
+        );
+    }
+
+    #[test]
+    fn audio_that_starts_late_is_drift() {
+        let mut p = probe();
+        p.streams[0].start = Some(0.0);
+        p.streams[1].start = Some(0.5);
+        let r = read(&frames(0, 250), &p);
+        let drift: Vec<_> = r
+            .defects
+            .iter()
+            .filter(|d| d.kind == Kind::AvDrift)
+            .collect();
+        assert_eq!(drift.len(), 1, "{:?}", r.defects);
+        assert_eq!((drift[0].start, drift[0].end), (Some(0.0), Some(0.5)));
+        assert!(
+            drift[0].detail.contains("audio starts at 0.500 s"),
+            "{}",
+            drift[0].detail
+        );
+        p.streams[1].start = Some(-0.021);
+        assert!(
+            read(&frames(0, 250), &p).defects.is_empty(),
+            "AAC priming is no drift"
         );
     }
 

@@ -67,6 +67,9 @@ pub struct Stream {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub duration: Option<f64>,
+    /// Seconds at which the stream starts (ffprobe's `start_time`; AAC priming can make
+    /// it negative), when known.
+    pub start: Option<f64>,
     /// Frames per second of a video stream.
     pub fps: Option<f64>,
     /// `yuv420p`, `yuv420p10le`, …
@@ -199,6 +202,7 @@ struct RawStream {
     width: Option<u32>,
     height: Option<u32>,
     duration: Option<String>,
+    start_time: Option<String>,
     avg_frame_rate: Option<String>,
     pix_fmt: Option<String>,
     color_transfer: Option<String>,
@@ -244,6 +248,11 @@ pub fn parse(json: &str) -> Result<Probe, String> {
                 width: s.width,
                 height: s.height,
                 duration: s.duration.as_deref().and_then(seconds),
+                start: s
+                    .start_time
+                    .as_deref()
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .filter(|t| t.is_finite()),
                 fps: s.avg_frame_rate.as_deref().and_then(rate),
                 pix_fmt: s.pix_fmt,
                 color_transfer: s.color_transfer,
@@ -422,8 +431,15 @@ pub(crate) mod testing {
             if let (Some(x), Some(y)) = (a.fps, b.fps) {
                 assert!((x - y).abs() <= fps, "{name} fps {x} vs {y}");
             }
+            if let Some(start) = a.start {
+                let theirs = b.start.expect("ffprobe's start");
+                assert!(
+                    (start - theirs).abs() <= secs,
+                    "{name} start {start} vs {theirs}"
+                );
+            }
             let mut a = a.clone();
-            (a.duration, a.fps) = (b.duration, b.fps);
+            (a.duration, a.fps, a.start) = (b.duration, b.fps, b.start);
             assert_eq!(&a, b, "{name}");
         }
     }

@@ -72,6 +72,7 @@ pub fn read(path: &Path) -> Option<Probe> {
             _ => return None,
         };
         stream.duration = Some(span + frame);
+        stream.start = Some(first as f64 / CLOCK);
         streams.push((first, stream));
     }
     let start = streams.iter().map(|(first, _)| *first).min()?;
