@@ -196,10 +196,7 @@ fn plan<'p>(
                     file: "source".into(),
                 },
             }),
-            None => {
-                let mut commands = ffmpeg::commands([step.args.as_slice()], vars, limits)?;
-                Ok(Planned::Ffmpeg(commands.remove(0)))
-            }
+            None => ffmpeg::command(&step.args, vars, limits).map(Planned::Ffmpeg),
         })
         .collect()
 }
@@ -279,12 +276,9 @@ impl Pass<'_> {
         };
         let probed = match self.detect.output_path() {
             None => source.clone(),
-            Some(_) => match header::read(self.path) {
-                Some(p) => p,
-                None => probe::probe(self.path, ctx.sandbox, limits, &attempt.cancel)
-                    .await
-                    .map_err(failed)?,
-            },
+            Some(_) => describe(ctx, self.path, limits, &attempt.cancel)
+                .await
+                .map_err(failed)?,
         };
         let tuning = self.detect.tuning();
         let mut report = match detect::args(&path_arg(self.path), &probed, &tuning, limits) {
@@ -550,7 +544,7 @@ async fn publish(
     ctx: &Context<'_>,
     attempt: &Attempt<'_>,
     source: &probe::Probe,
-    mut files: Vec<OutputFile>,
+    files: Vec<OutputFile>,
     reports: Vec<detect::Report>,
     scratch: &Scratch,
 ) -> Result<Produced, JobFailure> {
@@ -559,23 +553,22 @@ async fn publish(
         pipeline: job.pipeline.clone(),
         reason,
     })?;
-    let outputs = files.len();
-    files.extend(report_files(&reports, scratch)?);
-    let uploaded = upload_all(ctx, &dest, files).await?;
-    let (mut entries, mut uploaded): (Vec<_>, Vec<_>) = uploaded.into_iter().unzip();
+    let (uploaded, reported) = tokio::try_join!(
+        upload_all(ctx, &dest, files),
+        upload_all(ctx, &dest, report_files(&reports, scratch)?),
+    )?;
+    let (entries, uploaded): (Vec<_>, Vec<_>) = uploaded.into_iter().unzip();
     // The manifest holds each report whole, with the key it was written to.
-    let report_entries: Vec<serde_json::Value> = entries
-        .split_off(outputs)
-        .into_iter()
+    let report_entries: Vec<serde_json::Value> = reported
+        .iter()
         .zip(&reports)
-        .map(|(entry, report)| {
+        .map(|((entry, _), report)| {
             let mut whole = serde_json::to_value(report).expect("a report always serializes");
             whole["key"] = entry["key"].clone();
             whole
         })
         .collect();
     let warnings = detect::warnings(&reports);
-    uploaded.truncate(outputs);
     let manifest = serde_json::json!({
         "v": crate::job::VERSION,
         "job_id": job.job_id,
@@ -769,9 +762,22 @@ struct OutputFile {
     probe: Option<probe::Probe>,
 }
 
-/// Finds every declared output and checks it; a missing or wrong output fails the job.
-/// A still image or an H.264/AAC MP4 is read in-process ([`header::read`]); anything
-/// else is probed by ffprobe.
+/// What a file the job wrote is: read in-process where [`header::read`] knows the
+/// format (still images, H.264/AAC in MP4 or MPEG-TS), else probed by ffprobe.
+async fn describe(
+    ctx: &Context<'_>,
+    path: &Path,
+    limits: &Limits,
+    cancel: &CancellationToken,
+) -> Result<probe::Probe, FfmpegError> {
+    match header::read(path) {
+        Some(p) => Ok(p),
+        None => probe::probe(path, ctx.sandbox, limits, cancel).await,
+    }
+}
+
+/// Finds every declared output and checks it ([`describe`]); a missing or wrong output
+/// fails the job.
 async fn check_outputs(
     ctx: &Context<'_>,
     pipeline: &Pipeline,
@@ -800,15 +806,13 @@ async fn check_outputs(
             }
             let mut found = None;
             if needs_probe(spec) {
-                let p = match header::read(&path) {
-                    Some(p) => p,
-                    None => probe::probe(&path, ctx.sandbox, limits, cancel)
+                let p =
+                    describe(ctx, &path, limits, cancel)
                         .await
                         .map_err(|e| JobFailure::Output {
                             path: rel.clone(),
                             reason: e.to_string(),
-                        })?,
-                };
+                        })?;
                 probe::verify(&spec.expect(), &p, source).map_err(|reason| JobFailure::Output {
                     path: rel.clone(),
                     reason,

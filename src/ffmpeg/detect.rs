@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::probe::Probe;
-use super::{input_guard, Limits};
+use super::{ffmpeg_args_logging, Limits};
 
 /// Luma below which a pixel is black (`blackdetect`'s `pix_th`): 10 % of the range.
 const BLACK_PIXEL: f64 = 0.10;
@@ -148,17 +148,11 @@ pub fn args(path: &str, probe: &Probe, tuning: &Tuning, limits: &Limits) -> Opti
     if graph.is_empty() {
         return None;
     }
-    let mut args: Vec<String> = ["-hide_banner", "-nostdin", "-nostats"]
-        .into_iter()
-        .map(String::from)
-        .collect();
-    args.extend(["-loglevel".into(), "level+info".into()]);
-    args.extend(input_guard(limits));
-    args.extend(["-i".into(), path.into()]);
-    args.extend(["-filter_complex".into(), graph.join(";")]);
-    args.extend(maps);
-    args.extend(["-fps_mode", "passthrough", "-f", "null", "-"].map(String::from));
-    Some(args)
+    let mut step: Vec<String> = vec!["-i".into(), path.into()];
+    step.extend(["-filter_complex".into(), graph.join(";")]);
+    step.extend(maps);
+    step.extend(["-fps_mode", "passthrough", "-f", "null", "-"].map(String::from));
+    Some(ffmpeg_args_logging(&step, limits, "level+info"))
 }
 
 /// Reads a pass's stderr, line by line, as it arrives.

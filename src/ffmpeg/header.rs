@@ -1,6 +1,7 @@
 //! What an output is, read from its header in-process: the output checks of an image
 //! (a poster, a contact sheet) cost a few reads instead of an ffprobe process (about
-//! 60 ms here, as much as the thumbnail's own FFmpeg); MP4s are read by [`super::mp4`].
+//! 60 ms here, as much as the thumbnail's own FFmpeg); MP4s and MPEG-TS segments are read
+//! by [`super::mp4`] and [`super::ts`].
 //!
 //! Only outputs are read this way (files a confined FFmpeg wrote from names in the
 //! config); sources are always probed by ffprobe in the sandbox. A file this module does
@@ -17,10 +18,22 @@ const MAX_HEADER_BYTES: usize = 1 << 20;
 /// What the output at `path` is, read in-process: a still image, an MP4
 /// ([`super::mp4::read`]) or an MPEG-TS segment ([`super::ts::read`]); `None` when no
 /// reader fully understands it.
+///
+/// The first bytes pick the one reader that can know the file, so a video output is
+/// not read through as a would-be image first.
 pub fn read(path: &Path) -> Option<Probe> {
-    still_image(path)
-        .or_else(|| super::mp4::read(path))
-        .or_else(|| super::ts::read(path))
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut magic)
+        .ok()?;
+    match magic {
+        [0xFF, 0xD8, ..] | [0x89, b'P', b'N', b'G', ..] => still_image(path),
+        [_, _, _, _, b'f', b't', b'y', b'p'] => super::mp4::read(path),
+        [0x47, ..] => super::ts::read(path),
+        _ => None,
+    }
 }
 
 /// The still image at `path`, described as ffprobe would describe it (codec, size,

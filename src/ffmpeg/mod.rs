@@ -107,18 +107,17 @@ pub fn input_guard(limits: &Limits) -> Vec<String> {
 /// Builds the full FFmpeg argument list from a step's expanded arguments: global flags
 /// first, then the arguments with the input guard before every `-i`.
 pub fn ffmpeg_args(step: &[String], limits: &Limits) -> Vec<String> {
+    ffmpeg_args_logging(step, limits, "error")
+}
+
+/// [`ffmpeg_args`] at another `-loglevel`: a detector pass reads its own log.
+pub fn ffmpeg_args_logging(step: &[String], limits: &Limits, loglevel: &str) -> Vec<String> {
     let guard = input_guard(limits);
-    let mut args: Vec<String> = [
-        "-hide_banner",
-        "-nostdin",
-        "-nostats",
-        "-y",
-        "-loglevel",
-        "error",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let mut args: Vec<String> = ["-hide_banner", "-nostdin", "-nostats", "-y", "-loglevel"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.push(loglevel.into());
     for arg in step {
         if arg == "-i" {
             args.extend(guard.iter().cloned());
@@ -137,14 +136,21 @@ pub fn commands<'a>(
 ) -> Result<Vec<Vec<String>>, String> {
     steps
         .into_iter()
-        .map(|step| {
-            let expanded = step
-                .iter()
-                .map(|a| template::expand(a, vars))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(ffmpeg_args(&expanded, limits))
-        })
+        .map(|step| command(step, vars, limits))
         .collect()
+}
+
+/// The FFmpeg argument list of one step, with `vars` substituted.
+pub fn command(
+    step: &[String],
+    vars: &std::collections::BTreeMap<&str, String>,
+    limits: &Limits,
+) -> Result<Vec<String>, String> {
+    let expanded = step
+        .iter()
+        .map(|a| template::expand(a, vars))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ffmpeg_args(&expanded, limits))
 }
 
 /// Runs `tool` with `args` under `limits`, confined by `sandbox`; Ok only on exit
