@@ -78,6 +78,9 @@ pub enum JobFailure {
         defect: String,
         key: &'static str,
     },
+    /// A chunk of a chunked title is not what its plan says: the chunk is encoded again.
+    #[error("chunk {index}: {reason}")]
+    Chunk { index: u32, reason: String },
     #[error("another attempt took the job over")]
     Superseded,
     #[error("cancelled: the cell is stopping")]
@@ -165,7 +168,7 @@ pub fn class(failure: &JobFailure) -> Class {
         | JobFailure::Queue(_)
         | JobFailure::Scratch { .. }
         | JobFailure::NoRoom { .. } => Fault,
-        JobFailure::Superseded | JobFailure::Cancelled => Retryable,
+        JobFailure::Chunk { .. } | JobFailure::Superseded | JobFailure::Cancelled => Retryable,
     }
 }
 

@@ -34,6 +34,31 @@ pub struct JobMessage {
     /// Delivery attempt this message starts; the ledger is the authority.
     #[serde(default)]
     pub attempt: u32,
+    /// Set on the jobs a chunked title is split into: which part of the title this job
+    /// makes (see [`crate::chunk`]). A title's own message has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+}
+
+/// One part of a chunked title, made by its own job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Part {
+    /// The video of frames `first_frame .. first_frame + frames` of the source.
+    Chunk(crate::chunk::Chunk),
+    /// The title's whole audio, encoded once (AAC encoded per chunk would drift by its
+    /// priming samples at each join).
+    Audio,
+}
+
+impl Part {
+    /// The part's name in its job id and its object key: `chunk-00003`, `audio`.
+    pub fn tag(&self) -> String {
+        match self {
+            Part::Chunk(c) => format!("chunk-{:05}", c.index),
+            Part::Audio => "audio".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +90,9 @@ pub struct ResultMessage {
     /// The detector passes' reports, also written beside the outputs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub defects: Vec<crate::ffmpeg::detect::Report>,
+    /// What a chunk's own checks found of the chunk it made, for the title's assembly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<Box<crate::chunk::Checked>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +127,20 @@ impl JobMessage {
             priority,
             work_secs: None,
             attempt: 0,
+            part: None,
+        }
+    }
+
+    /// The job that makes `part` of this title: the same source, pipeline and output,
+    /// its own id, weighing `work_secs`.
+    pub fn child(&self, part: Part, work_secs: f64) -> JobMessage {
+        let tag = part.tag();
+        JobMessage {
+            job_id: part_id(&self.job_id, &tag),
+            part: Some(part),
+            work_secs: Some(work_secs),
+            attempt: 0,
+            ..self.clone()
         }
     }
 
@@ -114,12 +156,16 @@ impl JobMessage {
         }
         let job: JobMessage =
             serde_json::from_value(value).map_err(|e| MessageError::Invalid(e.to_string()))?;
-        let expected = job_id(
+        let title = job_id(
             &job.source.bucket,
             &job.source.key,
             &job.source.etag,
             &job.pipeline,
         );
+        let expected = match &job.part {
+            None => title,
+            Some(part) => part_id(&title, &part.tag()),
+        };
         if job.job_id != expected {
             return Err(MessageError::Invalid(format!(
                 "job_id {} does not match its source and pipeline",
@@ -157,6 +203,16 @@ pub fn unquote_etag(etag: &str) -> &str {
 pub fn job_id(bucket: &str, key: &str, etag: &str, pipeline: &str) -> String {
     let mut h = Sha256::new();
     for part in [bucket, key, unquote_etag(etag), pipeline] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The id of the job that makes part `tag` of title `title_id`.
+fn part_id(title_id: &str, tag: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [title_id, tag] {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
@@ -216,6 +272,20 @@ mod tests {
         m = JobMessage::parse(body.as_bytes()).unwrap();
         m.output = "s3://o/hls".into();
         assert_eq!(m.output_prefix().unwrap().key, format!("hls/{}/", m.job_id));
+    }
+
+    #[test]
+    fn a_part_has_its_own_id_which_a_reader_checks() {
+        let title = JobMessage::new("long", source(), "s3://o/t/", false);
+        let audio = title.child(Part::Audio, 3.0);
+        assert_ne!(audio.job_id, title.job_id);
+        assert_eq!(JobMessage::parse(&audio.to_json()).unwrap(), audio);
+        let mut forged = audio.clone();
+        forged.part = None;
+        assert!(matches!(
+            JobMessage::parse(&forged.to_json()),
+            Err(MessageError::Invalid(_))
+        ));
     }
 
     #[test]

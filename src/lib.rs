@@ -67,6 +67,7 @@ pub mod aws;
 pub mod boot;
 pub mod by_hand;
 pub mod cell;
+pub mod chunk;
 pub mod cloud;
 pub mod config;
 pub mod costs;

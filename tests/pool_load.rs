@@ -49,6 +49,7 @@ fn job(i: usize) -> JobMessage {
         priority: false,
         work_secs: (i % 3 == 0).then_some(0.1 + i as f64 / 7.0),
         attempt: 0,
+        part: None,
     }
 }
 

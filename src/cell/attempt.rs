@@ -15,7 +15,7 @@ use crate::failure::{class, classify, Attempted, Class, Fate, JobFailure};
 use crate::job::{JobMessage, ResultMessage, VERSION};
 use crate::ledger::{AttemptId, AttemptOutcome, Claim, JobState, Ledger, LedgerError};
 
-use super::work::Produced;
+use super::work::{Outcome, Produced};
 
 /// What becomes of a delivery.
 #[derive(Debug)]
@@ -35,6 +35,10 @@ pub enum Settle {
     /// The job committed: publish its result (the ledger's outbox re-sends it if this
     /// fails), then acknowledge.
     Commit(ResultMessage),
+    /// The ledger has queued these jobs (a title's parts, or a title to assemble):
+    /// publish them to the lane, then acknowledge. A publish that fails leaves its job
+    /// queued in the ledger, and the reconciliation publishes it again.
+    Spawn(Vec<JobMessage>),
 }
 
 impl Settle {
@@ -46,6 +50,7 @@ impl Settle {
             Settle::DeadLetter { .. } => "dead-letter",
             Settle::Republish(_) => "re-publish",
             Settle::Commit(_) => "commit",
+            Settle::Spawn(_) => "spawn",
         }
     }
 }
@@ -83,6 +88,9 @@ pub struct Attempt<'a> {
     /// What the ledger already knew of the source when the job was claimed: the
     /// submission's ranged probe, or an earlier attempt's probe.
     pub known_probe: Option<serde_json::Value>,
+    /// Set when the job is a chunked title whose parts are all done: the plan to
+    /// assemble them by.
+    pub plan: Option<serde_json::Value>,
 }
 
 impl<'a> Attempt<'a> {
@@ -106,7 +114,11 @@ impl<'a> Attempt<'a> {
             }
         };
         match claim {
-            Claim::Run { attempt, probe } => Ok(Attempt {
+            Claim::Run {
+                attempt,
+                probe,
+                plan,
+            } => Ok(Attempt {
                 id: AttemptId {
                     job_id: job.job_id.clone(),
                     attempt,
@@ -116,7 +128,12 @@ impl<'a> Attempt<'a> {
                 ledger,
                 cancel: CancellationToken::new(),
                 known_probe: probe,
+                plan,
             }),
+            Claim::Waiting => {
+                tracing::info!("duplicate delivery of a title waiting for its parts; dropping");
+                Err(Settle::Ack)
+            }
             Claim::Finished { state } => {
                 tracing::info!(%state, "duplicate delivery of a finished job; dropping");
                 Err(Settle::Ack)
@@ -145,6 +162,11 @@ impl<'a> Attempt<'a> {
         self.ledger.record_probe(&self.id.job_id, probe).await
     }
 
+    /// The parts of the chunked title this attempt assembles.
+    pub async fn parts(&self) -> Result<Vec<crate::ledger::PartRow>, LedgerError> {
+        self.ledger.parts(&self.id.job_id).await
+    }
+
     /// True while this attempt still holds the job: checked before anything is uploaded.
     pub async fn holds(&self) -> Result<bool, LedgerError> {
         self.ledger.holds(&self.id).await
@@ -152,9 +174,11 @@ impl<'a> Attempt<'a> {
 
     /// Ends the attempt with what it produced: commits a success, or records the
     /// failure's fate.
-    pub async fn end(self, produced: Result<Produced, JobFailure>, ending: Ending<'_>) -> Settle {
+    pub async fn end(self, produced: Result<Outcome, JobFailure>, ending: Ending<'_>) -> Settle {
         let settle = match produced {
-            Ok(produced) => self.succeed(produced, ending.result_claim).await,
+            Ok(Outcome::Made(produced)) => self.succeed(*produced, ending.result_claim).await,
+            Ok(Outcome::Split { plan, parts }) => self.split(&plan, parts).await,
+            Ok(Outcome::Redo { parts, reason }) => self.redo(&parts, &reason).await,
             Err(failure) => {
                 let cut_short = self.cancel.is_cancelled();
                 // Only a fault needs its history; a ledger that cannot tell is itself
@@ -193,13 +217,15 @@ impl<'a> Attempt<'a> {
             pipeline: self.job.pipeline.clone(),
             source: self.job.source.clone(),
             outputs: produced.outputs,
-            manifest: Some(produced.manifest),
+            manifest: produced.manifest,
             attempt: self.id.attempt as u32,
             cell_id: self.id.cell_id.clone(),
             warnings: produced.warnings,
             defects: produced.reports,
+            chunk: produced.chunk.map(Box::new),
         };
-        if !self.ledger.succeed(&self.id, &result, claim).await? {
+        let committed = self.ledger.succeed(&self.id, &result, claim).await?;
+        if !committed.held {
             tracing::warn!("the job was taken over before commit; nothing committed");
             return Ok(Settle::Ack);
         }
@@ -208,7 +234,47 @@ impl<'a> Attempt<'a> {
             outputs = result.outputs.len(),
             "job succeeded"
         );
-        Ok(Settle::Commit(result))
+        if self.job.part.is_none() {
+            return Ok(Settle::Commit(result));
+        }
+        // A part's result is its title's: the title's last part hands it on.
+        if committed.assemble.is_some() {
+            tracing::info!("the title's last part: the title goes to be assembled");
+        }
+        Ok(Settle::Spawn(committed.assemble.into_iter().collect()))
+    }
+
+    /// Records the title's split and publishes its parts.
+    async fn split(
+        &self,
+        plan: &crate::chunk::Plan,
+        parts: Vec<JobMessage>,
+    ) -> Result<Settle, LedgerError> {
+        let json = serde_json::to_value(plan).expect("a plan always serializes");
+        if !self.ledger.split(&self.id, &json, &parts).await? {
+            tracing::warn!("the title was taken over before its split was recorded");
+            return Ok(Settle::Ack);
+        }
+        tracing::info!(
+            chunks = plan.chunks.len(),
+            parts = parts.len(),
+            "title split"
+        );
+        Ok(Settle::Spawn(parts))
+    }
+
+    /// Sends the parts an assembly found wanting back to be made again.
+    async fn redo(&self, parts: &[String], reason: &str) -> Result<Settle, LedgerError> {
+        let Some(again) = self.ledger.redo(&self.id, parts, reason).await? else {
+            tracing::warn!("the title was taken over before its assembly ended");
+            return Ok(Settle::Ack);
+        };
+        tracing::warn!(
+            reason,
+            parts = again.len(),
+            "assembly sends parts back to be made again"
+        );
+        Ok(Settle::Spawn(again))
     }
 
     async fn fail(

@@ -16,6 +16,7 @@
 
 mod alive;
 mod attempt;
+mod chunks;
 mod laps;
 mod metrics;
 mod reconcile;
@@ -359,6 +360,18 @@ impl Cell {
             Settle::Commit(result) => {
                 if let Err(e) = self.send_result(&result, PUBLISH_PATIENCE).await {
                     tracing::warn!(error = %e, "result not published yet; the outbox will re-send it");
+                }
+                true
+            }
+            Settle::Spawn(jobs) => {
+                for job in jobs {
+                    let lane = self.names.lane(pool, job.priority);
+                    let published = self
+                        .publish(&lane, &job.to_json(), &[], PUBLISH_PATIENCE)
+                        .await;
+                    if let Err(e) = published {
+                        tracing::warn!(job = %job.job_id, error = %e, "cannot publish; the reconciliation will");
+                    }
                 }
                 true
             }

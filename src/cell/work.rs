@@ -41,12 +41,12 @@ pub struct Context<'a> {
 }
 
 /// A directory removed on drop.
-struct Scratch(PathBuf);
+pub(super) struct Scratch(pub(super) PathBuf);
 
 impl Scratch {
     /// Makes the directory and its `in`, `out` and `work`, owned by the user FFmpeg
     /// runs as, which may write only there.
-    fn create(path: PathBuf, sandbox: &Sandbox) -> Result<Scratch, JobFailure> {
+    pub(super) fn create(path: PathBuf, sandbox: &Sandbox) -> Result<Scratch, JobFailure> {
         let scratch = Scratch(path);
         for sub in ["in", "out", "work"] {
             let dir = scratch.0.join(sub);
@@ -79,14 +79,30 @@ impl Drop for Scratch {
 /// its detector passes found and flagged.
 pub struct Produced {
     pub outputs: Vec<OutputObject>,
-    pub manifest: OutputObject,
+    /// None for a part of a chunked title, which its title's manifest names.
+    pub manifest: Option<OutputObject>,
     pub warnings: Vec<String>,
     pub reports: Vec<detect::Report>,
+    /// What a chunk's checks found of it.
+    pub chunk: Option<crate::chunk::Checked>,
+}
+
+/// How an attempt that went well ends.
+pub enum Outcome {
+    /// Outputs made and uploaded: commit them.
+    Made(Box<Produced>),
+    /// A chunked title split: record the plan and its parts.
+    Split {
+        plan: crate::chunk::Plan,
+        parts: Vec<JobMessage>,
+    },
+    /// An assembly found these parts (job ids) wanting: make them again.
+    Redo { parts: Vec<String>, reason: String },
 }
 
 /// Runs the job's pipeline and uploads its outputs, then its manifest; the caller
-/// commits to the ledger.
-pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produced, JobFailure> {
+/// commits to the ledger. A chunked pipeline's jobs run in [`super::chunks`].
+pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Outcome, JobFailure> {
     let job = &attempt.job;
     let pipeline = ctx
         .config
@@ -96,11 +112,11 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
             pipeline: job.pipeline.clone(),
             reason: "no such pipeline in the cell's config".into(),
         })?;
+    if let Some(chunking) = &pipeline.chunked {
+        return super::chunks::execute(ctx, attempt, pipeline, chunking).await;
+    }
     let mut limits = limits(ctx.config, pipeline);
-    let root = Path::new(&ctx.config.cell.scratch_dir).join(format!(
-        "{}-{}-{}",
-        job.job_id, attempt.id.attempt, attempt.id.cell_id
-    ));
+    let root = scratch_root(ctx, attempt);
     let source = make_room(ctx, job, pipeline, &root).await?;
     let scratch = Scratch::create(root, ctx.sandbox)?;
     ctx.laps.lap(Phase::Head);
@@ -159,7 +175,15 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Produce
     }
     let produced = publish(ctx, attempt, &source_probe, files, reports, &scratch).await;
     ctx.laps.lap(Phase::Upload);
-    produced
+    produced.map(|p| Outcome::Made(Box::new(p)))
+}
+
+/// The attempt's own scratch directory: `<scratch>/<job>-<attempt>-<cell>`.
+pub(super) fn scratch_root(ctx: &Context<'_>, attempt: &Attempt<'_>) -> PathBuf {
+    Path::new(&ctx.config.cell.scratch_dir).join(format!(
+        "{}-{}-{}",
+        attempt.job.job_id, attempt.id.attempt, attempt.id.cell_id
+    ))
 }
 
 /// A step, ready to run: FFmpeg's whole argument list, or a detector pass over a file.
@@ -331,7 +355,7 @@ impl Pass<'_> {
 
 /// Where step `step` of `steps` sends FFmpeg's progress: the job's meter, as a fraction
 /// of the whole pipeline over a source of `duration` seconds.
-fn step_report(
+pub(super) fn step_report(
     meter: &super::running::Meter,
     step: usize,
     steps: usize,
@@ -349,7 +373,7 @@ fn step_report(
 /// Looks the source object up (one HEAD, which the download then goes by), and checks
 /// that it is the version submitted, and its size against the pipeline's limit and this
 /// cell's free scratch space, before downloading anything.
-async fn make_room(
+pub(super) async fn make_room(
     ctx: &Context<'_>,
     job: &JobMessage,
     pipeline: &Pipeline,
@@ -409,7 +433,7 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 /// Probed once: a probe the ledger already holds for the job (made at submission, or
 /// by an earlier attempt) is used as it is. The job id is derived from the source's
 /// ETag and [`make_room`] has checked that ETag, so the probe describes these bytes.
-async fn fetch_source(
+pub(super) async fn fetch_source(
     ctx: &Context<'_>,
     attempt: &Attempt<'_>,
     source: &ObjectMeta,
@@ -540,7 +564,7 @@ async fn fetch_assets<'p>(
 /// reports under `_defects/`, then the manifest that names them all: the manifest is
 /// the last object written, so a reader that sees it sees every output, and an attempt
 /// cut short leaves none (the next overwrites).
-async fn publish(
+pub(super) async fn publish(
     ctx: &Context<'_>,
     attempt: &Attempt<'_>,
     source: &probe::Probe,
@@ -596,9 +620,10 @@ async fn publish(
     };
     Ok(Produced {
         outputs: uploaded,
-        manifest,
+        manifest: Some(manifest),
         warnings,
         reports,
+        chunk: None,
     })
 }
 
@@ -678,7 +703,7 @@ const UPLOADS_AT_ONCE: usize = 4;
 /// gives up the outputs it made: an S3 hiccup must not cost an encode.
 const UPLOAD_TRIES: u32 = 6;
 
-async fn upload_patiently(
+pub(super) async fn upload_patiently(
     ctx: &Context<'_>,
     bucket: &str,
     key: &str,
@@ -720,13 +745,13 @@ fn digest(path: &Path) -> std::io::Result<(u64, String)> {
 }
 
 /// A step timeout set by hand: the pipeline's, else the cell's.
-fn explicit_timeout(config: &Config, pipeline: &Pipeline) -> Option<u64> {
+pub(super) fn explicit_timeout(config: &Config, pipeline: &Pipeline) -> Option<u64> {
     pipeline.step_timeout_secs.or(config.cell.step_timeout_secs)
 }
 
 /// The limits of the probe and the steps; a derived step timeout replaces this one's
 /// once the source is probed.
-fn limits(config: &Config, pipeline: &Pipeline) -> Limits {
+pub(super) fn limits(config: &Config, pipeline: &Pipeline) -> Limits {
     let secs = explicit_timeout(config, pipeline).unwrap_or(config.cell.min_step_timeout_secs);
     Limits {
         timeout: std::time::Duration::from_secs(secs),
@@ -737,7 +762,7 @@ fn limits(config: &Config, pipeline: &Pipeline) -> Limits {
     }
 }
 
-fn path_arg(path: &Path) -> String {
+pub(super) fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
@@ -753,18 +778,18 @@ pub fn output_key(prefix: &str, rel: &str) -> String {
 }
 
 /// A checked output, ready to upload.
-struct OutputFile {
+pub(super) struct OutputFile {
     /// Relative to the job's output directory.
-    rel: String,
-    path: PathBuf,
-    content_type: Option<String>,
+    pub(super) rel: String,
+    pub(super) path: PathBuf,
+    pub(super) content_type: Option<String>,
     /// What ffprobe found, when the output was probed.
-    probe: Option<probe::Probe>,
+    pub(super) probe: Option<probe::Probe>,
 }
 
 /// What a file the job wrote is: read in-process where [`header::read`] knows the
 /// format (still images, H.264/AAC in MP4 or MPEG-TS), else probed by ffprobe.
-async fn describe(
+pub(super) async fn describe(
     ctx: &Context<'_>,
     path: &Path,
     limits: &Limits,

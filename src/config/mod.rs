@@ -473,8 +473,13 @@ pub struct Pipeline {
     /// What a source must stay within; checked before any encoding.
     #[serde(default)]
     pub limits: SourceLimits,
+    #[serde(default)]
     pub steps: Vec<Step>,
+    #[serde(default)]
     pub outputs: Vec<OutputSpec>,
+    /// Set, the pipeline cuts each title into chunks that cells encode at once, and
+    /// makes one output (see [`crate::chunk`]); it then has no `steps` or `outputs`.
+    pub chunked: Option<crate::chunk::Chunking>,
 }
 
 impl Pipeline {

@@ -279,8 +279,26 @@ fn check_pipeline(
     if p.cost_factor.is_nan() || p.cost_factor <= 0.0 {
         bad(key("cost_factor"), "must be above 0");
     }
-    if p.steps.is_empty() {
-        bad(key("steps"), "at least one step is needed");
+    match &p.chunked {
+        Some(c) => {
+            if let Err(e) = c.validate() {
+                bad(key("chunked"), &e);
+            }
+            if !p.steps.is_empty() || !p.outputs.is_empty() {
+                bad(
+                    key("chunked"),
+                    "a chunked pipeline has no steps or outputs: it makes `chunked.output`",
+                );
+            }
+            for arg in c.video.iter().chain(&c.audio).chain(&c.filter) {
+                if let Err(e) = template::check(arg, &[]) {
+                    bad(key("chunked"), &e);
+                }
+            }
+            return;
+        }
+        None if p.steps.is_empty() => bad(key("steps"), "at least one step is needed"),
+        None => {}
     }
     let assets: Vec<&str> = p.assets.keys().map(String::as_str).collect();
     check_vars(&p.vars, &format!("{prefix}.vars"), &assets, bad);

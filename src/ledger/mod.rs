@@ -18,12 +18,14 @@ use crate::job::{JobMessage, OutputObject, ResultMessage};
 mod by_hand;
 mod costs;
 mod spend;
+mod titles;
 mod watch;
 mod words;
 
 pub use by_hand::Cancel;
 pub use costs::{Interruptions, Machine};
 pub use spend::{CellChange, CellChanges};
+pub use titles::{Committed, PartRow};
 pub use watch::{Durations, JobCount, LastHour, Minute, PoolWindow, DURATION_BUCKETS};
 pub use words::{AttemptOutcome, EventKind, JobState, SubmitOutcome, UnknownWord};
 
@@ -57,10 +59,18 @@ pub struct AttemptId {
 pub enum Claim {
     /// Run it: this is attempt `attempt`. `probe` is what the ledger already knows of
     /// the source (a ranged probe at submission, or an earlier attempt's), for this
-    /// job's source version: the job id is derived from the ETag.
-    Run { attempt: i32, probe: Option<Value> },
+    /// job's source version: the job id is derived from the ETag. `plan` is set when
+    /// the job is a chunked title whose parts are all done: the attempt assembles them
+    /// by that plan (see [`crate::chunk`]).
+    Run {
+        attempt: i32,
+        probe: Option<Value>,
+        plan: Option<Value>,
+    },
     /// Already done or already failed: the delivery is a duplicate.
     Finished { state: JobState },
+    /// A chunked title waiting for its parts: the delivery is a duplicate.
+    Waiting,
     /// Another cell holds a live lease; the delivery is a duplicate.
     HeldElsewhere { cell_id: String },
     /// Every attempt is spent: dead-letter it with the last error.
@@ -243,17 +253,26 @@ impl Ledger {
 
     /// Puts a finished job back to `queued` with fresh attempts (reprocessing on demand).
     /// Returns false for a job that is queued or running now.
+    /// A chunked title starts again from its split: its parts are forgotten.
     pub async fn reset(&self, job_id: &str) -> Result<bool, LedgerError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', attempts = 0, republished = 0, error = NULL,
-                    outputs = NULL,
+                    outputs = NULL, plan = NULL, assemble = false,
                     result = NULL, result_sent = false,
                     cell_id = NULL, lease_expires = NULL, updated_at = now()
              WHERE id = $1 AND state IN ('succeeded', 'failed', 'dead')",
         )
         .bind(job_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 1 {
+            sqlx::query("DELETE FROM jobs WHERE parent = $1")
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -270,7 +289,8 @@ impl Ledger {
         self.insert(job, pool).await?;
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT state, attempts, cell_id, lease_expires < now() AS expired, error, probe
+            "SELECT state, attempts, cell_id, lease_expires < now() AS expired, error, probe,
+                    CASE WHEN assemble THEN plan END AS plan
              FROM jobs WHERE id = $1 FOR UPDATE",
         )
         .bind(&job.job_id)
@@ -282,6 +302,7 @@ impl Ledger {
         let expired: Option<bool> = row.get("expired");
         let claim = match state {
             s if s.is_final() => Claim::Finished { state },
+            JobState::Waiting => Claim::Waiting,
             JobState::Running if expired == Some(false) => Claim::HeldElsewhere {
                 cell_id: holder.unwrap_or_default(),
             },
@@ -321,6 +342,7 @@ impl Ledger {
                 Claim::Run {
                     attempt,
                     probe: row.get("probe"),
+                    plan: row.get("plan"),
                 }
             }
         };
@@ -367,19 +389,24 @@ impl Ledger {
     }
 
     /// Commits a success with its result message (the outbox), which this cell alone
-    /// may publish for `claim`; false (nothing written) if this attempt no longer holds
-    /// the job.
+    /// may publish for `claim`; nothing is written if this attempt no longer holds the
+    /// job. A part of a chunked title commits holding its title's row, and the commit
+    /// of the title's last part sets the title `queued` to be assembled: of two parts
+    /// committed at once, the second to take the title's row sees the first's commit,
+    /// so exactly one of them hands the title on. A part's result is the title's own
+    /// business and is not published.
     pub async fn succeed(
         &self,
         a: &AttemptId,
         result: &ResultMessage,
         claim: Duration,
-    ) -> Result<bool, LedgerError> {
+    ) -> Result<Committed, LedgerError> {
         let mut tx = self.pool.begin().await?;
+        let parent = titles::lock_parent(&mut tx, &a.job_id).await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', error = NULL, outputs = $4, result = $5,
-                    result_sent = false, lease_expires = NULL, updated_at = now(),
-                    finished_at = now(),
+                    result_sent = parent IS NOT NULL, lease_expires = NULL,
+                    updated_at = now(), finished_at = now(),
                     result_claimed_until = now() + make_interval(secs => $6)
              WHERE id = $1 AND attempts = $2 AND cell_id = $3 AND state = 'running'",
         )
@@ -398,8 +425,12 @@ impl Ledger {
             AttemptOutcome::Superseded
         };
         close_attempt(&mut tx, &a.job_id, a.attempt, outcome, None).await?;
+        let assemble = match (&parent, held) {
+            (Some(title), true) => titles::ready_to_assemble(&mut tx, title).await?,
+            _ => None,
+        };
         tx.commit().await?;
-        Ok(held)
+        Ok(Committed { held, assemble })
     }
 
     pub async fn result_sent(&self, job_id: &str) -> Result<(), LedgerError> {
@@ -507,6 +538,7 @@ impl Ledger {
     ) -> Result<bool, LedgerError> {
         let (job_id, attempt, cell_id) = (&a.job_id, a.attempt, &a.cell_id);
         let mut tx = self.pool.begin().await?;
+        let parent = titles::lock_parent(&mut tx, job_id).await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = $4, error = $5,
                     cell_id = CASE WHEN $4 = 'queued' THEN NULL ELSE cell_id END,
@@ -528,6 +560,9 @@ impl Ledger {
             AttemptOutcome::Superseded
         };
         close_attempt(&mut tx, job_id, attempt, outcome, Some(error)).await?;
+        if let (Some(title), true) = (&parent, held && state.is_final()) {
+            titles::fail_title(&mut tx, title, job_id, state, error).await?;
+        }
         tx.commit().await?;
         Ok(held)
     }

@@ -69,6 +69,9 @@ words! {
     JobState {
         Queued = "queued",
         Running = "running",
+        /// A chunked title split into child jobs, waiting for the last of them to
+        /// commit (see [`crate::chunk`]).
+        Waiting = "waiting",
         Succeeded = "succeeded",
         /// Failed for good: the media or the pipeline is at fault.
         Failed = "failed",
@@ -110,6 +113,11 @@ words! {
         Lost = "lost",
         /// Its job was cancelled by hand while it ran.
         Cancelled = "cancelled",
+        /// It split a chunked title into child jobs.
+        Split = "split",
+        /// Its assembly found chunks that disagree with the plan and sent them back to
+        /// be encoded again.
+        Redo = "redo",
     }
 }
 
