@@ -62,12 +62,7 @@ for i in $(seq -w 1 "$TINY"); do make_clip "$WORK/tiny/tiny$i.mp4" 1 testsrc; do
 
 # A private farm for this run: its own queues, schema and output prefix.
 CONFIG="$WORK/$RUN.toml"
-sed -e "s/^name = \"demo\"/name = \"$RUN\"/" \
-    -e "s/^schema = \"cellfarm_demo\"/schema = \"$RUN\"/" \
-    -e "s#s3://cellfarm-demo/outputs/#s3://$BUCKET/$RUN/#" \
-    -e "s#s3://cellfarm-demo/#s3://$BUCKET/#" \
-    -e "s#/var/tmp/cellfarm-demo/scratch#$WORK/scratch#" \
-    examples/local.toml >"$CONFIG"
+private_config "$RUN" "$BUCKET" "$WORK/scratch" "$CONFIG"
 "$BIN" --config "$CONFIG" migrate >/dev/null
 
 "$PY" - "$BUCKET" "$WORK" "$MEDIA" <<'PYEOF'

@@ -83,3 +83,15 @@ start_dashboard() {
     done
     die "the dashboard did not say where it is: $(cat "$3/err")"
 }
+
+# private_config RUN BUCKET SCRATCH OUT: writes to OUT the example config for a farm of
+# its own (name and schema RUN, outputs under s3://BUCKET/RUN/, scratch in SCRATCH), so
+# that a benchmark's queues, ledger and objects do not mix with the demo's.
+private_config() {
+    sed -e "s/^name = \"demo\"/name = \"$1\"/" \
+        -e "s/^schema = \"cellfarm_demo\"/schema = \"$1\"/" \
+        -e "s#s3://cellfarm-demo/outputs/#s3://$2/$1/#" \
+        -e "s#s3://cellfarm-demo/#s3://$2/#" \
+        -e "s#/var/tmp/cellfarm-demo/scratch#$3#" \
+        examples/local.toml >"$4"
+}

@@ -33,6 +33,12 @@ pub struct Args {
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let p = config.pipeline(&args.pipeline)?;
+    if p.chunked.is_some() {
+        anyhow::bail!(
+            "pipeline {} is chunked: its commands follow each title's split (see docs/chunked.md)",
+            args.pipeline
+        );
+    }
     // The probe runs as a cell's does: confined, reading the input only.
     let sandbox = Sandbox::start(&config.cell).await?;
     let limits = Limits {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cellfarm::chunk::Plan;
 use cellfarm::job::{JobMessage, Part, ResultMessage, SourceObject};
-use cellfarm::ledger::AttemptId;
+use cellfarm::ledger::{AttemptId, Committed, Ledger};
 use common::imds::MetadataServer;
 use common::Farm;
 
@@ -363,9 +363,10 @@ async fn running_parts(farm: &Farm, title: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Property: a cell killed in the middle of a chunk costs that chunk alone (the parts
-/// it held are lost and done again by the other cell; every other part ran once), and
-/// the title is still assembled once, frame for frame.
+/// Property: a cell killed in the middle of a chunk, after it finished another, costs
+/// that chunk alone: the parts it held are lost and done again by a new cell (the whole
+/// farm restarted), the chunk it finished stands, every other part runs once, and the
+/// title is still assembled once, with the source's frames.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cell_killed_mid_chunk_costs_that_chunk_alone() {
     let mut farm = Farm::new("chunkkill", PIPELINES).await;
@@ -377,6 +378,13 @@ async fn a_cell_killed_mid_chunk_costs_that_chunk_alone() {
     farm.put_file("in/title.mp4", &source);
     farm.start_cell(&[]);
     let title = farm.submit_id("in/title.mp4", "slow");
+    farm.wait_until(Duration::from_secs(90), "a chunk to be done", || async {
+        parts(&farm, &title)
+            .await
+            .iter()
+            .any(|p| p.state == "succeeded")
+    })
+    .await;
     let held = running_parts(&farm, &title).await;
     farm.kill(0);
     farm.start_cell(&["--until-idle", "3"]);
@@ -391,7 +399,66 @@ async fn a_cell_killed_mid_chunk_costs_that_chunk_alone() {
             assert_eq!(p.outcomes, ["succeeded"], "{p:?}");
         }
     }
+    let cells: BTreeSet<_> = parts.iter().filter_map(|p| p.cell.clone()).collect();
+    assert_eq!(
+        cells.len(),
+        2,
+        "the dead cell's finished chunks stand: {parts:?}"
+    );
     assert_eq!(farm.attempts(&title).await, vec!["split", "succeeded"]);
+    let mut ids: BTreeSet<String> = parts.iter().map(|p| p.id.clone()).collect();
+    ids.insert(title.clone());
+    assert_eq!(results_for(&farm, &ids).await.len(), 1, "published once");
+    let out = farm
+        .fetch(&format!("outputs/slow/in/title.mp4/{title}/video.mp4"))
+        .await;
+    assert_eq!(frame_md5s(&out).len(), 400, "the source's frames");
+    assert!(decodes_cleanly(&out));
+}
+
+/// Property: a chunk whose object is altered after it committed (storage lost or
+/// damaged it) is caught by the assembly, before any join, and made again alone; the
+/// title is then assembled, once, from the chunk made again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_altered_in_storage_is_made_again_alone() {
+    let mut farm = Farm::new("chunkredo", PIPELINES).await;
+    farm.edit_config(|doc| {
+        doc["cell"]["slots"] = toml::Value::Integer(1);
+    });
+    let source = farm.dir.path().join("title.mp4");
+    one_keyframe_clip(&source, 16);
+    farm.put_file("in/title.mp4", &source);
+    farm.start_cell(&["--until-idle", "3"]);
+    let title = farm.submit_id("in/title.mp4", "slow");
+    let first = farm
+        .wait_until(
+            Duration::from_secs(90),
+            "the first chunk to be done",
+            || async {
+                let parts = parts(&farm, &title).await;
+                let done = parts
+                    .iter()
+                    .find(|p| p.kind == "chunk" && p.state == "succeeded");
+                done.map(|p| p.id.clone())
+            },
+        )
+        .await;
+    let key = farm.outputs(&first).await.remove(0);
+    assert!(key.contains("/_chunks/chunk-"), "{key}");
+    farm.put_bytes(&key, b"not the chunk that was committed".to_vec());
+    farm.wait_state(&title, "succeeded", Duration::from_secs(180))
+        .await;
+
+    let parts = parts(&farm, &title).await;
+    for p in &parts {
+        let once: &[&str] = if p.id == first {
+            &["succeeded", "succeeded"]
+        } else {
+            &["succeeded"]
+        };
+        assert_eq!(p.outcomes, once, "{p:?}");
+    }
+    assert_eq!(farm.attempts(&title).await, ["split", "redo", "succeeded"]);
     let mut ids: BTreeSet<String> = parts.iter().map(|p| p.id.clone()).collect();
     ids.insert(title.clone());
     assert_eq!(results_for(&farm, &ids).await.len(), 1, "published once");
@@ -465,29 +532,7 @@ async fn the_last_two_parts_committed_at_once_assemble_once() {
     let ledger = &farm.ledger;
     let lease = Duration::from_secs(60);
     for round in 0..25 {
-        let source = SourceObject {
-            bucket: "in".into(),
-            key: "title.mp4".into(),
-            etag: format!("e{round}"),
-        };
-        let title = JobMessage::new("race", source, "s3://out/race/", false);
-        ledger.insert(&title, "default").await.expect("insert");
-        let a = claim(ledger, &title, "cell-split", lease).await;
-        let chunk = cellfarm::chunk::Chunk {
-            index: 0,
-            of: 1,
-            first_frame: 0,
-            frames: 25,
-            seek: 0.0,
-            secs: 1.0,
-            at_keyframe: true,
-        };
-        let children = [
-            title.child(Part::Chunk(chunk), 1.0),
-            title.child(Part::Audio, 0.1),
-        ];
-        let plan = serde_json::json!({"chunks": []});
-        assert!(ledger.split(&a, &plan, &children).await.expect("split"));
+        let (title, children) = split_title(ledger, &format!("e{round}")).await;
         let one = claim(ledger, &children[0], "cell-1", lease).await;
         let two = claim(ledger, &children[1], "cell-2", lease).await;
         let (r1, r2) = (result(&children[0], &one), result(&children[1], &two));
@@ -504,12 +549,7 @@ async fn the_last_two_parts_committed_at_once_assemble_once() {
     }
 }
 
-async fn claim(
-    ledger: &cellfarm::ledger::Ledger,
-    job: &JobMessage,
-    cell: &str,
-    lease: Duration,
-) -> AttemptId {
+async fn claim(ledger: &Ledger, job: &JobMessage, cell: &str, lease: Duration) -> AttemptId {
     match ledger
         .claim(job, "default", cell, lease, 3)
         .await
@@ -538,4 +578,113 @@ fn result(job: &JobMessage, a: &AttemptId) -> ResultMessage {
         defects: Vec::new(),
         chunk: None,
     }
+}
+
+/// A title of pipeline `race` (source version `etag`) split into a chunk and its audio.
+async fn split_title(ledger: &Ledger, etag: &str) -> (JobMessage, [JobMessage; 2]) {
+    let source = SourceObject {
+        bucket: "in".into(),
+        key: "title.mp4".into(),
+        etag: etag.into(),
+    };
+    let title = JobMessage::new("race", source, "s3://out/race/", false);
+    ledger.insert(&title, "default").await.expect("insert");
+    let children = resplit(ledger, &title).await.1;
+    (title, children)
+}
+
+/// Claims `title` and splits it (again) into the same two parts.
+async fn resplit(ledger: &Ledger, title: &JobMessage) -> (Committed, [JobMessage; 2]) {
+    let a = claim(ledger, title, "cell-split", Duration::from_secs(60)).await;
+    let chunk = cellfarm::chunk::Chunk {
+        index: 0,
+        of: 1,
+        first_frame: 0,
+        frames: 25,
+        seek: 0.0,
+        secs: 1.0,
+        at_keyframe: true,
+    };
+    let children = [
+        title.child(Part::Chunk(chunk), 1.0),
+        title.child(Part::Audio, 0.1),
+    ];
+    let plan = serde_json::json!({"chunks": []});
+    let committed = ledger.split(&a, &plan, &children).await.expect("split");
+    assert!(committed.held);
+    (committed, children)
+}
+
+/// Property: a title that failed (one part failed for good) and is retried keeps the
+/// parts it made: its split again makes only the part that failed, and when every part
+/// is already made, the split hands the title straight to its assembly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_title_keeps_the_parts_it_made() {
+    let farm = Farm::new("chunkretry", "").await;
+    let ledger = &farm.ledger;
+    let lease = Duration::from_secs(60);
+    let (title, [chunk, audio]) = split_title(ledger, "e1").await;
+    let made = claim(ledger, &chunk, "cell-1", lease).await;
+    assert!(
+        ledger
+            .succeed(&made, &result(&chunk, &made), lease)
+            .await
+            .expect("commit")
+            .held
+    );
+    let broken = claim(ledger, &audio, "cell-2", lease).await;
+    let failed = cellfarm::ledger::JobState::Failed;
+    ledger
+        .fail(&broken, failed, "no audio")
+        .await
+        .expect("fail");
+    let (state, _, error) = farm.job(&title.job_id).await.expect("the title");
+    assert_eq!(state, "failed");
+    assert!(error.unwrap_or_default().contains("no audio"));
+
+    ledger
+        .reopen(&title.job_id)
+        .await
+        .expect("reopen")
+        .expect("a failed title reopens");
+    let (again, _) = resplit(ledger, &title).await;
+    assert!(again.assemble.is_none(), "the audio is still to make");
+    assert_eq!(
+        farm.attempts(&chunk.job_id).await,
+        ["succeeded"],
+        "the chunk is kept"
+    );
+    assert_eq!(
+        farm.job(&audio.job_id).await.expect("the audio").0,
+        "queued"
+    );
+    let redo = claim(ledger, &audio, "cell-3", lease).await;
+    let last = ledger
+        .succeed(&redo, &result(&audio, &redo), lease)
+        .await
+        .expect("commit");
+    assert_eq!(last.assemble.map(|m| m.job_id), Some(title.job_id.clone()));
+
+    // Every part made, then the assembly failed: split again (a cell of an older
+    // build, say), the title goes straight to its assembly.
+    let (t, _) = split_title(ledger, "e2").await;
+    for part in ledger.parts(&t.job_id).await.expect("parts") {
+        let a = claim(ledger, &part.message, "cell-4", lease).await;
+        ledger
+            .succeed(&a, &result(&part.message, &a), lease)
+            .await
+            .expect("commit");
+    }
+    let id = claim(ledger, &t, "cell-5", lease).await;
+    ledger
+        .fail(&id, failed, "the join failed")
+        .await
+        .expect("fail");
+    ledger
+        .reopen(&t.job_id)
+        .await
+        .expect("reopen")
+        .expect("reopens");
+    let (again, _) = resplit(ledger, &t).await;
+    assert_eq!(again.assemble.map(|m| m.job_id), Some(t.job_id));
 }

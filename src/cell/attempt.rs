@@ -251,7 +251,8 @@ impl<'a> Attempt<'a> {
         parts: Vec<JobMessage>,
     ) -> Result<Settle, LedgerError> {
         let json = serde_json::to_value(plan).expect("a plan always serializes");
-        if !self.ledger.split(&self.id, &json, &parts).await? {
+        let committed = self.ledger.split(&self.id, &json, &parts).await?;
+        if !committed.held {
             tracing::warn!("the title was taken over before its split was recorded");
             return Ok(Settle::Ack);
         }
@@ -260,6 +261,10 @@ impl<'a> Attempt<'a> {
             parts = parts.len(),
             "title split"
         );
+        if let Some(title) = committed.assemble {
+            tracing::info!("every part was made before: the title goes to be assembled");
+            return Ok(Settle::Spawn(vec![title]));
+        }
         Ok(Settle::Spawn(parts))
     }
 

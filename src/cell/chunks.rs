@@ -352,6 +352,12 @@ impl<'c, 'a> Job<'c, 'a> {
             secs,
             params,
             digest: chunk::digest(&md5s.iter().map(String::as_str).collect::<Vec<_>>()),
+            sha256: work::digest(file)
+                .map_err(|source| JobFailure::Scratch {
+                    path: file.display().to_string(),
+                    source,
+                })?
+                .1,
         })
     }
 

@@ -726,7 +726,7 @@ pub(super) async fn upload_patiently(
 }
 
 /// Size and SHA-256 (hex) of a local file, read in blocks.
-fn digest(path: &Path) -> std::io::Result<(u64, String)> {
+pub(super) fn digest(path: &Path) -> std::io::Result<(u64, String)> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;

@@ -155,6 +155,9 @@ pub struct Checked {
     pub params: Params,
     /// SHA-256 over the MD5 of every decoded frame, in order ([`digest`]).
     pub digest: String,
+    /// SHA-256 of the chunk's bytes, as uploaded: the assembly checks what it
+    /// downloads against it.
+    pub sha256: String,
 }
 
 /// The codec parameters every chunk of a title must share for a stream-copy join.

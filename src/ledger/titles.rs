@@ -112,14 +112,19 @@ impl Ledger {
     /// Records a title's split: its `plan`, and one `queued` row per part (`parts`, the
     /// title's probe copied to each), in the transaction that sets the title `waiting`
     /// (no lease: nothing runs it until its last part commits). The split attempt does
-    /// not count against the title's attempts, which are its assembly's. False, and
-    /// nothing written, if this attempt no longer holds the title.
+    /// not count against the title's attempts, which are its assembly's.
+    ///
+    /// A title split again (retried after it failed) keeps the parts it already made
+    /// that the new split asks for unchanged; the others are made again, and parts of
+    /// the old plan the new one lacks are forgotten. When every part is already done,
+    /// the title goes straight to its assembly (`assemble`). Nothing is written, and
+    /// `held` is false, if this attempt no longer holds the title.
     pub async fn split(
         &self,
         a: &AttemptId,
         plan: &Value,
         parts: &[JobMessage],
-    ) -> Result<bool, LedgerError> {
+    ) -> Result<Committed, LedgerError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'waiting', plan = $4, assemble = false, attempts = 0,
@@ -139,8 +144,14 @@ impl Ledger {
             AttemptOutcome::Superseded
         };
         close_attempt(&mut tx, &a.job_id, a.attempt, outcome, None).await?;
+        let mut assemble = None;
         if held {
             let ids: Vec<&str> = parts.iter().map(|p| p.job_id.as_str()).collect();
+            sqlx::query("DELETE FROM jobs WHERE parent = $1 AND NOT (id = ANY($2))")
+                .bind(&a.job_id)
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
             let messages: Vec<Value> = parts
                 .iter()
                 .map(|p| serde_json::to_value(p).expect("a job message always serializes"))
@@ -152,16 +163,22 @@ impl Ledger {
                         t.source_etag, p.message, t.probe, t.id
                  FROM unnest($2::text[], $3::jsonb[]) AS p(id, message), jobs AS t
                  WHERE t.id = $1
-                 ON CONFLICT (id) DO NOTHING",
+                 ON CONFLICT (id) DO UPDATE SET
+                     state = 'queued', attempts = 0, republished = 0, error = NULL,
+                     outputs = NULL, result = NULL, result_sent = false, cell_id = NULL,
+                     lease_expires = NULL, finished_at = NULL, updated_at = now(),
+                     message = EXCLUDED.message, parent = EXCLUDED.parent
+                 WHERE jobs.state <> 'succeeded' OR jobs.message <> EXCLUDED.message",
             )
             .bind(&a.job_id)
             .bind(&ids)
             .bind(&messages)
             .execute(&mut *tx)
             .await?;
+            assemble = ready_to_assemble(&mut tx, &a.job_id).await?;
         }
         tx.commit().await?;
-        Ok(held)
+        Ok(Committed { held, assemble })
     }
 
     /// A title's parts, chunks in order and then the audio.

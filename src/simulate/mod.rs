@@ -51,6 +51,9 @@ pub struct Args {
     /// Override the scenario's seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Run a scenario of chunked titles with each title as one job, to compare.
+    #[arg(long)]
+    pub whole: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,9 @@ pub fn run(args: &Args) -> Result<(), SimulateError> {
     let mut scenario = Scenario::load(&args.scenario)?;
     if let Some(seed) = args.seed {
         scenario.seed = seed;
+    }
+    if args.whole {
+        scenario.jobs.chunked = None;
     }
     let started = Instant::now();
     let (mut report, outcomes) = simulate(&scenario)?;

@@ -104,6 +104,27 @@ pub struct Jobs {
     /// default 180 s until it runs) or `exact` (`work_secs` set at submit).
     #[serde(default)]
     pub estimates: Estimates,
+    /// Set, every job is a title of a chunked pipeline ([`crate::chunk`]): a split,
+    /// then its chunks, all queued at once, then an assembly once the last is done.
+    pub chunked: Option<ChunkModel>,
+}
+
+/// How a chunked title runs: its work (`duration_secs`) cut into chunks of
+/// `chunk_secs` of work each.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkModel {
+    /// Slot seconds of work per chunk: the pipeline's `chunk_secs` × its cost factor.
+    pub chunk_secs: f64,
+    /// Slot seconds of the split (one demux of the title; more with scene cuts).
+    pub split_secs: f64,
+    /// Slot seconds of the assembly: the parts downloaded, joined by stream copy, the
+    /// result decoded once to check it frame by frame.
+    pub assemble_secs: f64,
+    /// Extra work each chunk costs over its share of the whole encode, as a fraction
+    /// (`scripts/bench-chunked.sh` measures it).
+    #[serde(default)]
+    pub overhead: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
@@ -234,6 +255,15 @@ impl Scenario {
 
     fn check(&self) -> Result<(), String> {
         self.jobs.duration_secs.check("jobs.duration_secs")?;
+        if let Some(c) = &self.jobs.chunked {
+            let ok = c.chunk_secs >= 1.0
+                && c.split_secs >= 0.0
+                && c.assemble_secs >= 0.0
+                && c.overhead >= 0.0;
+            if !ok {
+                return Err("jobs.chunked: chunk_secs >= 1, the rest >= 0".into());
+            }
+        }
         self.launch
             .api_to_running_secs
             .check("launch.api_to_running_secs")?;

@@ -311,3 +311,32 @@ fn the_ceiling_and_the_budget_are_never_exceeded() {
         }
     }
 }
+
+/// Property: a 2-hour title chunked across a farm of up to 40 cells finishes in a small
+/// fraction of the time one slot takes for it whole, each of its jobs exactly once.
+#[test]
+fn a_chunked_title_finishes_in_about_the_time_of_its_chunks() {
+    let chunked = Scenario::parse(
+        include_str!("../../examples/simulate-title.toml"),
+        "simulate-title.toml",
+    )
+    .unwrap();
+    let mut whole = chunked.clone();
+    whole.jobs.chunked = None;
+    let v = &both_policies()[0];
+    let (c, w) = (run(&chunked, v), run(&whole, v));
+    assert_exactly_once(&c, "chunked");
+    assert_exactly_once(&w, "whole");
+    // 1 split + 120 chunks + 1 assembly.
+    assert_eq!(c.world.jobs.len(), 122);
+    let (tc, tw) = (
+        c.world.tally.turnaround_secs[0],
+        w.world.tally.turnaround_secs[0],
+    );
+    eprintln!(
+        "2-hour title: chunked {tc:.0} s, whole {tw:.0} s, peak cells {}",
+        c.world.tally.peak_cells
+    );
+    assert!(tw >= 14_400.0, "whole takes its work: {tw}");
+    assert!(tc < tw / 10.0, "chunked {tc} s against whole {tw} s");
+}

@@ -62,6 +62,23 @@ pub struct Job {
     pub start: Ms,
     pub attempt: u32,
     pub done: bool,
+    /// The title this job is a stage of, when jobs are chunked titles.
+    pub part: Option<(u32, Stage)>,
+}
+
+/// A chunked title's jobs, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Split,
+    Chunk,
+    Assemble,
+}
+
+/// A chunked title: when it arrived, its whole work, and its chunks not yet done.
+pub struct Title {
+    pub arrive: Ms,
+    pub work: Ms,
+    pub chunks_left: u32,
 }
 
 pub struct Cell {
@@ -165,6 +182,8 @@ pub struct World {
     pub markets: Vec<SpotMarket>,
     pub ceiling: u32,
     pub jobs: Vec<Job>,
+    /// Chunked titles, when the scenario's jobs are.
+    pub titles: Vec<Title>,
     pub queue: VecDeque<u32>,
     pub cells: Vec<Cell>,
     /// One entry per free slot of an alive cell (stale once the cell stops taking work).
@@ -211,6 +230,7 @@ impl World {
             markets,
             ceiling,
             jobs: Vec::new(),
+            titles: Vec::new(),
             queue: VecDeque::new(),
             cells: Vec::new(),
             free: VecDeque::new(),
@@ -312,8 +332,25 @@ impl World {
         self.scenario.jobs.duration_secs.sample(&mut self.work_rng)
     }
 
-    /// A new job, queued (and started if a slot is free).
+    /// A new job, queued (and started if a slot is free); with chunked titles, the
+    /// title's split.
     pub fn enqueue_new(&mut self, work: Ms) {
+        match self.scenario.jobs.chunked.clone() {
+            None => self.enqueue(work, None),
+            Some(c) => {
+                let title = self.titles.len() as u32;
+                self.titles.push(Title {
+                    arrive: self.now,
+                    work,
+                    chunks_left: 0,
+                });
+                self.enqueue(ms(c.split_secs), Some((title, Stage::Split)));
+            }
+        }
+        self.dispatch();
+    }
+
+    fn enqueue(&mut self, work: Ms, part: Option<(u32, Stage)>) {
         let id = self.jobs.len() as u32;
         self.jobs.push(Job {
             arrive: self.now,
@@ -321,10 +358,44 @@ impl World {
             start: 0,
             attempt: 0,
             done: false,
+            part,
         });
         self.outstanding_work_ms += work;
         self.queue.push_back(id);
-        self.dispatch();
+    }
+
+    /// What follows a done job: the next stage of its title, or the end of a job or a
+    /// title (its turnaround).
+    fn follow(&mut self, job: u32) {
+        let (part, arrive) = (self.jobs[job as usize].part, self.jobs[job as usize].arrive);
+        let c = self.scenario.jobs.chunked.clone();
+        match (part, c) {
+            (Some((t, Stage::Split)), Some(c)) => {
+                let work = self.titles[t as usize].work as f64 / 1000.0;
+                let n = (work / c.chunk_secs).round().max(1.0);
+                let each = ms(work / n * (1.0 + c.overhead));
+                self.titles[t as usize].chunks_left = n as u32;
+                for _ in 0..n as u32 {
+                    self.enqueue(each, Some((t, Stage::Chunk)));
+                }
+            }
+            (Some((t, Stage::Chunk)), Some(c)) => {
+                let title = &mut self.titles[t as usize];
+                title.chunks_left -= 1;
+                if title.chunks_left == 0 {
+                    self.enqueue(ms(c.assemble_secs), Some((t, Stage::Assemble)));
+                }
+            }
+            (Some((t, _)), _) => {
+                let arrive = self.titles[t as usize].arrive;
+                let turnaround = (self.now - arrive) as f32 / 1000.0;
+                self.tally.turnaround_secs.push(turnaround);
+            }
+            (None, _) => {
+                let turnaround = (self.now - arrive) as f32 / 1000.0;
+                self.tally.turnaround_secs.push(turnaround);
+            }
+        }
     }
 
     /// Launches `n` instances; each runs after the API latency and is a cell after its
@@ -435,11 +506,11 @@ impl World {
             return;
         }
         j.done = true;
-        let turnaround = (self.now - j.arrive) as f32 / 1000.0;
-        self.outstanding_work_ms -= j.work;
-        self.tally.turnaround_secs.push(turnaround);
+        let work = j.work;
+        self.outstanding_work_ms -= work;
+        self.follow(job);
         self.tally.completed += 1;
-        self.tally.busy_slot_ms += j.work;
+        self.tally.busy_slot_ms += work;
         self.tally.last_done = self.now;
         self.running -= 1;
         let cell = &mut self.cells[c as usize];

@@ -10,6 +10,7 @@ use crate::failure::JobFailure;
 use crate::ffmpeg::probe;
 use crate::job::Part;
 use crate::ledger::{JobState, PartRow};
+use crate::store::StoreError;
 
 use crate::cell::laps::Phase;
 use crate::cell::work::{self, Outcome, OutputFile};
@@ -19,6 +20,9 @@ struct Parts {
     chunks: Vec<Done>,
     audio: Option<(String, String)>,
 }
+
+/// What the join reads: the chunks' concat list, and the audio.
+type Inputs = (PathBuf, Option<PathBuf>);
 
 /// A chunk as its part committed it.
 struct Done {
@@ -50,8 +54,15 @@ impl Job<'_, '_> {
             );
             return Ok(redo(odd, reason));
         }
-        let inputs = self.download_parts(&chunks, audio.as_ref()).await?;
+        let (inputs, altered) = self.download_parts(&chunks, audio.as_ref()).await?;
         self.ctx.laps.lap(Phase::Download);
+        if let Some(first) = altered.first() {
+            let reason = format!(
+                "chunk {}'s object is gone or not the bytes it committed",
+                first.checked.index
+            );
+            return Ok(redo(altered, reason));
+        }
         let out = self.join(&inputs, chunking).await?;
         self.ctx.laps.lap(Phase::Ffmpeg);
         if let Some(redo) = self.compare(&out, plan, &chunks).await? {
@@ -135,13 +146,14 @@ impl Job<'_, '_> {
         Ok(Parts { chunks, audio })
     }
 
-    /// Downloads the chunks and the audio into `in/`: the chunks' concat list, and the
-    /// audio's path.
-    async fn download_parts(
+    /// Downloads the chunks and the audio into `in/`: the chunks' concat list and the
+    /// audio's path, and the chunks whose object is gone or not the bytes they
+    /// committed (SHA-256), to be made again.
+    async fn download_parts<'d>(
         &self,
-        chunks: &[Done],
+        chunks: &'d [Done],
         audio: Option<&(String, String)>,
-    ) -> Result<(PathBuf, Option<PathBuf>), JobFailure> {
+    ) -> Result<(Inputs, Vec<&'d Done>), JobFailure> {
         use futures_util::{StreamExt, TryStreamExt};
         let store = self.ctx.store;
         let wanted: Vec<(String, String, PathBuf)> = chunks
@@ -155,15 +167,33 @@ impl Job<'_, '_> {
             })
             .collect();
         let fetches = wanted.into_iter().map(|(bucket, key, local)| async move {
-            store
-                .download(&bucket, &key, None, &local)
+            match store.download(&bucket, &key, None, &local).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound { .. }) => return Ok((local, None)),
+                Err(e) => return Err(JobFailure::from(e)),
+            }
+            let path = local.clone();
+            let sha = tokio::task::spawn_blocking(move || work::digest(&path))
                 .await
-                .map(|_| local)
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(|source| JobFailure::Scratch {
+                    path: local.display().to_string(),
+                    source,
+                })?;
+            Ok((local, Some(sha.1)))
         });
-        let locals: Vec<PathBuf> = futures_util::stream::iter(fetches)
+        let fetched: Vec<(PathBuf, Option<String>)> = futures_util::stream::iter(fetches)
             .buffered(4)
             .try_collect()
             .await?;
+        let altered: Vec<&Done> = chunks
+            .iter()
+            .zip(&fetched)
+            .filter(|(c, (_, sha))| sha.as_deref() != Some(c.checked.sha256.as_str()))
+            .map(|(c, _)| c)
+            .collect();
+        let locals: Vec<&PathBuf> = fetched.iter().map(|(p, _)| p).collect();
         let list: String = locals
             .iter()
             .map(|p| format!("file '{}'\n", work::path_arg(p)))
@@ -181,14 +211,14 @@ impl Job<'_, '_> {
             }
             None => None,
         };
-        Ok((list_path, audio_path))
+        Ok(((list_path, audio_path), altered))
     }
 
     /// Joins the chunks by stream copy (the concat demuxer, our own list) and muxes the
     /// audio in.
     async fn join(
         &mut self,
-        (list, audio): &(PathBuf, Option<PathBuf>),
+        (list, audio): &Inputs,
         chunking: &Chunking,
     ) -> Result<PathBuf, JobFailure> {
         let out = self.scratch.0.join("out").join(&chunking.output);
