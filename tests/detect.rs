@@ -28,6 +28,22 @@ steps = [
   { args = ["-i", "{input}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "{out}/out.mp4"] },
 ]
 outputs = [{ path = "out.mp4", video_codec = "h264" }]
+
+[pipelines.inside]
+pool = "default"
+output = "s3://cellfarm-demo/outputs/inside/"
+steps = [
+  { args = ["-i", "{input}", "-map", "0:v:0", "-map", "0:a:0", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "{out}/out.mp4"], detect = { decode_errors = "flag" } },
+]
+outputs = [{ path = "out.mp4", video_codec = "h264" }]
+
+[pipelines.inside_strict]
+pool = "default"
+output = "s3://cellfarm-demo/outputs/inside_strict/"
+steps = [
+  { args = ["-i", "{input}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "{out}/out.mp4"], detect = { decode_errors = "ignore", freeze = "reject" } },
+]
+outputs = [{ path = "out.mp4", video_codec = "h264" }]
 "#;
 
 /// A 10 s clip: picture 0–2 s, black 2–4 s, a frozen frame 4–6 s, picture to the end;
@@ -195,4 +211,50 @@ async fn flagged_defects_succeed_with_warnings(farm: &Farm, id: &str) {
         manifest["defects"][0]["key"],
         format!("{prefix}/_defects/source.json")
     );
+}
+
+/// Property: detectors inside the encode's own graph (one decode for both) find what a
+/// separate pass finds, each defect with the same time range, and their policy decides
+/// the same way: flagged, the job succeeds with the report beside its output; rejected,
+/// it fails naming the defect and publishes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn detectors_inside_the_encode_find_what_a_pass_finds() {
+    let mut farm = Farm::new("detectin", PIPELINES).await;
+    let defective = farm.dir.path().join("defects.mp4");
+    defective_clip(&defective);
+    farm.put_file("inbox/defects.mp4", &defective);
+    let pass = farm.submit_id("inbox/defects.mp4", "lenient");
+    let inside = farm.submit_id("inbox/defects.mp4", "inside");
+    let rejected = farm.submit_id("inbox/defects.mp4", "inside_strict");
+    assert!(farm.run_cell_until_idle().success(), "{}", farm.logs());
+
+    let (state, _, error) = farm.job(&inside).await.expect("a row");
+    assert_eq!(state, "succeeded", "{error:?}");
+    let by_pass = result(&farm, &pass).await["defects"][0].clone();
+    let by_inside = result(&farm, &inside).await["defects"][0].clone();
+    assert_eq!(by_inside["file"], "source");
+    for kind in ["black", "freeze", "silence", "decode_errors"] {
+        let (a, b) = (ranges(&by_pass, kind), ranges(&by_inside, kind));
+        assert_eq!(a.len(), b.len(), "{kind}: {by_pass} against {by_inside}");
+        for (a, b) in a.iter().zip(&b) {
+            near(*b, *a, 0.1, kind);
+        }
+    }
+    assert_eq!(
+        by_inside["frames"], by_pass["frames"],
+        "the same frames decoded"
+    );
+    let prefix = format!("outputs/inside/inbox/defects.mp4/{inside}");
+    let written = json_object(&farm, &format!("{prefix}/_defects/source.json")).await;
+    assert_eq!(written, by_inside);
+
+    let (state, _, error) = farm.job(&rejected).await.expect("a row");
+    let error = error.unwrap_or_default();
+    assert_eq!(state, "failed", "{error}");
+    assert!(
+        error.contains("source: frozen picture from 4.")
+            && error.contains("pipelines.inside_strict.steps[0].detect.freeze = \"reject\""),
+        "{error}"
+    );
+    assert!(farm.output_keys("inside_strict").await.is_empty());
 }

@@ -130,9 +130,11 @@ pub async fn execute(ctx: &Context<'_>, attempt: &Attempt<'_>) -> Result<Outcome
             pipeline: job.pipeline.clone(),
             reason,
         })?;
-    let plan = plan(pipeline, &vars, &limits, &scratch).map_err(|reason| JobFailure::Pipeline {
-        pipeline: job.pipeline.clone(),
-        reason,
+    let plan = plan(pipeline, &vars, &limits, &scratch, &source_probe).map_err(|reason| {
+        JobFailure::Pipeline {
+            pipeline: job.pipeline.clone(),
+            reason,
+        }
     })?;
     let derived = explicit_timeout(ctx.config, pipeline).is_none();
     if derived {
@@ -186,9 +188,14 @@ pub(super) fn scratch_root(ctx: &Context<'_>, attempt: &Attempt<'_>) -> PathBuf 
     ))
 }
 
-/// A step, ready to run: FFmpeg's whole argument list, or a detector pass over a file.
+/// A step, ready to run: FFmpeg's whole argument list (with the pipeline's detectors
+/// as one more output when the step runs them inside its own graph), or a detector pass
+/// over a file.
 enum Planned<'p> {
-    Ffmpeg(Vec<String>),
+    Ffmpeg {
+        args: Vec<String>,
+        detect: Option<&'p Detect>,
+    },
     Detect {
         detect: &'p Detect,
         path: PathBuf,
@@ -203,11 +210,15 @@ fn plan<'p>(
     vars: &BTreeMap<&str, String>,
     limits: &Limits,
     scratch: &Scratch,
+    source: &probe::Probe,
 ) -> Result<Vec<Planned<'p>>, String> {
     pipeline
         .steps
         .iter()
         .map(|step| match &step.detect {
+            Some(detect) if !step.args.is_empty() => {
+                inside(&step.args, detect, vars, limits, source)
+            }
             Some(detect) => Ok(match detect.output_path() {
                 Some(rel) => Planned::Detect {
                     detect,
@@ -220,9 +231,32 @@ fn plan<'p>(
                     file: "source".into(),
                 },
             }),
-            None => ffmpeg::command(&step.args, vars, limits).map(Planned::Ffmpeg),
+            None => ffmpeg::command(&step.args, vars, limits)
+                .map(|args| Planned::Ffmpeg { args, detect: None }),
         })
         .collect()
+}
+
+/// A step that runs the detectors inside its own FFmpeg: its arguments, and the
+/// detectors as one more output reading the source (`-i {input}`) it decodes anyway.
+fn inside<'p>(
+    step: &[String],
+    detect: &'p Detect,
+    vars: &BTreeMap<&str, String>,
+    limits: &Limits,
+    source: &probe::Probe,
+) -> Result<Planned<'p>, String> {
+    let input = ffmpeg::input_number(step, "{input}")
+        .ok_or("a step with detect reads the source: it needs -i {input}")?;
+    let mut args = step
+        .iter()
+        .map(|a| ffmpeg::template::expand(a, vars))
+        .collect::<Result<Vec<_>, _>>()?;
+    args.extend(detect::output(input, source, &detect.tuning()).unwrap_or_default());
+    Ok(Planned::Ffmpeg {
+        args: ffmpeg::ffmpeg_args_logging(&args, limits, detect::LOGLEVEL),
+        detect: Some(detect),
+    })
 }
 
 /// Runs the pipeline's steps in order, each FFmpeg step reporting its progress to the
@@ -239,8 +273,8 @@ async fn run_steps(
     let steps = plan.len();
     let mut reports = Vec::new();
     for (step, planned) in plan.iter().enumerate() {
-        let args = match planned {
-            Planned::Ffmpeg(args) => args,
+        let (args, inside) = match planned {
+            Planned::Ffmpeg { args, detect } => (args, detect),
             Planned::Detect { detect, path, file } => {
                 let pass = Pass {
                     step,
@@ -253,16 +287,35 @@ async fn run_steps(
             }
         };
         let report = step_report(&ctx.progress, step, steps, source.duration);
-        ffmpeg::run_reporting(
-            ctx.sandbox,
-            Tool::Ffmpeg,
-            args,
-            limits,
-            &attempt.cancel,
-            Some(report),
-        )
-        .await
-        .map_err(|source| match source {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(detect::Log::default()));
+        let ran = match inside {
+            None => ffmpeg::run_reporting(
+                ctx.sandbox,
+                Tool::Ffmpeg,
+                args,
+                limits,
+                &attempt.cancel,
+                Some(report),
+            )
+            .await
+            .map(drop),
+            Some(_) => {
+                let sink = log.clone();
+                let watch: ffmpeg::Watch =
+                    Box::new(move |line| sink.lock().expect("never poisoned").line(line));
+                ffmpeg::run_reporting_watching(
+                    ctx.sandbox,
+                    Tool::Ffmpeg,
+                    args,
+                    limits,
+                    &attempt.cancel,
+                    report,
+                    watch,
+                )
+                .await
+            }
+        };
+        ran.map_err(|source| match source {
             FfmpegError::TimedOut { secs, .. } if derived => JobFailure::OverEstimate {
                 step,
                 secs,
@@ -271,8 +324,45 @@ async fn run_steps(
             },
             source => JobFailure::Step { step, source },
         })?;
+        if let Some(detect) = inside {
+            let log = std::mem::take(&mut *log.lock().expect("never poisoned"));
+            let found = log.report("source", source, &detect.tuning());
+            reports.push(hold_to_policy(detect, &attempt.job.pipeline, step, found)?);
+        }
     }
     Ok(reports)
+}
+
+/// Holds what a detector run found to the pipeline's policies: a rejected defect fails
+/// the job, an ignored one is dropped from the report, a flagged one stays in it (and
+/// becomes a warning).
+fn hold_to_policy(
+    detect: &Detect,
+    pipeline: &str,
+    step: usize,
+    mut report: detect::Report,
+) -> Result<detect::Report, JobFailure> {
+    report
+        .defects
+        .retain(|d| detect.policy(d.kind) != Policy::Ignore);
+    let mut rejected = report
+        .defects
+        .iter()
+        .filter(|d| detect.policy(d.kind) == Policy::Reject);
+    if let Some(first) = rejected.next() {
+        let more = rejected.count();
+        return Err(JobFailure::Defect {
+            pipeline: pipeline.into(),
+            step,
+            file: report.file.clone(),
+            defect: match more {
+                0 => first.to_string(),
+                n => format!("{first}, and {n} more rejected"),
+            },
+            key: first.kind.key(),
+        });
+    }
+    Ok(report)
 }
 
 /// One detector pass of a job.
@@ -285,8 +375,7 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     /// Decodes the file once with every detector, and holds what they found to the
-    /// pipeline's policies: a rejected defect fails the job, an ignored one is dropped
-    /// from the report, a flagged one stays in it (and becomes a warning).
+    /// pipeline's policies ([`hold_to_policy`]).
     async fn run(
         &self,
         ctx: &Context<'_>,
@@ -305,7 +394,7 @@ impl Pass<'_> {
                 .map_err(failed)?,
         };
         let tuning = self.detect.tuning();
-        let mut report = match detect::args(&path_arg(self.path), &probed, &tuning, limits) {
+        let report = match detect::args(&path_arg(self.path), &probed, &tuning, limits) {
             None => detect::Report {
                 file: self.file.into(),
                 ..detect::Report::default()
@@ -329,27 +418,7 @@ impl Pass<'_> {
                 log.report(self.file, &probed, &tuning)
             }
         };
-        report
-            .defects
-            .retain(|d| self.detect.policy(d.kind) != Policy::Ignore);
-        let mut rejected = report
-            .defects
-            .iter()
-            .filter(|d| self.detect.policy(d.kind) == Policy::Reject);
-        if let Some(first) = rejected.next() {
-            let more = rejected.count();
-            return Err(JobFailure::Defect {
-                pipeline: attempt.job.pipeline.clone(),
-                step: self.step,
-                file: self.file.into(),
-                defect: match more {
-                    0 => first.to_string(),
-                    n => format!("{first}, and {n} more rejected"),
-                },
-                key: first.kind.key(),
-            });
-        }
-        Ok(report)
+        hold_to_policy(self.detect, &attempt.job.pipeline, self.step, report)
     }
 }
 

@@ -613,14 +613,16 @@ impl Default for SourceLimits {
     }
 }
 
-/// One step of a pipeline: an FFmpeg run (`args`) or a detector pass (`detect`).
+/// One step of a pipeline: an FFmpeg run (`args`), a detector pass (`detect`), or both:
+/// an FFmpeg run with the detectors inside its own graph, on the source it decodes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// FFmpeg arguments, one list element per argument, with `{placeholders}`.
     #[serde(default)]
     pub args: Vec<String>,
-    /// A detector pass over the source or an output, instead of `args`.
+    /// A detector pass over the source or an output; with `args`, the detectors run in
+    /// that FFmpeg, on its `-i {input}`, and decode nothing again.
     pub detect: Option<Detect>,
 }
 

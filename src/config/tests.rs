@@ -394,14 +394,16 @@ fn detector_steps_load_with_defaults_and_bad_ones_are_named() {
     let bad = GOOD.replace(
         "steps = [{",
         "steps = [{ detect = { input = \"{out}/../x\", min_secs = 0 } }, \
-         { detect = { loudness_lufs = [-5, -40] }, args = [\"-i\"] }, {",
+         { detect = { loudness_lufs = [-5, -40] }, args = [\"-i\"] }, \
+         { detect = { input = \"{out}/poster.jpg\" }, args = [\"-i\", \"{input}\", \"{out}/a.mp4\"] }, {",
     );
     let msg = Config::parse(&bad, "bad.toml").unwrap_err().to_string();
     for key in [
         "pipelines.thumbs.steps[0].detect.input",
         "pipelines.thumbs.steps[0].detect.min_secs",
-        "pipelines.thumbs.steps[1]: has both args and detect",
+        "pipelines.thumbs.steps[1].args: a step with detect must read the source",
         "pipelines.thumbs.steps[1].detect.loudness_lufs",
+        "pipelines.thumbs.steps[2].detect.input: a step with args runs its detectors on the source",
     ] {
         assert!(msg.contains(key), "{key} in {msg}");
     }

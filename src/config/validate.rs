@@ -313,8 +313,19 @@ fn check_pipeline(
         let at = key(&format!("steps[{i}]"));
         match &step.detect {
             Some(d) => {
-                if !step.args.is_empty() {
-                    bad(at.clone(), "has both args and detect: one step does one");
+                // With args, the detectors run inside that FFmpeg, on the source it reads.
+                let inside = !step.args.is_empty();
+                if inside && d.input != "{input}" {
+                    bad(
+                        format!("{at}.detect.input"),
+                        "a step with args runs its detectors on the source it reads: \"{input}\"",
+                    );
+                }
+                if inside && crate::ffmpeg::input_number(&step.args, "{input}").is_none() {
+                    bad(
+                        format!("{at}.args"),
+                        "a step with detect must read the source: -i {input}",
+                    );
                 }
                 check_detect(d, &format!("{at}.detect"), bad);
             }

@@ -123,15 +123,29 @@ pub fn warnings(reports: &[Report]) -> Vec<String> {
 /// The FFmpeg arguments of one pass over `path`, whose probe is `probe`; `None` when
 /// it has neither video nor audio.
 pub fn args(path: &str, probe: &Probe, tuning: &Tuning, limits: &Limits) -> Option<Vec<String>> {
+    let mut step: Vec<String> = vec!["-i".into(), path.into()];
+    step.extend(output(0, probe, tuning)?);
+    Some(ffmpeg_args_logging(&step, limits, LOGLEVEL))
+}
+
+/// The level a run with detectors logs at: their findings are `info` lines, each line
+/// tagged with its level so that errors stand apart.
+pub const LOGLEVEL: &str = "level+info";
+
+/// The detectors as one more output of an FFmpeg run whose input number `input` is the
+/// file (its own filter graph into the null muxer): added to an encode's arguments,
+/// they see the frames the encode decodes, and decode nothing again. `None` when the
+/// file has neither video nor audio.
+pub fn output(input: usize, probe: &Probe, tuning: &Tuning) -> Option<Vec<String>> {
     let min = tuning.min_secs;
     let mut graph = Vec::new();
     let mut maps = Vec::new();
     if probe.video().is_some() {
         graph.push(format!(
-            "[0:v:0]blackdetect=d={min}:pix_th={BLACK_PIXEL},\
-             freezedetect=n={FREEZE_NOISE_DB}dB:d={min},showinfo=checksum=0[v]"
+            "[{input}:v:0]blackdetect=d={min}:pix_th={BLACK_PIXEL},\
+             freezedetect=n={FREEZE_NOISE_DB}dB:d={min},showinfo=checksum=0[detect_v]"
         ));
-        maps.extend(["-map".to_string(), "[v]".into()]);
+        maps.extend(["-map".to_string(), "[detect_v]".into()]);
     }
     if probe.audio().is_some() {
         // Without video, the audio's frames give the errors their times.
@@ -141,18 +155,18 @@ pub fn args(path: &str, probe: &Probe, tuning: &Tuning, limits: &Limits) -> Opti
             ",ashowinfo"
         };
         graph.push(format!(
-            "[0:a:0]silencedetect=n={SILENCE_DB}dB:d={min},ebur128=framelog=verbose{times}[a]"
+            "[{input}:a:0]silencedetect=n={SILENCE_DB}dB:d={min},\
+             ebur128=framelog=verbose{times}[detect_a]"
         ));
-        maps.extend(["-map".to_string(), "[a]".into()]);
+        maps.extend(["-map".to_string(), "[detect_a]".into()]);
     }
     if graph.is_empty() {
         return None;
     }
-    let mut step: Vec<String> = vec!["-i".into(), path.into()];
-    step.extend(["-filter_complex".into(), graph.join(";")]);
-    step.extend(maps);
-    step.extend(["-fps_mode", "passthrough", "-f", "null", "-"].map(String::from));
-    Some(ffmpeg_args_logging(&step, limits, "level+info"))
+    let mut args = vec!["-filter_complex".to_string(), graph.join(";")];
+    args.extend(maps);
+    args.extend(["-fps_mode", "passthrough", "-f", "null", "-"].map(String::from));
+    Some(args)
 }
 
 /// Reads a pass's stderr, line by line, as it arrives.
@@ -532,7 +546,7 @@ mod tests {
         let graph = &a[a.iter().position(|x| x == "-filter_complex").unwrap() + 1];
         assert!(
             graph.contains(
-                "blackdetect=d=1:pix_th=0.1,freezedetect=n=-60dB:d=1,showinfo=checksum=0[v]"
+                "blackdetect=d=1:pix_th=0.1,freezedetect=n=-60dB:d=1,showinfo=checksum=0[detect_v]"
             ),
             "{graph}"
         );
@@ -555,7 +569,7 @@ mod tests {
         let a = args("/s/in/source", &deaf, &TUNING, &limits).unwrap();
         assert!(
             a.iter()
-                .any(|x| x.ends_with("ebur128=framelog=verbose,ashowinfo[a]")),
+                .any(|x| x.ends_with("ebur128=framelog=verbose,ashowinfo[detect_a]")),
             "audio alone times the errors: {a:?}"
         );
         silent.streams.clear();

@@ -127,6 +127,13 @@ pub fn ffmpeg_args_logging(step: &[String], limits: &Limits, loglevel: &str) -> 
     args
 }
 
+/// The number FFmpeg gives the input `-i <file>` in `step` (0 for the first `-i`).
+pub fn input_number(step: &[String], file: &str) -> Option<usize> {
+    step.windows(2)
+        .filter(|w| w[0] == "-i")
+        .position(|w| w[1] == file)
+}
+
 /// The FFmpeg argument lists of a pipeline's steps (each step's arguments, with
 /// `{placeholders}`), with `vars` substituted.
 pub fn commands<'a>(
@@ -196,6 +203,30 @@ pub async fn run_watching(
     run_full(sandbox, tool, args, limits, cancel, None, Some(watch))
         .await
         .map(drop)
+}
+
+/// [`run_reporting`] and [`run_watching`] at once: an encode with detectors in its
+/// graph reports its progress and has its log read.
+pub async fn run_reporting_watching(
+    sandbox: &Sandbox,
+    tool: Tool,
+    args: &[String],
+    limits: &Limits,
+    cancel: &CancellationToken,
+    report: progress::Report,
+    watch: Watch,
+) -> Result<(), FfmpegError> {
+    run_full(
+        sandbox,
+        tool,
+        args,
+        limits,
+        cancel,
+        Some(report),
+        Some(watch),
+    )
+    .await
+    .map(drop)
 }
 
 async fn run_full(
