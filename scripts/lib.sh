@@ -95,3 +95,43 @@ private_config() {
         -e "s#/var/tmp/cellfarm-demo/scratch#$3#" \
         examples/local.toml >"$4"
 }
+
+# put_object BUCKET KEY FILE: creates BUCKET if needed and uploads FILE as KEY in one
+# PUT, to the S3 server at $CELLFARM_TEST_S3 (scripts/env.sh), with the venv's boto3.
+put_object() {
+    local py=/var/tmp/cellfarm-venv/bin/python
+    [ -x "$py" ] || py=python3
+    "$py" - "$@" <<'PYEOF'
+import os, sys, boto3
+from botocore.config import Config
+bucket, key, path = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=os.environ["CELLFARM_TEST_S3"],
+                  config=Config(s3={"addressing_style": "path"}))
+try:
+    s3.create_bucket(Bucket=bucket)
+except Exception as e:
+    if "BucketAlready" not in str(e):
+        raise
+with open(path, "rb") as body:
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+PYEOF
+}
+
+# timed_cell BIN CONFIG LOG: runs one cell until its queues are drained and it idled a
+# second, its log in LOG; prints the user + system CPU seconds of the cell and of
+# every process it waited for (its FFmpegs).
+timed_cell() {
+    /usr/bin/time -f "%U %S" -o "$3.time" "$1" --config "$2" cell --until-idle 1 2>"$3"
+    awk '{ print $1 + $2 }' "$3.time"
+}
+
+# bench_binary: prints the cellfarm binary a benchmark measures: $BENCH_BIN as it is,
+# else the optimised build (built first). Needs scripts/env.sh sourced.
+bench_binary() {
+    if [ -n "${BENCH_BIN:-}" ]; then
+        echo "$BENCH_BIN"
+        return
+    fi
+    cargo build --locked --quiet --release >&2
+    echo "$CARGO_TARGET_DIR/release/cellfarm"
+}

@@ -416,12 +416,19 @@ async fn a_cell_killed_mid_chunk_costs_that_chunk_alone() {
     assert!(decodes_cleanly(&out));
 }
 
-/// Property: a chunk whose object is altered after it committed (storage lost or
-/// damaged it) is caught by the assembly, before any join, and made again alone; the
-/// title is then assembled, once, from the chunk made again.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_chunk_altered_in_storage_is_made_again_alone() {
-    let mut farm = Farm::new("chunkredo", PIPELINES).await;
+/// How a test spoils the first chunk a title commits.
+enum Spoil {
+    /// Its object in storage is overwritten.
+    Object,
+    /// The packet digest its commit recorded no longer matches it (the join would not
+    /// be the frames the chunk checked).
+    Digest,
+}
+
+/// Runs a title on one cell, spoils its first chunk once committed, and checks that the
+/// assembly sends that chunk alone back, and then assembles the title once.
+async fn spoiled_chunk_is_made_again_alone(test: &str, spoil: Spoil) {
+    let mut farm = Farm::new(test, PIPELINES).await;
     farm.edit_config(|doc| {
         doc["cell"]["slots"] = toml::Value::Integer(1);
     });
@@ -443,9 +450,23 @@ async fn a_chunk_altered_in_storage_is_made_again_alone() {
             },
         )
         .await;
-    let key = farm.outputs(&first).await.remove(0);
-    assert!(key.contains("/_chunks/chunk-"), "{key}");
-    farm.put_bytes(&key, b"not the chunk that was committed".to_vec());
+    match spoil {
+        Spoil::Object => {
+            let key = farm.outputs(&first).await.remove(0);
+            assert!(key.contains("/_chunks/chunk-"), "{key}");
+            farm.put_bytes(&key, b"not the chunk that was committed".to_vec());
+        }
+        Spoil::Digest => {
+            sqlx::query(
+                "UPDATE jobs SET result = jsonb_set(result, '{chunk,digest}', '\"0000\"')
+                 WHERE id = $1",
+            )
+            .bind(&first)
+            .execute(farm.ledger.pool())
+            .await
+            .expect("spoil the digest");
+        }
+    }
     farm.wait_state(&title, "succeeded", Duration::from_secs(180))
         .await;
 
@@ -467,6 +488,22 @@ async fn a_chunk_altered_in_storage_is_made_again_alone() {
         .await;
     assert_eq!(frame_md5s(&out).len(), 400, "the source's frames");
     assert!(decodes_cleanly(&out));
+}
+
+/// Property: a chunk whose object is altered after it committed (storage lost or
+/// damaged it) is caught by the assembly, before any join, and made again alone; the
+/// title is then assembled, once, from the chunk made again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_altered_in_storage_is_made_again_alone() {
+    spoiled_chunk_is_made_again_alone("chunkredo", Spoil::Object).await;
+}
+
+/// Property: a joined output whose frames in a chunk's range are not the frames that
+/// chunk committed is not published: that chunk alone is made again, and the title is
+/// assembled once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_join_that_is_not_the_chunks_frames_makes_that_chunk_again() {
+    spoiled_chunk_is_made_again_alone("chunkdigest", Spoil::Digest).await;
 }
 
 /// Property: a spot notice while a chunk cannot finish before the reclaim hands that

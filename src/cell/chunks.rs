@@ -37,6 +37,7 @@ pub(super) async fn execute(
         (Some(Part::Audio), _) => job.audio(chunking).await.map(made),
         (None, Some(plan)) => {
             let plan: Plan = serde_json::from_value(plan.clone()).map_err(|e| job.bad(e))?;
+            job.derive_timeout(plan.video_secs);
             job.assemble(&plan, chunking).await
         }
         (None, None) => job.split(chunking).await,
@@ -88,14 +89,21 @@ impl<'c, 'a> Job<'c, 'a> {
             let source =
                 work::fetch_source(ctx, attempt, &meta, pipeline, &job.limits, &job.scratch)
                     .await?;
-            if work::explicit_timeout(ctx.config, pipeline).is_none() {
-                let floor = ctx.config.cell.min_step_timeout_secs;
-                let secs = pipeline.derived_timeout_secs(source.duration.unwrap_or(0.0), floor);
-                job.limits.timeout = std::time::Duration::from_secs(secs);
-            }
+            job.derive_timeout(source.duration.unwrap_or(0.0));
             job.source = Some(source);
         }
         Ok(job)
+    }
+
+    /// Unless a step timeout is set by hand, derives it from the title's length (as an
+    /// ordinary job's): a chunk may decode the title up to its cut, an assembly decodes
+    /// the whole result.
+    fn derive_timeout(&mut self, title_secs: f64) {
+        if work::explicit_timeout(self.ctx.config, self.pipeline).is_none() {
+            let floor = self.ctx.config.cell.min_step_timeout_secs;
+            let secs = self.pipeline.derived_timeout_secs(title_secs, floor);
+            self.limits.timeout = std::time::Duration::from_secs(secs);
+        }
     }
 
     fn bad(&self, reason: impl std::fmt::Display) -> JobFailure {
@@ -319,16 +327,17 @@ impl<'c, 'a> Job<'c, 'a> {
         .map_err(|source| JobFailure::Step { step: 0, source })
     }
 
-    /// What the chunk is: decoded whole (with `-xerror`, and no error logged), its
-    /// frames counted and digested, its length and codec parameters read; a chunk that
-    /// disagrees with its plan fails, to be encoded again.
+    /// What the chunk is: its coded frames counted and digested (one demux), its length
+    /// and codec parameters read; a chunk that disagrees with its plan fails, to be
+    /// encoded again. The chunk is not decoded here: the assembly decodes the whole
+    /// title once, and only on an error the chunks one by one, to find the culprit.
     async fn check_chunk(&self, c: &Chunk, file: &Path) -> Result<Checked, JobFailure> {
-        let md5s = self.decode(file, "work/chunk.md5").await?;
         let wrong = |reason: String| JobFailure::Chunk {
             index: c.index,
             reason,
         };
-        let md5s = md5s.map_err(wrong)?;
+        let params = self.params(file).await.map_err(wrong)?;
+        let md5s = self.packets(file, &params.codec, "work/chunk.md5").await?;
         let frames = md5s.len() as u64;
         if frames != c.frames {
             return Err(wrong(format!("{frames} frames, the plan has {}", c.frames)));
@@ -344,7 +353,6 @@ impl<'c, 'a> Job<'c, 'a> {
                 c.secs
             )));
         }
-        let params = self.params(file).await.map_err(wrong)?;
         Ok(Checked {
             index: c.index,
             key: String::new(),
@@ -361,13 +369,47 @@ impl<'c, 'a> Job<'c, 'a> {
         })
     }
 
-    /// Decodes `file`'s video with `-xerror`, writing each frame's MD5 to `md5_rel`;
-    /// the MD5s, or what the decoder logged.
-    async fn decode(
+    /// The MD5 of each of `file`'s video packets (its coded frames, of `codec`), in
+    /// order, from one demux (`-c copy -f framemd5`, written to `md5_rel`): nothing is
+    /// decoded. The parameter sets are left out ([`parameter_sets_out`]): a join by the
+    /// concat demuxer repeats them in every chunk's first packet.
+    async fn packets(
         &self,
         file: &Path,
+        codec: &str,
         md5_rel: &str,
-    ) -> Result<Result<Vec<String>, String>, JobFailure> {
+    ) -> Result<Vec<String>, JobFailure> {
+        let mut step: Vec<String> = ["-i", &work::path_arg(file), "-map", "0:v:0", "-c", "copy"]
+            .map(String::from)
+            .to_vec();
+        if let Some(filter) = parameter_sets_out(codec) {
+            step.extend(["-bsf:v".into(), filter.into()]);
+        }
+        step.extend(["-f".into(), "framemd5".into(), self.path(md5_rel)]);
+        let args = ffmpeg::ffmpeg_args(&step, &self.limits);
+        ffmpeg::run(
+            self.ctx.sandbox,
+            Tool::Ffmpeg,
+            &args,
+            &self.limits,
+            &self.attempt.cancel,
+        )
+        .await
+        .map_err(|source| JobFailure::Step { step: 0, source })?;
+        let path = self.scratch.0.join(md5_rel);
+        let text = std::fs::read_to_string(&path).map_err(|source| JobFailure::Scratch {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(chunk::frame_md5s(&text)
+            .into_iter()
+            .map(String::from)
+            .collect())
+    }
+
+    /// Decodes `file`'s video whole with `-xerror`: `Err` with what the decoder said
+    /// when it failed or logged anything.
+    async fn decodes(&self, file: &Path) -> Result<Result<(), String>, JobFailure> {
         let step: Vec<String> = vec![
             "-xerror".into(),
             "-i".into(),
@@ -375,28 +417,19 @@ impl<'c, 'a> Job<'c, 'a> {
             "-map".into(),
             "0:v:0".into(),
             "-f".into(),
-            "framemd5".into(),
-            self.path(md5_rel),
+            "null".into(),
+            "-".into(),
         ];
         let args = ffmpeg::ffmpeg_args(&step, &self.limits);
         let (ran, logged) = self.run_logged(&args).await;
         match ran {
-            Err(e @ FfmpegError::Failed { .. }) => return Ok(Err(format!("does not decode: {e}"))),
-            Err(source) => return Err(JobFailure::Step { step: 0, source }),
+            Err(e @ FfmpegError::Failed { .. }) => Ok(Err(format!("does not decode: {e}"))),
+            Err(source) => Err(JobFailure::Step { step: 0, source }),
             Ok(()) if !logged.is_empty() => {
-                return Ok(Err(format!("decoding logged: {}", logged.join(" | "))));
+                Ok(Err(format!("decoding logged: {}", logged.join(" | "))))
             }
-            Ok(()) => {}
+            Ok(()) => Ok(Ok(())),
         }
-        let path = self.scratch.0.join(md5_rel);
-        let text = std::fs::read_to_string(&path).map_err(|source| JobFailure::Scratch {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(Ok(chunk::frame_md5s(&text)
-            .into_iter()
-            .map(String::from)
-            .collect()))
     }
 
     /// The video's codec parameters, as ffprobe reports them.
@@ -447,6 +480,16 @@ impl<'c, 'a> Job<'c, 'a> {
 }
 
 mod assemble;
+
+/// The bitstream filter that drops a codec's parameter sets from its packets (H.264's
+/// SPS and PPS, HEVC's VPS, SPS and PPS), when it has them in-band.
+fn parameter_sets_out(codec: &str) -> Option<&'static str> {
+    match codec {
+        "h264" => Some("filter_units=remove_types=7|8"),
+        "hevc" => Some("filter_units=remove_types=32|33|34"),
+        _ => None,
+    }
+}
 
 /// Where a part of `job`'s title is written: `<title's prefix>_chunks/<name>`.
 fn part_key(job: &JobMessage, name: &str) -> Result<crate::s3url::S3Url, JobFailure> {

@@ -153,7 +153,9 @@ pub struct Checked {
     pub frames: u64,
     pub secs: f64,
     pub params: Params,
-    /// SHA-256 over the MD5 of every decoded frame, in order ([`digest`]).
+    /// SHA-256 over the MD5 of every video packet (each coded frame), in order
+    /// ([`digest`]): an assembly by stream copy that has the same packets has the same
+    /// frames.
     pub digest: String,
     /// SHA-256 of the chunk's bytes, as uploaded: the assembly checks what it
     /// downloads against it.
@@ -367,8 +369,8 @@ pub fn scene_cut(line: &str, frames: &Frames) -> Option<usize> {
     Some(frames.at(secs + frames.start))
 }
 
-/// The MD5 of each decoded frame, in order: the last field of each line of FFmpeg's
-/// `framemd5` output.
+/// The MD5 of each frame or packet, in order: the last field of each line of FFmpeg's
+/// `framemd5` output (packets with `-c copy`, decoded frames without).
 pub fn frame_md5s(framemd5: &str) -> Vec<&str> {
     framemd5
         .lines()
@@ -377,8 +379,8 @@ pub fn frame_md5s(framemd5: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Folds frames' MD5s into one digest: two files with the same digest decode to the
-/// same pictures in the same order.
+/// Folds frames' or packets' MD5s into one digest: two files with the same digest have
+/// the same frames in the same order.
 pub fn digest(md5s: &[&str]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();

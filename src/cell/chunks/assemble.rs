@@ -159,10 +159,7 @@ impl Job<'_, '_> {
         let wanted: Vec<(String, String, PathBuf)> = chunks
             .iter()
             .map(|c| {
-                let local = self
-                    .scratch
-                    .0
-                    .join(format!("in/chunk-{:05}.mp4", c.checked.index));
+                let local = self.scratch.0.join(chunk_file(c.checked.index));
                 (c.bucket.clone(), c.checked.key.clone(), local)
             })
             .collect();
@@ -256,19 +253,18 @@ impl Job<'_, '_> {
         Ok(out)
     }
 
-    /// Decodes the assembled output and holds it to the chunks: the source's frame
-    /// count, and each chunk's frames, in order, the ones that chunk committed. A chunk
-    /// whose frames differ is sent back.
+    /// Holds the assembled output to the chunks: the source's frame count, and each
+    /// chunk's range of packets the very packets that chunk committed (one demux); then
+    /// decodes it whole with `-xerror`. A chunk whose packets differ, or that does not
+    /// decode cleanly by itself when the whole does not, is sent back.
     async fn compare(
         &self,
         out: &std::path::Path,
         plan: &Plan,
         chunks: &[Done],
     ) -> Result<Option<Outcome>, JobFailure> {
-        let md5s = self
-            .decode(out, "work/title.md5")
-            .await?
-            .map_err(|e| output_error("the assembled output", e))?;
+        let codec = &chunks[0].checked.params.codec;
+        let md5s = self.packets(out, codec, "work/title.md5").await?;
         let mut at = 0usize;
         let mut differ = Vec::new();
         for c in chunks {
@@ -279,21 +275,42 @@ impl Job<'_, '_> {
             }
             at = end;
         }
+        if let Some(first) = differ.first() {
+            let reason = format!(
+                "the assembled frames of chunk {} are not the frames it committed",
+                first.checked.index
+            );
+            return Ok(Some(redo(differ, reason)));
+        }
         if md5s.len() as u64 != plan.frames {
             return Err(output_error(
                 "the assembled output",
                 format!("{} frames, the source has {}", md5s.len(), plan.frames),
             ));
         }
-        if differ.is_empty() {
+        let Err(log) = self.decodes(out).await? else {
             return Ok(None);
+        };
+        let mut culprits = Vec::new();
+        for c in chunks {
+            let local = self.scratch.0.join(chunk_file(c.checked.index));
+            if self.decodes(&local).await?.is_err() {
+                culprits.push(c);
+            }
         }
-        let reason = format!(
-            "the assembled frames of chunk {} are not the frames it committed",
-            differ[0].checked.index
-        );
-        Ok(Some(redo(differ, reason)))
+        match culprits.first() {
+            Some(first) => {
+                let reason = format!("chunk {} does not decode cleanly", first.checked.index);
+                Ok(Some(redo(culprits, reason)))
+            }
+            None => Err(output_error("the assembled output", log)),
+        }
     }
+}
+
+/// Where the assembly downloads chunk `index`, under its scratch directory.
+fn chunk_file(index: u32) -> String {
+    format!("in/chunk-{index:05}.mp4")
 }
 
 /// Sends `chunks` back to be encoded again.
