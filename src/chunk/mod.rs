@@ -200,8 +200,7 @@ impl Frames {
         let mut packets: Vec<(f64, bool)> = Vec::new();
         let mut start = None;
         for line in listing.lines() {
-            let mut fields = line.split('|');
-            let section = fields.next().unwrap_or_default();
+            let section = line.split('|').next().unwrap_or_default();
             let field = |name: &str| {
                 line.split('|')
                     .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
